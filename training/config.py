@@ -1,0 +1,38 @@
+"""YAML configs (yaml.safe_load) with defaults; one dict travels into the checkpoint."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"arch": "resnet18", "size": 256, "channels": 1, "latent": 32},
+    "data": {"format": "mvtec", "augment": {"rotate": 0, "hflip": False, "vflip": False}},
+    "train": {"epochs": 10, "batch_size": 8, "lr": 1e-4, "loss": "mse", "beta": 1.0, "seed": 0,
+              "weight_decay": 0.0},
+    # What inference (evaluation, export, runtime) computes: target layer, latent score, and the
+    # map that drives masks and verdicts (chosen from bench.localization, see docs/benchmarks.md).
+    "inference": {"layer": "layer3", "score": "sum_mu", "anomaly_map": "recon_error_blur", "blur_sigma": 4.0},
+}
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config is a mapping with model/data/train/inference sections")
+    return merge(DEFAULTS, raw)

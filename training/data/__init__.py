@@ -1,0 +1,8 @@
+"""Datasets: MVTec-layout folders, plain image folders, MNIST idx.gz, UCSD Ped frame folders.
+
+Every loader returns a `Split` of uint8 arrays already at the model's size (decoded once: screw
+PNGs are 1024x1024 and decoding them every epoch would dominate training time on a CPU).
+"""
+from training.data.split import Split, AugmentedImages, load_split
+
+__all__ = ["Split", "AugmentedImages", "load_split"]

@@ -1,0 +1,64 @@
+"""Plain folders of images (a factory engineer's folder of good parts), and the shared reader."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.data.split import Split
+from training.preprocess import ImageError, read_image, resize_to_model
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def read_many(paths: list[Path], size: int, channels: int, strict: bool,
+              masks: list[Path | None] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[int], list[tuple[str, str]]]:
+    """Read, check and resize images (and masks). Returns (images, masks, kept indices, skipped).
+
+    Mixed source sizes or channel counts in one split are an error in strict mode: they usually
+    mean a wrong file slipped into the folder, and resizing would hide it.
+    """
+    imgs, outs_m, kept, skipped = [], [], [], []
+    first: tuple[Path, tuple[int, ...]] | None = None
+    for i, p in enumerate(paths):
+        try:
+            raw = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_UNCHANGED) if p.stat().st_size else None
+            shape = None if raw is None else (raw.shape[0], raw.shape[1], 1 if raw.ndim == 2 else raw.shape[2])
+            img = read_image(p, channels)
+            if first is None:
+                first = (p, shape)
+            elif shape != first[1]:
+                raise ImageError(f"{p}: size/channels {shape} differ from {first[0].name} {first[1]}")
+            m = None
+            if masks is not None:
+                mp = masks[i]
+                if mp is None:
+                    m = np.zeros((size, size), bool)
+                elif not mp.exists():
+                    raise ImageError(f"{p}: defect image has no mask (expected {mp})")
+                else:
+                    m = resize_to_model(read_image(mp, 1), size, size)[:, :, 0] > 127
+            imgs.append(resize_to_model(img, size, size))
+            outs_m.append(m)
+            kept.append(i)
+        except (ImageError, OSError) as e:
+            if strict:
+                raise ImageError(str(e)) from e
+            skipped.append((str(p), str(e).split(": ", 1)[-1]))
+    if not imgs:
+        raise ImageError(f"no readable images among {len(paths)} files" + (f" (first: {paths[0]})" if paths else ""))
+    arr = np.stack(imgs)
+    return arr, (np.stack(outs_m) if masks is not None else None), kept, skipped
+
+
+def load(root: Path, size: int, channels: int, strict: bool) -> Split:
+    paths = list_images(root)
+    if not paths:
+        raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTS))}) in folder")
+    imgs, _, kept, skipped = read_many(paths, size, channels, strict)
+    return Split(imgs, np.zeros(len(imgs), int), None, [paths[i].name for i in kept], ["good"] * len(kept), skipped)

@@ -1,0 +1,40 @@
+"""MNIST idx.gz: one-class split (train on `normal_digit`, test on every digit).
+
+Only the official test set is available here, so it is divided deterministically: the first
+half of the normal digit's images train, the rest of the set (capped at max_test) tests.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from training.data.split import Split
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: not an idx file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load(root: Path, split: str, size: int, normal_digit: int, max_test: int) -> Split:
+    images = read_idx(root / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(int)
+    normal = np.flatnonzero(labels == normal_digit)
+    train_idx = normal[: len(normal) // 2]
+    if split == "train":
+        idx = train_idx
+    else:
+        rest = np.setdiff1d(np.arange(len(labels)), train_idx)
+        idx = rest[np.linspace(0, len(rest) - 1, min(max_test, len(rest))).astype(int)]
+    imgs = images[idx][:, :, :, None]
+    if size != 28:
+        raise ValueError("MNIST is 28x28")
+    y = (labels[idx] != normal_digit).astype(int)
+    return Split(imgs, y, None, [f"{labels[i]}/{i:05d}" for i in idx], [str(labels[i]) for i in idx])

@@ -1,0 +1,30 @@
+"""MVTec AD layout: train/good, test/<type>/*.png, ground_truth/<type>/<name>_mask.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.data.folder import list_images, read_many
+from training.data.split import Split
+from training.preprocess import ImageError
+
+
+def load(root: Path, split: str, size: int, channels: int, strict: bool) -> Split:
+    base = root / split
+    if not base.is_dir():
+        raise ImageError(f"{base}: missing (MVTec layout needs {split}/good, test/<type>, ground_truth/<type>)")
+    paths, labels, kinds, masks = [], [], [], []
+    for kind_dir in sorted(d for d in base.iterdir() if d.is_dir()):
+        for p in list_images(kind_dir):
+            paths.append(p)
+            good = kind_dir.name == "good"
+            labels.append(0 if good else 1)
+            kinds.append(kind_dir.name)
+            masks.append(None if good else root / "ground_truth" / kind_dir.name / f"{p.stem}_mask.png")
+    if not paths:
+        raise ImageError(f"{base}: no images found")
+    want_masks = split == "test"
+    imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if want_masks else None)
+    return Split(imgs, np.asarray(labels)[kept], m, [f"{kinds[i]}/{paths[i].name}" for i in kept],
+                 [kinds[i] for i in kept], skipped)

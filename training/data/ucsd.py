@@ -1,0 +1,32 @@
+"""UCSD Ped1/Ped2 frame folders: Train/TrainNNN/*.tif, Test/TestNNN/*.tif, Test/TestNNN_gt/*.bmp."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.data.folder import list_images, read_many
+from training.data.split import Split
+from training.preprocess import ImageError
+
+
+def load(root: Path, split: str, size: int, channels: int, strict: bool, sequences: list[str] | None) -> Split:
+    base = root / split.capitalize()
+    if not base.is_dir():
+        raise ImageError(f"{base}: missing (UCSD layout needs Train/ and Test/ frame folders)")
+    seqs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.endswith("_gt"))
+    if sequences:
+        seqs = [d for d in seqs if d.name in sequences]
+    paths, masks = [], []
+    for d in seqs:
+        gt = d.parent / f"{d.name}_gt"
+        for p in list_images(d):
+            paths.append(p)
+            masks.append(gt / f"{p.stem}.bmp" if gt.is_dir() else None)
+    if not paths:
+        raise ImageError(f"{base}: no frames found")
+    has_gt = split == "test" and any(m is not None for m in masks)
+    imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if has_gt else None)
+    labels = m.reshape(len(m), -1).any(1).astype(int) if m is not None else np.zeros(len(imgs), int)
+    names = [f"{paths[i].parent.name}/{paths[i].name}" for i in kept]
+    return Split(imgs, labels, m, names, ["anomaly" if y else "good" for y in labels], skipped)

@@ -1,0 +1,176 @@
+"""Train a one-class VAE from a YAML config.
+
+    python -m training.train --config configs/screw.yaml [--data DIR] [--out runs/screw]
+        [--epochs N] [--max-steps N] [--device auto|cpu|cuda] [--resume]
+    torchrun --nproc_per_node N -m training.train ...      (data-parallel, DDP)
+
+Writes OUT/model.pt atomically after every epoch (resumable) and, at the end, the normal-data
+statistics that attention (Eq. 4) and the fusion map need. Exit codes: 0 done, 1 failure, 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import load_config, merge
+from training.data import AugmentedImages, load_split
+from training.losses import vae_loss
+from training.models import build_model
+from training.stats import fit_normal_stats
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+def step_noise(seed: int, step: int, global_batch: int, latent: int, rank_slice: slice) -> torch.Tensor:
+    """Reparameterization noise for one global batch, drawn from (seed, step) so that a resumed
+    run and an N-process run draw exactly what one uninterrupted process would."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randn(global_batch, latent, generator=g)[rank_slice]
+
+
+def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool = False,
+          max_steps: int | None = None, progress: bool = True) -> Path:
+    """Train and return the checkpoint path. Works in one process or under torchrun (DDP)."""
+    if config["model"].get("arch") == "factorvae":  # dSprites family: VAE + TC discriminator loop
+        from training.factorvae_train import train as train_factorvae
+        return train_factorvae(config, out, device, resume, max_steps, progress)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    tcfg, mcfg, dcfg = config["train"], config["model"], config["data"]
+    seed = int(tcfg["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    split = load_split(dcfg, "train", mcfg["size"], mcfg.get("channels", 1), strict=True)
+    aug = dcfg.get("augment") or {}
+    data = AugmentedImages(split.images, float(aug.get("rotate", 0)), bool(aug.get("hflip")),
+                           bool(aug.get("vflip")), seed)
+    global_batch = int(tcfg["batch_size"])
+    if global_batch % world:
+        raise ValueError(f"batch_size {global_batch} must divide evenly over {world} processes")
+    local_batch = global_batch // world
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(data, batch_size=local_batch, sampler=sampler, drop_last=True,
+                        num_workers=int(tcfg.get("workers", 0)))
+    if len(loader) == 0:
+        raise ValueError(f"{len(data)} training images are fewer than one batch of {global_batch}")
+
+    model = build_model(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0)))
+    ckpt_path = out / "model.pt"
+    epoch, step = 0, 0
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        epoch, step = int(ck["epoch"]), int(ck["step"])
+    ddp = DistributedDataParallel(model) if world > 1 else model
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    epochs = int(tcfg["epochs"])
+    lo = rank * local_batch
+    history: list[dict[str, float]] = []
+    started = time.time()
+    done = max_steps is not None and step >= max_steps
+    while epoch < epochs and not done:
+        model.train()
+        sampler.set_epoch(epoch)
+        data.set_epoch(epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0,
+                   leave=False, dynamic_ncols=True)
+        sums = np.zeros(3)
+        for image in bar:
+            eps = step_noise(seed, step, global_batch, model.latent, slice(lo, lo + local_batch)).to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                o = ddp(image.to(device), eps)
+            terms = vae_loss(o.recon.float(), o.target, o.mu.float(), o.logvar.float(), tcfg["loss"],
+                             float(tcfg["beta"]))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(terms.total).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            vals = np.array([t.item() for t in terms])
+            sums += vals
+            bar.set_postfix(loss=f"{vals[0]:.1f}", recon=f"{vals[1]:.1f}", kl=f"{vals[2]:.1f}")
+            if max_steps is not None and step >= max_steps:
+                done = True
+                break
+        epoch += 1
+        n = max(1, bar.n)
+        history.append({"epoch": epoch, "step": step, "loss": sums[0] / n, "recon": sums[1] / n,
+                        "kl": sums[2] / n, "seconds": time.time() - started})
+        if rank == 0:
+            if progress:
+                h = history[-1]
+                print(f"epoch {epoch}/{epochs} step {step} loss {h['loss']:.2f} recon {h['recon']:.2f} "
+                      f"kl {h['kl']:.2f} ({bar.format_dict.get('rate') or 0:.2f} it/s)", file=sys.stderr)
+            save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
+                            history=history, stats_ready=False)
+    if rank == 0:
+        inf = config["inference"]
+        fit_normal_stats(model, split.images, inf["layer"], float(inf["blur_sigma"]), device=device)
+        save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
+                        history=history, stats_ready=True)
+    if world > 1:
+        dist.barrier()
+    return ckpt_path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("--data", help="override data.root")
+    p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        over: dict[str, Any] = {}
+        if args.data:
+            over["data"] = {"root": args.data}
+        if args.epochs:
+            over["train"] = {"epochs": args.epochs}
+        config = merge(config, over)
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+        path = train(config, out, pick_device(args.device), args.resume, args.max_steps, not args.quiet)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

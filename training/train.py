@@ -120,8 +120,8 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                 break
         epoch += 1
         n = max(1, bar.n)
-        history.append({"epoch": epoch, "step": step, "loss": sums[0] / n, "recon": sums[1] / n,
-                        "kl": sums[2] / n, "seconds": time.time() - started})
+        history.append({"epoch": epoch, "step": step, "loss": float(sums[0] / n), "recon": float(sums[1] / n),
+                        "kl": float(sums[2] / n), "seconds": time.time() - started})
         if rank == 0:
             if progress:
                 h = history[-1]

@@ -1,0 +1,40 @@
+"""The reference inference: every named output of the deployment contract, computed with autograd.
+
+Evaluation and calibration use it, and export.check compares the exported graph against it, so
+the numbers a benchmark reports are the numbers the deployed model produces.
+Output names are the exported graph's (see docs/architecture.md, "The exported graph's contract").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from training.attention import explain, per_dim_attention
+from training.maps import AnomalyMap, recon_error
+from training.models import VAE
+
+
+def inference_settings(config: dict[str, Any], **override: Any) -> dict[str, Any]:
+    """The checkpoint's `inference` section with CLI overrides (None values ignored)."""
+    inf = dict(config["inference"])
+    inf.update({k: v for k, v in override.items() if v is not None})
+    return inf
+
+
+def reference_outputs(model: VAE, image: torch.Tensor, layer: str, score: str, anomaly_map: str,
+                      blur_sigma: float, per_dim: bool = False, recon: bool | None = None) -> dict[str, torch.Tensor]:
+    """uint8 [N, H, W, C] -> {mu, logvar, activations, gradients, attention, anomaly_map,
+    recon_error (when the decoder is needed or recon=True), alpha (per_dim)}; all detached."""
+    amap = AnomalyMap(anomaly_map, blur_sigma).to(image.device)
+    e = explain(model, image, layer, score)
+    out = {"mu": e.mu, "logvar": e.logvar, "activations": e.activations, "gradients": e.gradients,
+           "attention": e.attention}
+    with_recon = amap.needs_decoder if recon is None else (recon or amap.needs_decoder)
+    err = recon_error(e.target, e.recon) if with_recon else None
+    out["anomaly_map"] = amap(e.attention, err, model.map_scale)
+    if err is not None:
+        out["recon_error"] = err
+    if per_dim:
+        out["alpha"] = per_dim_attention(model, image, layer)[1]
+    return {k: v.detach() for k, v in out.items()}

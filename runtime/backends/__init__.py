@@ -1,0 +1,63 @@
+"""Backends: one interface over ONNX Runtime, TensorRT and PyTorch.
+
+A backend takes uint8 images [N, H, W, C] at the model's size and returns the exported graph's
+named outputs as numpy arrays (docs/architecture.md, "The exported graph's contract"). Host-side
+work beyond that (decode, resize, color) belongs to training.preprocess; everything numeric is in
+the graph, so every backend computes the same function.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+# Extension -> backend name; `--backend` overrides it (runtime.model.open_model).
+EXTENSIONS: dict[str, str] = {
+    ".onnx": "onnxruntime",
+    ".trt": "tensorrt", ".engine": "tensorrt", ".plan": "tensorrt",
+    ".pt": "torch", ".pth": "torch",
+}
+BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's library or hardware is missing; the message is one actionable line."""
+
+
+class Backend(Protocol):
+    name: str
+    input_name: str
+    output_names: tuple[str, ...]
+    max_batch: int | None  # None: any batch size
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, C] -> {output name: array with leading dim N}."""
+        ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> dict[str, object]:
+        """What ran (provider, device, precision) for reports and benchmarks."""
+        ...
+
+
+def backend_for(path: str | Path) -> str | None:
+    """The backend an extension implies, or None for an unknown extension."""
+    return EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def create(name: str, path: str | Path, **options: object) -> Backend:
+    """Instantiate a backend by name; its library is imported only here (lazily)."""
+    if name == "onnxruntime":
+        from runtime.backends.onnxruntime import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(path, providers=options.get("providers"),  # type: ignore[arg-type]
+                                  threads=options.get("threads"))  # type: ignore[arg-type]
+    if name == "tensorrt":
+        from runtime.backends.tensorrt import TensorRTBackend
+        return TensorRTBackend(path, device=options.get("device"))  # type: ignore[arg-type]
+    if name == "torch":
+        from runtime.backends.torch import TorchBackend
+        return TorchBackend(path, device=options.get("device"),  # type: ignore[arg-type]
+                            settings=options.get("settings"))  # type: ignore[arg-type]
+    raise ValueError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")

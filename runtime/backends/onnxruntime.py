@@ -1,0 +1,100 @@
+"""ONNX Runtime backend for `.onnx` models.
+
+Providers are tried in the order TensorRT EP, CUDA EP, CPU EP (whichever this onnxruntime build
+has); `providers` overrides the list. Session options aim at latency: full graph optimization,
+sequential execution (the graph is one chain; parallel execution only adds scheduling overhead),
+one inter-op thread, and intra-op threads = `threads` (default: ONNX Runtime's, i.e. one per
+physical core).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.backends import BackendUnavailable
+
+PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+           "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def resolve_providers(requested: Sequence[str] | str | None, available: Sequence[str]) -> list[str]:
+    """The provider list to use: `requested` (names or aliases tensorrt/trt/cuda/cpu, comma list
+    allowed) checked against `available`, or the preferred order filtered by availability."""
+    if requested is None or requested == "" or requested == []:
+        chosen = [p for p in PREFERRED if p in available]
+        return chosen or list(available)
+    if isinstance(requested, str):
+        requested = [r for r in requested.split(",") if r.strip()]
+    chosen = []
+    for r in requested:
+        name = ALIASES.get(r.strip().lower(), r.strip())
+        if name not in available:
+            raise BackendUnavailable(f"ONNX Runtime provider '{r}' is not available in this build "
+                                     f"(available: {', '.join(available)}); install onnxruntime-gpu "
+                                     f"for CUDA/TensorRT or pick one of those")
+        chosen.append(name)
+    return chosen
+
+
+def provider_options(name: str, model_path: Path) -> dict[str, Any]:
+    """Per-provider options: the TensorRT EP caches its engines beside the user cache, not beside
+    the model (the model folder may be read-only and is never modified)."""
+    if name == "TensorrtExecutionProvider":
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vae-inspect" / "ort-trt"
+        cache.mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True}
+    if name == "CUDAExecutionProvider":
+        # Shapes are static except the batch: an exhaustive search pays off once per shape.
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+    return {}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
+                 threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime "
+                                     "(or onnxruntime-gpu)") from e
+        self.path = Path(path)
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        so.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=so,
+                providers=[(p, provider_options(p, self.path)) for p in chosen])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise RuntimeError(f"{self.path}: ONNX Runtime cannot load the model ({str(e)[:300]})") from e
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise RuntimeError(f"{self.path}: expected one input 'image', found {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        batch = inputs[0].shape[0]
+        self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.providers = self.session.get_providers()
+        self.threads = threads
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(image)})
+        return dict(zip(self.output_names, outs))
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name, "providers": list(self.providers), "threads": self.threads}

@@ -1,0 +1,653 @@
+"""Batch folder inspection: every image in a folder -> verdict, score, defect area and boxes.
+
+    python -m runtime.inspect --engine screw.onnx --input DIR --output OUT [--recursive]
+        [--batch 8] [--save overlay,mask,heatmap] [--threshold-pixel X] [--threshold-image Y]
+        [--resume] [--backend onnxruntime|tensorrt|torch] [--providers cpu,cuda] [--device cpu]
+
+Writes OUT/report.jsonl and OUT/report.csv (one row per input, unreadable ones with their reason),
+OUT/summary.json (counts, NG rate, images/s, latency percentiles) and, with --save, pictures under
+OUT/overlay/, OUT/mask/, OUT/heatmap/ mirroring the input tree (`<relative path>.png`).
+
+Pipeline: a thread pool decodes ahead of the model (OpenCV releases the GIL), the main thread runs
+batches, a second pool post-processes and writes pictures; rows are written in input order (sorted
+relative paths), so the report is deterministic. report.jsonl is appended and flushed row by row
+(a row is written only after its pictures), report.csv and summary.json are rewritten atomically,
+so a crash never leaves a half-written file, and --resume continues after the last row.
+Inputs are only read. Exit: 0 every readable image inspected, 1 fatal error, 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import errno
+import io
+import json
+import os
+import stat
+import sys
+import threading
+import time
+import warnings
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from runtime import overlay as ov
+from runtime.model import Model, ModelError, open_model
+from runtime.postprocess import Thresholds, inspect_map
+from training.checkpoint import atomic_write, sha256
+from training.preprocess import ImageError, read_image, to_uint8_channels
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+                              ".pnm", ".pbm", ".jp2", ".dib", ".jpe"})
+SAVE_KINDS = ("overlay", "mask", "heatmap")
+CSV_FIELDS = ("file", "status", "verdict", "score", "area", "n_boxes", "boxes", "width", "height",
+              "decode_scale", "latency_ms", "decode_ms", "infer_ms", "post_ms", "batch", "reason")
+DEFAULT_MAX_PIXELS = 40_000_000
+CSV_EVERY_S = 2.0
+
+
+class UsageError(Exception):
+    """Bad command line or paths: exit 2."""
+
+
+# ----------------------------------------------------------------------------- discovery
+
+@dataclass(frozen=True)
+class Entry:
+    rel: str                # posix path relative to --input: the report's key
+    path: Path
+    error: str | None = None
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or e.__class__.__name__
+
+
+def _key(p: Path | os.DirEntry) -> tuple[int, int] | None:  # type: ignore[type-arg]
+    try:
+        st = p.stat() if isinstance(p, Path) else p.stat(follow_symlinks=True)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+
+
+def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
+             scandir: Callable[[Path], Any] = os.scandir,
+             extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Entry]:
+    """Image files under root, sorted by relative path; problems become entries with an error.
+
+    Symlinks are followed; a directory reached twice (a symlink loop) and a link that loops on
+    itself are listed with their reason, as is a directory that cannot be listed. `exclude` (the
+    output folder when it lies inside the input) is skipped, so a run never inspects its own
+    pictures. `scandir` is injectable so tests can simulate unreadable folders (tests run as root).
+    """
+    if root.is_file():
+        return [Entry(root.name, root)]
+    out: list[Entry] = []
+    skip = _key(exclude) if exclude is not None and exclude.exists() else None
+    visited: set[tuple[int, int]] = set()
+
+    def walk(d: Path, rel: str) -> None:
+        k = _key(d)
+        if k is not None and k in visited:
+            out.append(Entry(rel, d, "symlink loop: directory already visited"))
+            return
+        if k is not None:
+            visited.add(k)
+        try:
+            with scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            out.append(Entry(rel or ".", d, f"cannot list directory ({_reason(e)})"))
+            return
+        for e in entries:
+            p = Path(e.path)
+            r = f"{rel}/{e.name}" if rel else e.name
+            try:
+                st = os.stat(p)  # follows symlinks
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    out.append(Entry(r, p, "symlink loop"))
+                elif Path(e.name).suffix.lower() in extensions:
+                    out.append(Entry(r, p, f"cannot access ({_reason(err)}; broken symlink?)"
+                                     if os.path.islink(p) else f"cannot access ({_reason(err)})"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if skip is not None and (st.st_dev, st.st_ino) == skip:
+                    continue
+                if recursive:
+                    walk(p, r)
+                continue
+            if Path(e.name).suffix.lower() not in extensions:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                out.append(Entry(r, p, "not a regular file"))
+                continue
+            out.append(Entry(r, p))
+
+    walk(root, "")
+    out.sort(key=lambda e: e.rel)
+    return out
+
+
+# ----------------------------------------------------------------------------- decoding
+
+_huge_lock = threading.Lock()
+# PIL raises above twice its warning limit; past that we refuse rather than decode.
+PIL_HARD_LIMIT = 2 * 89_478_485
+
+
+def probe_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels; None when unknown.
+    Raises ImageError for a header that declares more than PIL_HARD_LIMIT pixels."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large to decode safely ({e})") from e
+    except Exception:  # noqa: BLE001 - unknown or broken header: OpenCV decides and names the error
+        return None
+
+
+def reduction_for(width: int, height: int, max_pixels: int) -> int:
+    """Smallest JPEG-style reduction (1, 2, 4, 8) that brings the image under max_pixels; 0: none does."""
+    for f in (1, 2, 4, 8):
+        if (width // f) * (height // f) <= max_pixels:
+            return f
+    return 0
+
+
+_REDUCED = {(1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+            (1, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, (3, 2): cv2.IMREAD_REDUCED_COLOR_2,
+            (3, 4): cv2.IMREAD_REDUCED_COLOR_4, (3, 8): cv2.IMREAD_REDUCED_COLOR_8}
+
+
+@dataclass
+class Decoded:
+    image: np.ndarray               # uint8 [h, w, C] as decoded (possibly reduced)
+    original: tuple[int, int]       # (height, width) of the file
+    scale: float                    # original pixels per decoded pixel
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def decode(path: Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Read an image for the model, guarding memory on huge files.
+
+    Up to max_pixels: training.preprocess.read_image (16-bit, gray/RGB/RGBA handled there). Above:
+    OpenCV's reduced decode (IMREAD_REDUCED_*_{2,4,8}, the smallest factor that fits): JPEG is
+    scaled inside libjpeg, so only the reduced image is ever allocated; other formats are decoded
+    at full size and shrunk, so those decodes run one at a time (a lock) to bound peak memory to
+    one full-size image. Headers over PIL_HARD_LIMIT pixels are refused.
+    """
+    size = probe_size(path)
+    if size is None or size[0] * size[1] <= max_pixels:
+        img = read_image(path, channels)
+        return Decoded(img, (img.shape[0], img.shape[1]), 1.0)
+    w, h = size
+    f = reduction_for(w, h, max_pixels)
+    if f == 0:
+        raise ImageError(f"{path}: image too large ({w}x{h}; over {max_pixels} pixels even at 1/8, see --max-pixels)")
+    with _huge_lock:
+        try:
+            data = np.fromfile(str(path), dtype=np.uint8)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read ({_reason(e)})") from e
+        img = cv2.imdecode(data, _REDUCED[(channels, f)])
+        del data
+    if img is None:
+        raise ImageError(f"{path}: not a decodable image (corrupt, truncated or not an image)")
+    img = to_uint8_channels(img, channels, source=str(path))
+    return Decoded(img, (h, w), w / img.shape[1])
+
+
+# ----------------------------------------------------------------------------- reports
+
+def _num(x: Any, nd: int = 6) -> Any:
+    return None if x is None else round(float(x), nd)
+
+
+def csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    r = {k: row.get(k) for k in CSV_FIELDS}
+    r["boxes"] = ";".join(" ".join(str(v) for v in b) for b in (row.get("boxes") or []))
+    return {k: "" if v is None else v for k, v in r.items()}
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow(csv_row(row))
+    data = buf.getvalue().encode("utf-8")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """Rows of an existing report.jsonl. A killed run can leave a torn last line: it is dropped
+    (that input is simply inspected again), so resume never duplicates nor loses a row."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and "file" in r:
+            rows.append(r)
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:  # last row per file wins, first position kept
+        seen[r["file"]] = r
+    return list(seen.values())
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "mean": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
+            "p99": round(float(np.percentile(a, 99)), 3), "mean": round(float(a.mean()), 3)}
+
+
+def failure_kind(reason: str) -> str:
+    """A short class of a failure reason for the summary (the path removed)."""
+    r = reason.split(": ", 1)[-1] if ": " in reason else reason
+    return r.split(" (")[0].strip()
+
+
+def summarize(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], wall_s: float,
+              header: dict[str, Any], status: str) -> dict[str, Any]:
+    ok_rows = [r for r in rows if r.get("status") == "ok"]
+    ng = sum(r.get("verdict") == "NG" for r in ok_rows)
+    good = sum(r.get("verdict") == "OK" for r in ok_rows)
+    judged = ng + good
+    run_ok = [r for r in run_rows if r.get("status") == "ok"]
+    return {
+        **header,
+        "status": status,
+        "counts": {"total": len(rows), "inspected": len(ok_rows), "failed": len(rows) - len(ok_rows),
+                   "ok": good, "ng": ng, "no_verdict": len(ok_rows) - judged},
+        "ng_rate": round(ng / judged, 6) if judged else None,
+        "failures": dict(Counter(failure_kind(r.get("reason") or "") for r in rows if r.get("status") != "ok")),
+        "this_run": {"rows": len(run_rows), "inspected": len(run_ok), "wall_s": round(wall_s, 3),
+                     "images_per_s": round(len(run_ok) / wall_s, 3) if wall_s > 0 and run_ok else None},
+        "latency_ms": percentiles([r["latency_ms"] for r in run_ok if r.get("latency_ms") is not None]),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if status != "running" else None,
+    }
+
+
+class Reports:
+    """report.jsonl (append + flush per row), report.csv and summary.json (atomic rewrites)."""
+
+    def __init__(self, out: Path, previous: list[dict[str, Any]], header: dict[str, Any]) -> None:
+        self.out = out
+        self.rows = list(previous)
+        self.run_rows: list[dict[str, Any]] = []
+        self.header = header
+        self.started = time.perf_counter()
+        self._csv_at = 0.0
+        # Rewrite the previous rows (drops a torn last line), then append from here on.
+        write_jsonl(out / "report.jsonl", self.rows)
+        self.jsonl = open(out / "report.jsonl", "a", encoding="utf-8")
+        self.flush_tables("running", force=True)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.jsonl.flush()
+        self.rows.append(row)
+        self.run_rows.append(row)
+        self.flush_tables("running")
+
+    def flush_tables(self, status: str, force: bool = False, order: list[str] | None = None) -> None:
+        now = time.perf_counter()
+        if not force and now - self._csv_at < CSV_EVERY_S:
+            return
+        self._csv_at = now
+        rows = self.rows
+        if order is not None:
+            pos = {k: i for i, k in enumerate(order)}
+            rows = sorted(rows, key=lambda r: (pos.get(r["file"], len(pos)), r["file"]))
+        write_csv(self.out / "report.csv", rows)
+        self.summary = summarize(rows, self.run_rows, now - self.started, self.header, status)
+        write_json(self.out / "summary.json", self.summary)
+
+    def finish(self, status: str, order: list[str]) -> dict[str, Any]:
+        self.jsonl.close()
+        if status == "complete":
+            pos = {k: i for i, k in enumerate(order)}
+            self.rows.sort(key=lambda r: (pos.get(r["file"], len(pos)), r["file"]))
+            write_jsonl(self.out / "report.jsonl", self.rows)  # input order, even across resumes
+        self.flush_tables(status, force=True, order=order)
+        return self.summary
+
+
+# ----------------------------------------------------------------------------- pictures
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Atomic PNG write; imencode + tofile because cv2.imwrite cannot write unicode paths everywhere."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    atomic_write(path, lambda tmp: buf.tofile(tmp), suffix=".png")
+
+
+def picture_path(out: Path, kind: str, rel: str) -> Path:
+    """OUT/<kind>/<relative input path>.png: keeps the tree, and a.jpg / a.png never collide."""
+    return out / kind / (rel + ".png")
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Job:
+    entry: Entry
+    decoded: Decoded | None = None
+    input: np.ndarray | None = None
+    error: str | None = None
+    decode_ms: float = 0.0
+    size: tuple[int, int] = (0, 0)  # decoded (height, width): where maps are mapped back to
+    future: Future | None = None
+    row: dict[str, Any] | None = None
+
+
+@dataclass
+class Settings:
+    out: Path
+    thresholds: Thresholds
+    save: tuple[str, ...]
+    max_pixels: int
+    explain_name: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_job(entry: Entry, model: Model, s: Settings) -> Job:
+    job = Job(entry)
+    if entry.error is not None:
+        job.error = entry.error
+        return job
+    t0 = time.perf_counter()
+    try:
+        d = decode(entry.path, model.spec.channels, s.max_pixels)
+        job.input = model.prepare(d.image)
+        job.decoded = d
+        job.size = d.size
+        if "overlay" not in s.save:
+            d.image = d.image[:0, :0]  # only the overlay needs the pixels: free them early
+    except ImageError as e:
+        job.error = str(e).replace(str(entry.path), entry.rel, 1)
+    except (OSError, cv2.error, MemoryError) as e:
+        job.error = f"{entry.rel}: cannot decode ({str(e).splitlines()[0][:200]})"
+    job.decode_ms = (time.perf_counter() - t0) * 1e3
+    return job
+
+
+def error_row(job: Job) -> dict[str, Any]:
+    return {"file": job.entry.rel, "status": "error", "reason": job.error, "decode_ms": _num(job.decode_ms, 3)}
+
+
+def finish_job(job: Job, outputs: dict[str, np.ndarray], infer_ms: float, batch: int, s: Settings) -> dict[str, Any]:
+    """Post-process one image and write its pictures; returns its report row."""
+    t0 = time.perf_counter()
+    d = job.decoded
+    assert d is not None
+    size = job.size
+    want_maps = bool(set(s.save) & {"mask", "heatmap", "overlay"})
+    res = inspect_map(outputs["anomaly_map"], size, s.thresholds, d.scale, keep_maps=want_maps)
+    saved = {}
+    for kind in s.save:
+        p = picture_path(s.out, kind, job.entry.rel)
+        if kind == "mask":
+            if res.mask is None:
+                continue
+            save_png(p, res.mask)
+        elif kind == "heatmap":
+            save_png(p, ov.heatmap(res.anomaly_map, pixel_threshold=s.thresholds.pixel))
+        else:
+            save_png(p, ov.render(d.image, outputs.get(s.explain_name, outputs["anomaly_map"]), res.mask,
+                                  res.verdict, res.score, s.thresholds.image))
+        saved[kind] = str(p.relative_to(s.out).as_posix())
+    post_ms = (time.perf_counter() - t0) * 1e3
+    return {"file": job.entry.rel, "status": "ok", **res.as_row(), "score": _num(res.score, 8),
+            "width": d.original[1], "height": d.original[0], "decode_scale": _num(d.scale, 4),
+            "latency_ms": _num(job.decode_ms + infer_ms + post_ms, 3), "decode_ms": _num(job.decode_ms, 3),
+            "infer_ms": _num(infer_ms, 3), "post_ms": _num(post_ms, 3), "batch": batch,
+            "pictures": saved or None, "reason": None}
+
+
+def prefetch(pool: ThreadPoolExecutor, fn: Callable[[Entry], Job], items: list[Entry],
+             depth: int) -> Iterator[Job]:
+    """fn over items in a thread pool, at most `depth` ahead, results in input order."""
+    q: deque[Future] = deque()
+    it = iter(items)
+    for item in it:
+        q.append(pool.submit(fn, item))
+        if len(q) >= depth:
+            break
+    while q:
+        fut = q.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            q.append(pool.submit(fn, nxt))
+        yield fut.result()
+
+
+def inspect_folder(model: Model, entries: list[Entry], s: Settings, reports: Reports, batch: int = 8,
+                   workers: int = 2, progress: bool = True) -> None:
+    """Run every entry through decode -> model -> post-process, writing rows in input order."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(entries), unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    pending: deque[Job] = deque()
+    max_pending = max(4 * batch, 2 * workers)
+
+    def flush(block: bool = False) -> None:
+        while pending and (pending[0].row is not None or (pending[0].future is not None
+                                                          and (block or pending[0].future.done()))):
+            job = pending.popleft()
+            row = job.row if job.row is not None else job.future.result()  # type: ignore[union-attr]
+            reports.add(row)
+            bar.update(1)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as dec_pool, \
+            ThreadPoolExecutor(workers, thread_name_prefix="post") as post_pool:
+        todo: list[Job] = []
+
+        def run_batch() -> None:
+            x = np.stack([j.input for j in todo])  # type: ignore[misc]
+            t0 = time.perf_counter()
+            outs = model(x)
+            infer_ms = (time.perf_counter() - t0) * 1e3
+            n = len(todo)
+            for i, j in enumerate(todo):
+                j.input = None
+                one = {k: v[i] for k, v in outs.items()}
+                j.future = post_pool.submit(finish_job, j, one, infer_ms, n, s)
+            todo.clear()
+
+        for job in prefetch(dec_pool, lambda e: prepare_job(e, model, s), entries, depth=2 * batch + workers):
+            pending.append(job)
+            if job.error is not None:
+                job.row = error_row(job)
+            else:
+                todo.append(job)
+                if len(todo) == batch:
+                    run_batch()
+            flush()
+            if len(pending) > max_pending:  # bound the decoded images held in memory
+                flush(block=True)
+        if todo:
+            run_batch()
+        flush(block=True)
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine", "--model", dest="engine", required=True,
+                   help="model file: .onnx, .trt/.engine/.plan or .pt (sidecar X.yaml beside it)")
+    p.add_argument("--input", required=True, help="folder of images (or one image)")
+    p.add_argument("--output", required=True, help="report folder (may lie inside --input: it is skipped)")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--batch", type=int, default=8, help="images per model call (default 8)")
+    p.add_argument("--save", default="", help=f"pictures to write, comma list of {','.join(SAVE_KINDS)}")
+    p.add_argument("--threshold-pixel", type=float, help="pixel threshold on anomaly_map (default: sidecar)")
+    p.add_argument("--threshold-image", type=float, help="image-score threshold for NG (default: sidecar)")
+    p.add_argument("--resume", action="store_true", help="skip inputs already in OUT/report.jsonl")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
+    p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu (default: TensorRT, CUDA, CPU as available)")
+    p.add_argument("--device", help="torch/tensorrt device: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--workers", type=int, default=2, help="decode / post-process threads each (default 2)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"larger images are decoded reduced by 2/4/8 (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def check_paths(inp: Path, out: Path) -> None:
+    if not inp.exists():
+        raise UsageError(f"--input {inp}: not found")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out}: exists and is not a folder")
+    ri, ro = inp.resolve(), out.resolve()
+    if ri == ro:
+        raise UsageError("--output must differ from --input (inputs are never modified; "
+                         "a sub-folder of the input is fine, it is skipped)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: 2 on usage errors, 0 on --help
+        return int(e.code or 0)
+    try:
+        save = tuple(k.strip() for k in args.save.split(",") if k.strip())
+        bad = [k for k in save if k not in SAVE_KINDS]
+        if bad:
+            raise UsageError(f"--save: unknown picture kind(s) {bad}; choose from {','.join(SAVE_KINDS)}")
+        if args.batch < 1 or args.workers < 1 or args.max_pixels < 1:
+            raise UsageError("--batch, --workers and --max-pixels must be positive")
+        inp, out = Path(args.input), Path(args.output)
+        check_paths(inp, out)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run(args, inp, out, save)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def model_identity(model: Model) -> str:
+    files = (model.sidecar or {}).get("files") or {}
+    entry = files.get(model.path.name) or {}
+    return str(entry.get("sha256") or sha256(model.path))
+
+
+def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -> int:
+    cv2.setNumThreads(1)  # parallelism is per image (thread pools); OpenCV's own pool would oversubscribe
+    model = open_model(args.engine, backend=args.backend, providers=args.providers, device=args.device,
+                       threads=args.threads)
+    if "anomaly_map" not in model.output_names:
+        raise ModelError(f"{model.path}: the model has no 'anomaly_map' output (outputs: {list(model.output_names)}); "
+                         f"re-export it with python -m export.onnx")
+    th = Thresholds.resolve(model.thresholds, args.threshold_pixel, args.threshold_image)
+    if not th.any:
+        print("note: no thresholds in the sidecar and none given (--threshold-pixel/--threshold-image): "
+              "reporting scores only, no verdicts, masks or areas", file=sys.stderr)
+    elif th.image is None:
+        print("note: no image threshold: no OK/NG verdicts, only scores, areas and boxes", file=sys.stderr)
+    elif th.pixel is None:
+        print("note: no pixel threshold: verdicts and scores only, no masks, areas or boxes", file=sys.stderr)
+    if "mask" in save and th.pixel is None:
+        print("note: --save mask needs a pixel threshold; masks are not written", file=sys.stderr)
+    explain = "attention" if "attention" in model.output_names else "anomaly_map"
+
+    out.mkdir(parents=True, exist_ok=True)
+    header = {
+        "input": str(inp), "output": str(out), "recursive": bool(args.recursive), "batch": args.batch,
+        "workers": args.workers, "model": {**model.describe(), "sha256": model_identity(model)},
+        "thresholds": {"pixel": th.pixel, "image": th.image, "source": th.source,
+                       **({} if th.any else {"note": "no thresholds: scores only"})},
+        "save": list(save), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    previous: list[dict[str, Any]] = []
+    if args.resume:
+        previous = read_report(out / "report.jsonl")
+        old = {}
+        try:
+            old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        if previous and old:
+            same_model = (old.get("model") or {}).get("sha256") == header["model"]["sha256"]
+            old_th = old.get("thresholds") or {}
+            same_th = old_th.get("pixel") == th.pixel and old_th.get("image") == th.image
+            if not (same_model and same_th):
+                raise UsageError(f"--resume: {out} holds a report made with another model or thresholds; "
+                                 f"use a new --output or drop --resume")
+    entries = discover(inp, args.recursive, exclude=out)
+    done = {r["file"] for r in previous}
+    todo = [e for e in entries if e.rel not in done]
+    if args.resume and previous:
+        print(f"resume: {len(done)} inputs already in the report, {len(todo)} to go", file=sys.stderr)
+    s = Settings(out, th, save, args.max_pixels, explain)
+    reports = Reports(out, previous, header)
+    status = "failed"
+    try:
+        inspect_folder(model, todo, s, reports, args.batch, args.workers, progress=not args.quiet)
+        status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary = reports.finish(status, [e.rel for e in entries])
+        model.close()
+    c = summary["counts"]
+    rate = summary["this_run"]["images_per_s"]
+    print(f"{c['inspected']} inspected ({c['ng']} NG, {c['ok']} OK, {c['no_verdict']} without verdict), "
+          f"{c['failed']} failed; {rate or 0:.1f} images/s; report: {out / 'report.csv'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

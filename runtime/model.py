@@ -1,0 +1,193 @@
+"""Open an exported model by path and run it: the same named numpy outputs whatever the backend.
+
+    model = open_model("screw.onnx")                       # backend from the extension
+    model = open_model("screw.onnx", backend="tensorrt")   # the engine beside it (screw.trt)
+    model = open_model("runs/screw/model.pt")              # PyTorch, the export module itself
+    out = model(batch)        # uint8 [N, H, W, C] at model.spec size -> {"anomaly_map": ..., ...}
+
+The sidecar (X.yaml beside X.onnx / X.trt, export.sidecar) is read and its sha256 checked before
+anything runs; the input size and channels come from it, and so do calibrated thresholds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import backends as B
+from training.preprocess import load_for_model, resize_to_model
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be opened: missing file, missing/stale sidecar, unusable backend."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    height: int
+    width: int
+    channels: int
+    color: str = ""
+
+    @classmethod
+    def from_mapping(cls, m: dict[str, Any], source: str) -> "InputSpec":
+        try:
+            size = m.get("size")
+            h, w = int(m.get("height", size)), int(m.get("width", size))
+            c = int(m["channels"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{source}: input spec needs height, width and channels, got {m}") from e
+        if c not in (1, 3) or h < 1 or w < 1:
+            raise ModelError(f"{source}: unsupported input spec {m}")
+        return cls(h, w, c, str(m.get("color") or ("gray" if c == 1 else "rgb")))
+
+
+@dataclass
+class Model:
+    path: Path                      # the file the backend runs
+    backend: B.Backend
+    spec: InputSpec
+    sidecar: dict[str, Any] | None = None
+    source: Path | None = None      # the path the user gave (may differ with --backend)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.backend.output_names
+
+    @property
+    def thresholds(self) -> dict[str, Any]:
+        """The sidecar's thresholds section ({} when uncalibrated)."""
+        return dict((self.sidecar or {}).get("thresholds") or {})
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, C] at the model's size -> the graph's named outputs (numpy, batch first)."""
+        want = (self.spec.height, self.spec.width, self.spec.channels)
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(f"model input must be uint8 [N, {want[0]}, {want[1]}, {want[2]}], "
+                             f"got {images.dtype} {list(images.shape)}")
+        step = self.backend.max_batch or len(images)
+        if len(images) <= step:
+            return self.backend.run(images)
+        parts = [self.backend.run(images[i:i + step]) for i in range(0, len(images), step)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded uint8 [H, W, C] image (C = spec.channels) at any size -> the model's size."""
+        return resize_to_model(image, self.spec.height, self.spec.width)
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """File -> model input (training.preprocess.load_for_model); raises ImageError."""
+        return load_for_model(path, self.spec.height, self.spec.width, self.spec.channels)
+
+    def describe(self) -> dict[str, Any]:
+        d = {"path": str(self.path), **self.backend.describe(),
+             "input": {"height": self.spec.height, "width": self.spec.width, "channels": self.spec.channels}}
+        d.update(self.info)
+        return d
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_sidecar(model_path: Path, verify: bool = True) -> dict[str, Any]:
+    """export.sidecar.read_sidecar with its errors as ModelError (one line, names the file)."""
+    try:
+        from export.sidecar import SidecarError
+        from export.sidecar import read_sidecar as _read
+    except ImportError as e:
+        raise ModelError("export.sidecar is not available in this installation") from e
+    try:
+        return _read(model_path, verify=verify)
+    except SidecarError as e:
+        raise ModelError(str(e)) from e
+
+
+def sibling_for(path: Path, backend: str) -> Path:
+    """The file of `backend`'s kind sharing `path`'s stem (one sidecar per stem), for --backend."""
+    for ext, name in B.EXTENSIONS.items():
+        if name == backend and path.with_suffix(ext).is_file():
+            return path.with_suffix(ext)
+    exts = "/".join(e for e, n in B.EXTENSIONS.items() if n == backend)
+    raise ModelError(f"--backend {backend}: no {exts} file beside {path} (same stem); export one first "
+                     f"(python -m export.onnx / python -m export.tensorrt)")
+
+
+def checkpoint_from_sidecar(sidecar: dict[str, Any], model_path: Path) -> Path:
+    """The source checkpoint a sidecar names (relative to the sidecar's folder when relative),
+    checked against its recorded sha256 so the PyTorch reference is the model that was exported."""
+    from training.checkpoint import sha256
+
+    model = sidecar.get("model") or {}
+    src = sidecar.get("checkpoint") or model.get("checkpoint") or (sidecar.get("source") or {}).get("checkpoint")
+    if not src:
+        raise ModelError(f"{model_path}: the sidecar names no source checkpoint; pass the .pt file itself")
+    ck = Path(src)
+    if not ck.is_absolute() and not ck.exists():
+        ck = model_path.parent / ck
+    if not ck.is_file():
+        raise ModelError(f"{model_path}: source checkpoint {src} not found; pass the .pt file itself")
+    want = model.get("checkpoint_sha256")
+    if want and sha256(ck) != want:
+        raise ModelError(f"{ck}: sha256 differs from the checkpoint the sidecar of {model_path} was exported from")
+    return ck
+
+
+def open_model(path: str | Path, backend: str | None = None, providers: str | list[str] | None = None,
+               device: str | None = None, threads: int | None = None, verify: bool = True) -> Model:
+    """Open a model file with the backend its extension implies (or `backend`).
+
+    ONNX and TensorRT models need their sidecar (sha256 verified unless verify=False); a .pt
+    checkpoint carries its own config, so its sidecar is optional.
+    """
+    given = Path(path)
+    if not given.is_file():
+        raise ModelError(f"{given}: model file not found")
+    implied = B.backend_for(given)
+    name = backend or implied
+    if name is None:
+        raise ModelError(f"{given}: unknown model extension '{given.suffix}'; use .onnx, .trt/.engine/.plan or .pt, "
+                         f"or name the backend with --backend")
+    if name not in B.BACKENDS:
+        raise ModelError(f"unknown backend '{name}'; choose one of {', '.join(B.BACKENDS)}")
+    sidecar: dict[str, Any] | None = None
+    if name == "torch":
+        settings: dict[str, Any] = {}
+        if implied in ("onnxruntime", "tensorrt"):
+            # The PyTorch reference of an exported model: same checkpoint and graph settings.
+            sidecar = read_sidecar(given, verify)
+            file = checkpoint_from_sidecar(sidecar, given)
+            m = sidecar.get("model") or {}
+            settings = {k: m[k] for k in ("layer", "score", "per_dim", "recon") if m.get(k) is not None}
+            settings["per_dim"] = "alpha" in (sidecar.get("outputs") or [])
+            settings["recon"] = "recon_error" in (sidecar.get("outputs") or []) or None
+        else:
+            file = given
+        try:
+            be = B.create("torch", file, device=device, settings=settings)
+        except B.BackendUnavailable as e:
+            raise ModelError(str(e)) from e
+        spec = InputSpec.from_mapping((sidecar or {}).get("input") or be.input_spec, str(file))  # type: ignore[attr-defined]
+    else:
+        file = given if implied == name else sibling_for(given, name)
+        sidecar = read_sidecar(file, verify)
+        spec = InputSpec.from_mapping(sidecar.get("input") or {}, f"{file} sidecar")
+        try:
+            be = B.create(name, file, providers=providers, device=device, threads=threads)
+        except B.BackendUnavailable as e:
+            raise ModelError(str(e)) from e
+    model = Model(file, be, spec, sidecar, source=given)
+    if sidecar is not None:
+        listed = set(sidecar.get("outputs") or [])
+        missing = listed - set(be.output_names)
+        if listed and missing and name != "torch":
+            raise ModelError(f"{file}: outputs {sorted(missing)} listed in the sidecar are not in the model")
+    return model

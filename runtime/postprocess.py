@@ -1,0 +1,129 @@
+"""From the graph's `anomaly_map` to what an inspector reads: score, verdict, mask, area, boxes.
+
+    score   = max of the anomaly map at the model's size (the image score calibration and
+              training.metrics use: the max of the map)
+    verdict = NG when score >= image threshold, else OK (None without an image threshold)
+    mask    = anomaly map, bilinearly resized to the image's size, >= pixel threshold
+    area    = mask pixels, in the original image's pixels
+    boxes   = bounding boxes (x, y, w, h) of the mask's 8-connected components, in original pixels
+
+The host resize stretches the image to the model's size (no letterbox), so mapping back is the
+inverse stretch. `scale` > 1 means the image was decoded reduced (huge files, see
+runtime.inspect): maps live at the decoded size and boxes/area are scaled to original pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    pixel: float | None = None
+    image: float | None = None
+    source: str = "none"   # "sidecar", "cli", "sidecar+cli" or "none"
+
+    @classmethod
+    def resolve(cls, sidecar: dict[str, Any] | None, pixel: float | None = None,
+                image: float | None = None) -> "Thresholds":
+        """CLI values win over the sidecar's thresholds section, each independently."""
+        side = sidecar or {}
+        sp, si = side.get("pixel"), side.get("image")
+        p = pixel if pixel is not None else (float(sp) if sp is not None else None)
+        i = image if image is not None else (float(si) if si is not None else None)
+        used = set()
+        for given, from_side in ((pixel, sp), (image, si)):
+            if given is not None:
+                used.add("cli")
+            elif from_side is not None:
+                used.add("sidecar")
+        return cls(p, i, "+".join(sorted(used, reverse=True)) or "none")
+
+    @property
+    def any(self) -> bool:
+        return self.pixel is not None or self.image is not None
+
+
+@dataclass
+class Inspection:
+    score: float
+    verdict: str | None                     # "OK", "NG" or None (no image threshold)
+    area: int | None                        # None without a pixel threshold
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    anomaly_map: np.ndarray | None = None   # float32 [h, w] at the (decoded) image size
+    mask: np.ndarray | None = None          # uint8 {0, 255} [h, w], same size
+
+    def as_row(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "score": self.score, "area": self.area,
+                "n_boxes": len(self.boxes) if self.area is not None else None,
+                "boxes": [list(b) for b in self.boxes]}
+
+
+def as_2d(m: np.ndarray) -> np.ndarray:
+    """[1, H, W] or [H, W] -> float32 [H, W]."""
+    m = np.asarray(m)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"expected one map [1, H, W] or [H, W], got shape {m.shape}")
+    return m.astype(np.float32, copy=False)
+
+
+def image_score(anomaly_map: np.ndarray) -> float:
+    return float(np.max(anomaly_map))
+
+
+def to_size(m: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A model-size map stretched back to (height, width), bilinear like the graph's upsampling."""
+    m = as_2d(m)
+    if m.shape == (height, width):
+        return m
+    return cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def mask_of(m: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    return np.where(m >= pixel_threshold, np.uint8(255), np.uint8(0))
+
+
+def boxes_of(mask: np.ndarray, scale: float = 1.0, min_area: int = 1) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) of 8-connected components, largest first then top-left first (deterministic)."""
+    n, _labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    out = []
+    for x, y, w, h, area in stats[1:n]:
+        if area >= min_area:
+            out.append((int(area), int(round(x * scale)), int(round(y * scale)),
+                        int(round(w * scale)), int(round(h * scale))))
+    out.sort(key=lambda b: (-b[0], b[2], b[1]))
+    return [b[1:] for b in out]
+
+
+def inspect_map(anomaly_map: np.ndarray, size: tuple[int, int], thresholds: Thresholds, scale: float = 1.0,
+                keep_maps: bool = False, min_area: int = 1) -> Inspection:
+    """Score, verdict, mask, area and boxes of one image.
+
+    anomaly_map: [1, H, W] or [H, W] at the model's size; size: (height, width) of the decoded
+    image; scale: original pixels per decoded pixel (1 unless the decode was reduced).
+    """
+    m = as_2d(anomaly_map)
+    score = image_score(m)
+    verdict = None if thresholds.image is None else ("NG" if score >= thresholds.image else "OK")
+    full = mask = None
+    area: int | None = None
+    boxes: list[tuple[int, int, int, int]] = []
+    # Bilinear resizing never exceeds the source's max, so a map whose max is under the pixel
+    # threshold has an empty mask at any size: skip the full-size work (most good parts).
+    below = thresholds.pixel is not None and score < thresholds.pixel
+    if keep_maps or (thresholds.pixel is not None and not below):
+        full = to_size(m, *size)
+    if below:
+        area = 0
+        mask = np.zeros(size, np.uint8) if keep_maps else None
+    elif thresholds.pixel is not None:
+        assert full is not None
+        mask = mask_of(full, thresholds.pixel)
+        area = int(round(np.count_nonzero(mask) * scale * scale))
+        boxes = boxes_of(mask, scale, min_area)
+    return Inspection(score, verdict, area, boxes, full if keep_maps else None, mask if keep_maps else None)

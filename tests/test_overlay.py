@@ -1,0 +1,51 @@
+"""runtime.overlay: heatmap blend, mask contours, verdict text; fixed vs per-image scales."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime import overlay as ov
+
+
+def test_render_sizes_and_channels() -> None:
+    gray = np.full((40, 60, 1), 128, np.uint8)
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red in RGB
+    att = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 10:30] = 255
+    for img in (gray, rgb, gray[..., 0]):
+        out = ov.render(img, att, mask, "NG", 0.93, 0.5)
+        assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+    plain = ov.render(rgb)
+    assert tuple(plain[30, 30]) == (0, 0, 255)  # RGB in, BGR out
+    bgr = ov.render(rgb, bgr=True)
+    assert tuple(bgr[30, 30]) == (255, 0, 0)
+
+
+def test_contours_and_label_change_pixels() -> None:
+    img = np.full((100, 100, 1), 100, np.uint8)
+    mask = np.zeros((100, 100), np.uint8)
+    mask[40:60, 40:60] = 255
+    base = ov.render(img)
+    with_mask = ov.render(img, mask=mask)
+    assert (with_mask != base).any(axis=2)[40:60, 40:60].sum() > 0  # the outline is drawn
+    assert (with_mask[70:, 70:] == base[70:, 70:]).all()            # far from it nothing changes
+    ng = ov.render(img, score=0.9, verdict="NG")
+    ok = ov.render(img, score=0.1, verdict="OK")
+    band = (slice(0, 15), slice(0, 60))
+    assert (ng[band] != ok[band]).any()  # red vs green text
+    assert ov.label_text(None, 0.12345) == "score 0.1235"
+    assert ov.label_text("NG", 0.9, 0.5) == "NG  0.9 / 0.5"
+
+
+def test_heatmap_fixed_scale_with_threshold() -> None:
+    low = np.full((10, 10), 0.1, np.float32)
+    # fixed 0..2*thr: equal values give equal colors on every image
+    a = ov.heatmap(low, pixel_threshold=0.5)
+    b = ov.heatmap(np.pad(low, 1, constant_values=0.1), pixel_threshold=0.5)
+    assert (a[5, 5] == b[5, 5]).all()
+    # per-image scale without threshold: the max is the hottest color
+    m = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
+    h = ov.heatmap(m, size=(20, 30))
+    assert h.shape == (20, 30, 3)
+    assert ov.scale_range(np.zeros((3, 3))) [1] > 0  # flat maps do not divide by zero

@@ -1,0 +1,74 @@
+"""runtime.postprocess: score, verdict, mask, area and boxes, mapped back to the image size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.postprocess import Thresholds, boxes_of, inspect_map, to_size
+
+
+def test_thresholds_cli_overrides_sidecar_each_independently() -> None:
+    t = Thresholds.resolve({"pixel": 0.5, "image": 0.9}, pixel=None, image=0.7)
+    assert (t.pixel, t.image, t.source) == (0.5, 0.7, "sidecar+cli")
+    assert Thresholds.resolve({}, None, None) == Thresholds(None, None, "none")
+    assert not Thresholds.resolve(None).any
+    assert Thresholds.resolve(None, pixel=0.1).source == "cli"
+
+
+def test_score_is_max_and_verdict_uses_image_threshold() -> None:
+    m = np.zeros((1, 8, 8), np.float32)
+    m[0, 2, 3] = 0.8
+    ng = inspect_map(m, (8, 8), Thresholds(None, 0.8))
+    assert ng.score == pytest.approx(0.8) and ng.verdict == "NG"  # >= threshold is NG
+    assert inspect_map(m, (8, 8), Thresholds(None, 0.81)).verdict == "OK"
+    none = inspect_map(m, (8, 8), Thresholds())
+    assert none.verdict is None and none.area is None and none.boxes == []
+    assert none.as_row()["n_boxes"] is None
+
+
+def test_mask_area_and_boxes_at_original_size() -> None:
+    m = np.zeros((16, 16), np.float32)
+    m[2:6, 3:5] = 1.0      # component A: 4 rows x 2 cols at model size
+    m[10:12, 10:16] = 0.9  # component B
+    res = inspect_map(m, (64, 32), Thresholds(0.5, 0.5), keep_maps=True)  # image is 32 wide, 64 high
+    assert res.mask is not None and res.mask.shape == (64, 32) and res.anomaly_map.shape == (64, 32)
+    assert set(np.unique(res.mask)) <= {0, 255}
+    assert res.area == int(np.count_nonzero(res.mask))
+    assert len(res.boxes) == 2
+    for x, y, w, h in res.boxes:  # boxes lie inside the original image
+        assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 64
+    # A is at rows 2..6 / cols 3..5 of 16 -> about rows 8..24, cols 6..10 of the 64x32 image
+    xa, ya, wa, ha = [b for b in res.boxes if b[1] < 32][0]
+    assert abs(ya - 8) <= 2 and abs(ya + ha - 24) <= 2 and abs(xa - 6) <= 2 and abs(xa + wa - 10) <= 2
+
+
+def test_reduced_decode_scales_area_and_boxes() -> None:
+    m = np.zeros((8, 8), np.float32)
+    m[2:4, 2:4] = 1.0
+    full = inspect_map(m, (80, 80), Thresholds(0.5, None))
+    half = inspect_map(m, (40, 40), Thresholds(0.5, None), scale=2.0)
+    assert half.area == pytest.approx(full.area, rel=0.15)
+    assert np.allclose(half.boxes[0], full.boxes[0], atol=3)
+
+
+def test_below_pixel_threshold_skips_resize_but_reports_zero() -> None:
+    m = np.full((8, 8), 0.1, np.float32)
+    res = inspect_map(m, (1000, 1000), Thresholds(0.5, 0.5), keep_maps=False)
+    assert res.area == 0 and res.boxes == [] and res.verdict == "OK" and res.mask is None
+    kept = inspect_map(m, (20, 30), Thresholds(0.5, 0.5), keep_maps=True)
+    assert kept.mask.shape == (20, 30) and not kept.mask.any()
+
+
+def test_boxes_are_deterministic_largest_first() -> None:
+    mask = np.zeros((20, 20), np.uint8)
+    mask[0:2, 0:2] = 255
+    mask[10:15, 10:15] = 255
+    mask[0:2, 18:20] = 255
+    assert boxes_of(mask) == [(10, 10, 5, 5), (0, 0, 2, 2), (18, 0, 2, 2)]
+    assert boxes_of(mask, min_area=5) == [(10, 10, 5, 5)]
+
+
+def test_to_size_keeps_range() -> None:
+    m = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    up = to_size(m[None], 33, 47)
+    assert up.shape == (33, 47) and up.max() <= m.max() + 1e-6 and up.min() >= m.min() - 1e-6

@@ -79,7 +79,7 @@ def _key(p: Path | os.DirEntry) -> tuple[int, int] | None:  # type: ignore[type-
 
 
 def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
-             scandir: Callable[[Path], Any] = os.scandir,
+             scandir: Callable[[Path], Any] | None = None,
              extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Entry]:
     """Image files under root, sorted by relative path; problems become entries with an error.
 
@@ -90,6 +90,7 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
     """
     if root.is_file():
         return [Entry(root.name, root)]
+    scandir = scandir or os.scandir
     out: list[Entry] = []
     skip = _key(exclude) if exclude is not None and exclude.exists() else None
     visited: set[tuple[int, int]] = set()
@@ -585,6 +586,9 @@ def model_identity(model: Model) -> str:
 
 def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -> int:
     cv2.setNumThreads(1)  # parallelism is per image (thread pools); OpenCV's own pool would oversubscribe
+    # libpng/libjpeg warnings about a broken file would interleave with the progress bar; the
+    # report already holds each failure with its reason
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     model = open_model(args.engine, backend=args.backend, providers=args.providers, device=args.device,
                        threads=args.threads)
     if "anomaly_map" not in model.output_names:

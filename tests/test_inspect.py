@@ -1,0 +1,344 @@
+"""python -m runtime.inspect on every kind of bad input, reports, resume and exit codes.
+
+Uses the stub model of test_runtime_stub (anomaly_map = brightness) so that verdicts, masks and
+boxes are known exactly; the real exported model is run in test_runtime.py / test_inspect_real.py.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import runtime.inspect as ri
+from test_runtime_stub import make_stub_model, stub_sidecars  # noqa: F401 - fixture
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix or ".png", img)
+    assert ok
+    buf.tofile(str(path))
+    return path
+
+
+def part(defect: bool, size: int = 40) -> np.ndarray:
+    img = np.full((size, size), 60, np.uint8)
+    if defect:
+        img[10:20, 22:34] = 255
+    return img
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10000 x 10000 gray JPEG with a bright square in the middle."""
+    img = np.full((10000, 10000), 60, np.uint8)
+    img[4000:6000, 4000:6000] = 255
+    return png(tmp_path_factory.mktemp("huge") / "huge.jpg", img)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_stub_model(tmp_path_factory.mktemp("model"))
+
+
+def make_folder(root: Path, huge: Path | None = None) -> dict[str, str]:
+    """Every bad input of the issue; returns {relative path: expected status or 'either'}."""
+    exp = {}
+    png(root / "good_000.png", part(False)); exp["good_000.png"] = "OK"
+    png(root / "good_001.png", part(False)); exp["good_001.png"] = "OK"
+    png(root / "defect.png", part(True)); exp["defect.png"] = "NG"
+    color = cv2.cvtColor(part(True), cv2.COLOR_GRAY2BGR)
+    png(root / "color.jpg", color); exp["color.jpg"] = "NG"
+    rgba = np.dstack([cv2.cvtColor(part(False), cv2.COLOR_GRAY2BGR), np.full((40, 40), 128, np.uint8)])
+    png(root / "rgba.png", rgba); exp["rgba.png"] = "OK"
+    png(root / "gray16.png", part(True).astype(np.uint16) * 257); exp["gray16.png"] = "NG"
+    png(root / "tiny_2x2.png", np.full((2, 2), 60, np.uint8)); exp["tiny_2x2.png"] = "OK"
+    png(root / "tiny_1x1.png", np.full((1, 1), 60, np.uint8)); exp["tiny_1x1.png"] = "error"
+    (root / "zero.png").write_bytes(b""); exp["zero.png"] = "error"
+    (root / "corrupt.png").write_bytes(os.urandom(2000)); exp["corrupt.png"] = "error"
+    full = png(root / "_tmp.png", part(True)).read_bytes()
+    (root / "_tmp.png").unlink()
+    (root / "truncated.png").write_bytes(full[: len(full) // 2]); exp["truncated.png"] = "error"
+    (root / "text.jpg").write_text("not an image at all\n"); exp["text.jpg"] = "error"
+    (root / "readme.txt").write_text("ignored: not an image extension\n")
+    png(root / "名前 with space.png", part(True)); exp["名前 with space.png"] = "NG"
+    os.symlink("loop.png", root / "loop.png"); exp["loop.png"] = "error"
+    os.symlink("missing.png", root / "broken.png"); exp["broken.png"] = "error"
+    png(root / "sub" / "a.png", part(False)); exp["sub/a.png"] = "OK"
+    os.symlink("..", root / "sub" / "back"); exp["sub/back"] = "error"  # a directory loop
+    png(root / "locked" / "hidden.png", part(False)); exp["locked"] = "error"
+    if huge is not None:
+        os.symlink(huge, root / "huge.jpg"); exp["huge.jpg"] = "NG"
+    return exp
+
+
+def lock(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable directory. Tests run as root, where chmod 000 does not stop reading, so
+    os.scandir is also made to fail for it as it would for another user."""
+    locked = root / "locked"
+    os.chmod(locked, 0)
+    real = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if Path(str(path)).resolve() == locked.resolve():
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def snapshot(root: Path, skip: Path) -> dict[str, tuple[str, int]]:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        if Path(dirpath).resolve() == skip.resolve():
+            dirs[:] = []
+            continue
+        for f in files:
+            p = Path(dirpath) / f
+            if p.is_file():
+                out[str(p)] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "report.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_bad_input_is_inspected_or_listed(tmp_path: Path, model: Path, huge_jpeg: Path,
+                                                stub_sidecars: None, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    inp = tmp_path / "in"
+    exp = make_folder(inp, huge_jpeg)
+    lock(inp, monkeypatch)
+    out = inp / "report"  # the output folder inside the input folder
+    before = snapshot(inp, out)
+    try:
+        code = ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--recursive",
+                        "--batch", "3", "--save", "overlay,mask,heatmap", "--quiet"])
+    finally:
+        os.chmod(inp / "locked", 0o755)
+    assert code == 0
+    assert snapshot(inp, out) == before  # inputs never modified (content and mtime)
+    got = rows(out)
+    assert [r["file"] for r in got] == sorted(exp)  # one row per input, in sorted order
+    by = {r["file"]: r for r in got}
+    for f, want in exp.items():
+        r = by[f]
+        if want == "error":
+            assert r["status"] == "error" and r["reason"], f
+        else:
+            assert r["status"] == "ok" and r["verdict"] == want, (f, r)
+    assert "empty file" in by["zero.png"]["reason"] and "zero.png" in by["zero.png"]["reason"]
+    assert "too small" in by["tiny_1x1.png"]["reason"]
+    assert "symlink loop" in by["loop.png"]["reason"] and "symlink loop" in by["sub/back"]["reason"]
+    assert "broken symlink" in by["broken.png"]["reason"]
+    assert "cannot list directory" in by["locked"]["reason"]
+    assert not any(f.startswith("report/") for f in by)  # its own output is never inspected
+
+    # defect box mapped back to original pixels: the square at x 22..34, y 10..20 of 40x40
+    d = by["defect.png"]
+    assert d["width"] == 40 and d["height"] == 40 and d["n_boxes"] == 1
+    x, y, w, h = d["boxes"][0]
+    assert abs(x - 22) <= 2 and abs(y - 10) <= 2 and abs(x + w - 34) <= 2 and abs(y + h - 20) <= 2
+    assert 80 <= d["area"] <= 160
+    # the 10000 x 10000 image: decoded at 1/2 under the default pixel limit, boxes in full-size pixels
+    hg = by["huge.jpg"]
+    assert (hg["width"], hg["height"], hg["decode_scale"]) == (10000, 10000, 2.0)
+    x, y, w, h = hg["boxes"][0]
+    # (the stub model sees 16 x 16 pixels: its bilinear map blurs the square's edges by ~1 model pixel)
+    assert abs(x - 4000) < 400 and abs(x + w - 6000) < 400 and abs(hg["area"] - 4e6) < 0.35 * 4e6
+    assert by["gray16.png"]["score"] == pytest.approx(1.0, abs=0.01)
+
+    # pictures: tree mirrored, original size, unicode names written
+    for kind in ("overlay", "mask", "heatmap"):
+        p = out / kind / "defect.png.png"
+        img = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert img.shape[:2] == (40, 40), kind
+        assert (out / kind / "名前 with space.png.png").exists() and (out / kind / "sub" / "a.png.png").exists()
+    mask = cv2.imread(str(out / "mask" / "defect.png.png"), cv2.IMREAD_GRAYSCALE)
+    assert np.count_nonzero(mask) == d["area"]
+    assert cv2.imread(str(out / "mask" / "huge.jpg.png"), cv2.IMREAD_GRAYSCALE).shape == (5000, 5000)
+    assert not (out / "overlay" / "zero.png.png").exists()
+
+    # CSV and JSONL agree; summary counts
+    with open(out / "report.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [r["file"] for r in table] == [r["file"] for r in got]
+    assert all(t["status"] == r["status"] and t["verdict"] == (r.get("verdict") or "") for t, r in zip(table, got))
+    s = json.loads((out / "summary.json").read_text())
+    n_err = sum(v == "error" for v in exp.values())
+    n_ng = sum(v == "NG" for v in exp.values())
+    assert s["status"] == "complete"
+    assert s["counts"] == {"total": len(exp), "inspected": len(exp) - n_err, "failed": n_err,
+                           "ok": len(exp) - n_err - n_ng, "ng": n_ng, "no_verdict": 0}
+    assert s["ng_rate"] == pytest.approx(n_ng / (len(exp) - n_err))
+    assert s["latency_ms"]["p50"] <= s["latency_ms"]["p95"] <= s["latency_ms"]["p99"]
+    assert s["this_run"]["images_per_s"] > 0
+    assert s["thresholds"] == {"pixel": 0.5, "image": 0.5, "source": "sidecar"}
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_unicode_and_space_names_in_paths(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    inp = tmp_path / "dossier d'entrée ü"
+    png(inp / "pièce 1.png", part(True))
+    out = tmp_path / "sortie é"
+    assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--save", "overlay",
+                    "--quiet"]) == 0
+    assert rows(out)[0]["verdict"] == "NG" and (out / "overlay" / "pièce 1.png.png").exists()
+
+
+def test_batch_size_does_not_change_results(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    inp = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        png(inp / f"{i:02d}.png", rng.integers(0, 256, (30 + i, 25), dtype=np.uint8))
+    res = []
+    for b in (1, 4, 8):
+        out = tmp_path / f"out{b}"
+        assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--batch", str(b),
+                        "--quiet", "--workers", "1" if b == 1 else "2"]) == 0
+        res.append([(r["file"], r["score"], r["area"], r["boxes"]) for r in rows(out)])
+    assert res[0] == res[1] == res[2]
+
+
+def test_resume_after_a_killed_run_has_no_duplicates(tmp_path: Path, model: Path, stub_sidecars: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = tmp_path / "in"
+    for i in range(20):
+        png(inp / f"{i:02d}.png", part(i % 3 == 0))
+    (inp / "bad.png").write_bytes(b"junk")
+    args = ["--engine", str(model), "--input", str(inp), "--batch", "4", "--quiet", "--save", "mask"]
+    full = tmp_path / "full"
+    assert ri.main(args + ["--output", str(full)]) == 0
+
+    out = tmp_path / "out"
+    real = ri.finish_job
+    calls = {"n": 0}
+
+    def dying(*a: object, **k: object) -> dict:
+        calls["n"] += 1
+        if calls["n"] > 9:
+            raise KeyboardInterrupt  # the run is stopped in the middle
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ri, "finish_job", dying)
+    assert ri.main(args + ["--output", str(out)]) == 1
+    monkeypatch.setattr(ri, "finish_job", real)
+    partial = rows(out)
+    assert 0 < len(partial) < 21
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    with open(out / "report.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"file": "15.png", "status": "o')  # a row torn by a kill mid-write
+    assert ri.main(args + ["--output", str(out), "--resume"]) == 0
+    got = rows(out)
+    assert [r["file"] for r in got] == [r["file"] for r in rows(full)]  # complete, ordered, no duplicates
+    strip = lambda r: {k: r.get(k) for k in ("file", "status", "verdict", "score", "area", "boxes")}  # noqa: E731
+    assert [strip(r) for r in got] == [strip(r) for r in rows(full)]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"]["total"] == 21 and s["this_run"]["rows"] == 21 - len(partial)
+    with open(out / "report.csv", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 21
+    # resuming a finished report does nothing; resuming with other thresholds is refused
+    assert ri.main(args + ["--output", str(out), "--resume"]) == 0
+    assert len(rows(out)) == 21
+    assert ri.main(args + ["--output", str(out), "--resume", "--threshold-image", "0.9"]) == 2
+
+
+def test_no_thresholds_reports_scores_only(tmp_path: Path, stub_sidecars: None,
+                                           capsys: pytest.CaptureFixture) -> None:
+    m = make_stub_model(tmp_path / "m", thresholds={})
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(True))
+    out = tmp_path / "out"
+    assert ri.main(["--engine", str(m), "--input", str(inp), "--output", str(out), "--quiet",
+                    "--save", "mask,heatmap,overlay"]) == 0
+    err = capsys.readouterr().err
+    assert "reporting scores only" in err and "--save mask needs a pixel threshold" in err
+    r = rows(out)[0]
+    assert r["verdict"] is None and r["area"] is None and r["score"] == pytest.approx(1.0)
+    assert not (out / "mask" / "a.png.png").exists() and (out / "heatmap" / "a.png.png").exists()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["thresholds"]["source"] == "none" and s["ng_rate"] is None and s["counts"]["no_verdict"] == 1
+    # thresholds given on the command line
+    out2 = tmp_path / "out2"
+    assert ri.main(["--engine", str(m), "--input", str(inp), "--output", str(out2), "--quiet",
+                    "--threshold-pixel", "0.5", "--threshold-image", "0.99"]) == 0
+    r = rows(out2)[0]
+    assert r["verdict"] == "NG" and r["area"] > 0
+
+
+def test_exit_codes(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(False))
+    base = ["--engine", str(model), "--quiet"]
+    assert ri.main(base + ["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    assert ri.main(base + ["--input", str(inp), "--output", str(inp)]) == 2      # would write among inputs
+    assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--save", "video"]) == 2
+    assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--batch", "0"]) == 2
+    assert ri.main(["--input", str(inp)]) == 2                                    # argparse: missing args
+    assert ri.main(["--engine", str(tmp_path / "nope.onnx"), "--input", str(inp),
+                    "--output", str(tmp_path / "o")]) == 1                         # fatal: no model
+    side = model.with_suffix(".yaml")
+    moved = tmp_path / "side.yaml"
+    side.rename(moved)
+    try:
+        assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o")]) == 1  # no sidecar
+    finally:
+        moved.rename(side)
+    # a single image file as input works too
+    assert ri.main(base + ["--input", str(inp / "a.png"), "--output", str(tmp_path / "one")]) == 0
+    assert rows(tmp_path / "one")[0]["file"] == "a.png"
+
+
+def test_discover_order_and_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = make_folder(tmp_path)
+    lock(tmp_path, monkeypatch)
+    try:
+        flat = ri.discover(tmp_path, recursive=False)
+        deep = ri.discover(tmp_path, recursive=True, exclude=tmp_path / "sub")
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)
+    assert [e.rel for e in flat] == sorted(k for k in exp if "/" not in k and k != "locked")
+    assert "sub/a.png" not in {e.rel for e in deep} and "locked" in {e.rel for e in deep}
+    assert {e.rel: e.error for e in deep}["loop.png"] == "symlink loop"
+
+
+def test_decode_formats_and_pixel_guard(tmp_path: Path) -> None:
+    img = part(True, size=64)
+    p16 = png(tmp_path / "g16.png", img.astype(np.uint16) * 257)
+    d = ri.decode(p16, 1)
+    assert d.image.dtype == np.uint8 and d.image.shape == (64, 64, 1) and d.image.max() == 255
+    rgba = png(tmp_path / "rgba.png", np.dstack([img, img, img, img]))
+    assert ri.decode(rgba, 3).image.shape == (64, 64, 3)
+    assert ri.decode(rgba, 1).image.shape == (64, 64, 1)
+    # over the pixel limit: reduced decode, scale recorded, original size kept
+    big = png(tmp_path / "big.png", np.zeros((400, 300), np.uint8))
+    d = ri.decode(big, 1, max_pixels=10_000)
+    assert d.scale == 4.0 and d.image.shape == (100, 75, 1) and d.original == (400, 300)
+    with pytest.raises(ri.ImageError, match="too large"):
+        ri.decode(big, 1, max_pixels=100)
+    assert ri.reduction_for(10000, 10000, ri.DEFAULT_MAX_PIXELS) == 2
+
+
+def test_huge_jpeg_decode_memory_is_bounded(huge_jpeg: Path) -> None:
+    """The 10000 x 10000 JPEG is decoded at 1/2 inside libjpeg: the process never holds the
+    100 MB full-size image (a full decode would raise peak RSS by >= 100 MB)."""
+    code = ("import resource, sys; from pathlib import Path; import runtime.inspect as ri; "
+            "b = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"d = ri.decode(Path({str(huge_jpeg)!r}), 1); "
+            "print(d.image.shape[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - b) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    rows_, mb = out.stdout.split()
+    assert int(rows_) == 5000 and float(mb) < 80, out.stdout
+    assert resource.RUSAGE_SELF is not None

@@ -1,0 +1,117 @@
+"""A tiny stand-in for an exported model (contract output names, a sidecar), for fast runtime and
+inspection tests that need exact, predictable maps: anomaly_map = attention = brightness in [0, 1].
+The real export is exercised in test_runtime.py (parity, sidecar checks)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import runtime.model as rm
+from runtime.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers
+from runtime.backends import BackendUnavailable
+
+NAMES = ("mu", "logvar", "activations", "gradients", "attention", "anomaly_map")
+
+
+class StubOutputs(NamedTuple):
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    activations: torch.Tensor
+    gradients: torch.Tensor
+    attention: torch.Tensor
+    anomaly_map: torch.Tensor
+
+
+class Stub(nn.Module):
+    def forward(self, image: torch.Tensor) -> StubOutputs:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        m = x.mean(1, keepdim=True)
+        mu = torch.stack([m.mean((1, 2, 3)), m.amax((1, 2, 3))], 1)
+        acts = nn.functional.avg_pool2d(m, 4)
+        return StubOutputs(mu, torch.zeros_like(mu), acts, torch.ones_like(acts), m, m)
+
+
+def make_stub_model(folder: Path, size: int = 16, channels: int = 1,
+                    thresholds: dict[str, Any] | None = None, name: str = "stub") -> Path:
+    """folder/name.onnx + folder/name.yaml (schema of design.md; sha not checked by the stub reader)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.onnx"
+    x = torch.zeros(2, size, size, channels, dtype=torch.uint8)
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notices: fine for a stub
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Stub(), (x,), str(path), input_names=["image"], output_names=list(NAMES),
+                          dynamic_axes={"image": {0: "N"}, **{n: {0: "N"} for n in NAMES}}, opset_version=17,
+                          dynamo=False)
+    side = {"schema": 1, "model": {"family": "stub", "layer": "pool", "score": "sum_mu", "anomaly_map": "attention"},
+            "input": {"height": size, "width": size, "channels": channels, "color": "gray" if channels == 1 else "rgb"},
+            "outputs": list(NAMES), "files": {path.name: {"sha256": "stub"}},
+            "thresholds": thresholds if thresholds is not None else {"pixel": 0.5, "image": 0.5}}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(side))
+    return path
+
+
+def plain_read_sidecar(model_path: Path, verify: bool = True) -> dict[str, Any]:
+    p = Path(model_path).with_suffix(".yaml")
+    if not p.exists():
+        raise rm.ModelError(f"{p}: sidecar missing")
+    return yaml.safe_load(p.read_text())
+
+
+@pytest.fixture
+def stub_sidecars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read the stub's hand-written sidecar without export.sidecar's sha checks."""
+    monkeypatch.setattr(rm, "read_sidecar", plain_read_sidecar)
+
+
+@pytest.fixture(scope="module")
+def stub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_stub_model(tmp_path_factory.mktemp("stub"))
+
+
+def test_provider_order_and_override() -> None:
+    avail = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "AzureExecutionProvider"]
+    assert resolve_providers(None, avail) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert resolve_providers("cuda,cpu", avail) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(["CPUExecutionProvider"], avail) == ["CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailable, match="not available"):
+        resolve_providers("cuda", ["CPUExecutionProvider"])
+
+
+def test_onnxruntime_backend_named_outputs(stub_model: Path) -> None:
+    be = OnnxRuntimeBackend(stub_model, providers="cpu", threads=1)
+    assert be.output_names == NAMES and be.input_name == "image" and be.max_batch is None
+    x = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)
+    out = be.run(x)
+    np.testing.assert_allclose(out["anomaly_map"][:, 0], x[..., 0] / 255.0, atol=1e-6)
+    assert be.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+def test_open_model_by_extension(stub_model: Path, stub_sidecars: None) -> None:
+    with rm.open_model(stub_model, providers="cpu") as m:
+        assert m.spec == rm.InputSpec(16, 16, 1, "gray")
+        assert m.thresholds == {"pixel": 0.5, "image": 0.5}
+        img = np.zeros((40, 30, 1), np.uint8)
+        assert m.prepare(img).shape == (16, 16, 1)
+        out = m(np.zeros((2, 16, 16, 1), np.uint8))
+        assert set(out) == set(NAMES)
+        with pytest.raises(ValueError, match="uint8"):
+            m(np.zeros((2, 16, 16, 3), np.uint8))
+
+
+def test_open_model_errors(tmp_path: Path, stub_model: Path, stub_sidecars: None) -> None:
+    with pytest.raises(rm.ModelError, match="not found"):
+        rm.open_model(tmp_path / "nope.onnx")
+    odd = tmp_path / "model.bin"
+    odd.write_bytes(b"x")
+    with pytest.raises(rm.ModelError, match="unknown model extension"):
+        rm.open_model(odd)
+    with pytest.raises(rm.ModelError, match="no .trt/.engine/.plan file beside"):
+        rm.open_model(stub_model, backend="tensorrt")

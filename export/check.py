@@ -1,0 +1,243 @@
+"""Parity report: the exported ONNX graph (ONNX Runtime, CPU) against PyTorch autograd.
+
+    python -m export.check --onnx screw.onnx --checkpoint runs/screw/model.pt
+        [--batch 1 3] [--images DIR] [--tol 1e-4] [--seed 0] [--json report.json]
+
+The reference is `training.inference.reference_outputs` (the autograd path evaluation and
+calibration use) with the settings stored in the ONNX metadata. For every output and batch size
+it reports max |err|, the output's range, and the elements whose error exceeds tol x range.
+
+Such outliers are legitimate only at a ReLU kink: a pre-activation within fp32 noise of zero
+takes the other side in one backend, its mask flips and a gradient jumps. Each outlier is
+therefore re-checked by re-running the PyTorch export module's downstream part (explicit backward,
+attention, maps) from the ONNX graph's own `activations`: if the ONNX value matches that, the
+difference comes from the forward's fp32 noise through a ReLU mask, and it is counted as a kink
+outlier (reported, never hidden). Any other outlier fails the check.
+Exit codes: 0 parity holds, 1 parity fails or the files disagree, 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.graph import ExportError, ExportModule
+from export.onnx import read_metadata
+from export.sidecar import SidecarError, read_sidecar, sidecar_path
+from training.checkpoint import atomic_write, load_model, sha256
+from training.inference import reference_outputs
+from training.models import VAE
+from training.preprocess import ImageError, load_for_model
+
+DEFAULT_TOL = 1e-4
+# fp16-stored weights differ from the checkpoint by rounding (2^-11 relative): parity is then
+# checked at this looser default, and the report says so.
+FP16_WEIGHTS_TOL = 2e-2
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+class CheckError(RuntimeError):
+    """The check cannot run (files disagree, unreadable input); the message names the file."""
+
+
+@dataclass
+class OutputReport:
+    batch: int
+    name: str
+    shape: list[int]
+    max_abs_err: float
+    range: float
+    tol: float
+    outliers: int  # elements with |err| > tol
+    kink_outliers: int  # of those, explained by a ReLU mask flip (see module doc)
+    elements: int
+
+    @property
+    def ok(self) -> bool:
+        return self.outliers == self.kink_outliers
+
+
+@dataclass
+class CheckResult:
+    onnx: str
+    checkpoint: str
+    rel_tol: float
+    settings: dict[str, Any]
+    reports: list[OutputReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "checkpoint": self.checkpoint, "rel_tol": self.rel_tol, "ok": self.ok,
+                "settings": self.settings, "notes": self.notes,
+                "outputs": [dict(asdict(r), ok=r.ok) for r in self.reports]}
+
+
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """A CPU ONNX Runtime session (all graph optimizations on, as deployment runs it)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_session(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": image})))
+
+
+def compare(ours: dict[str, np.ndarray], reference: dict[str, torch.Tensor], rel_tol: float, batch: int,
+            recheck: dict[str, torch.Tensor] | None = None) -> list[OutputReport]:
+    """Per-output errors of `ours` against `reference`; `recheck` (the PyTorch module re-run from
+    our activations) marks outliers as ReLU-kink ones where ours agrees with it."""
+    if set(ours) != set(reference):
+        raise CheckError(f"outputs differ: graph has {sorted(ours)}, reference has {sorted(reference)}")
+    reports = []
+    for name, ref_t in reference.items():
+        ref = ref_t.detach().cpu().numpy().astype(np.float64)
+        got = ours[name].astype(np.float64)
+        if got.shape != ref.shape:
+            raise CheckError(f"output {name}: shape {list(got.shape)}, reference {list(ref.shape)}")
+        err = np.abs(got - ref)
+        span = float(ref.max() - ref.min()) if ref.size else 0.0
+        # an output that is constant (e.g. all-zero attention) is measured against its magnitude
+        scale = span if span > 0 else max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-30)
+        tol = rel_tol * scale
+        bad = err > tol
+        kink = 0
+        if bad.any() and recheck is not None and name in recheck:
+            alt = recheck[name].detach().cpu().numpy().astype(np.float64)
+            kink = int((bad & (np.abs(got - alt) <= tol)).sum())
+        reports.append(OutputReport(batch, name, list(ref.shape), float(err.max()) if err.size else 0.0, span,
+                                    tol, int(bad.sum()), kink, int(ref.size)))
+    return reports
+
+
+def load_images(folder: str | Path, n: int, height: int, width: int, channels: int) -> np.ndarray:
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CheckError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return np.stack([load_for_model(files[i % len(files)], height, width, channels) for i in range(n)])
+
+
+def check_parity(onnx_path: str | Path, model: VAE, meta: dict[str, Any], batches: tuple[int, ...] = (1, 3),
+                 rel_tol: float = DEFAULT_TOL, images: str | Path | None = None, seed: int = 0,
+                 session: Any = None) -> list[OutputReport]:
+    """Run ONNX Runtime and the autograd reference on the same uint8 images (random with `seed`, or
+    from `images`) for each batch size; the per-output reports."""
+    h, w, c = meta["input_height"], meta["input_width"], meta["input_channels"]
+    session = session or ort_session(onnx_path)
+    module = ExportModule(model, meta["layer"], meta["score"], meta["anomaly_map"], meta["blur_sigma"],
+                          meta["per_dim"], meta["recon"])
+    rng = np.random.default_rng(seed)
+    pool = load_images(images, max(batches), h, w, c) if images else None
+    reports: list[OutputReport] = []
+    for n in batches:
+        img = pool[:n] if pool is not None else rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+        ours = run_session(session, img)
+        timg = torch.from_numpy(img)
+        ref = reference_outputs(model, timg, meta["layer"], meta["score"], meta["anomaly_map"], meta["blur_sigma"],
+                                meta["per_dim"], meta["recon"])
+        with torch.no_grad():
+            x01 = module.features(timg)[0]
+            recheck = module.explain(x01, torch.from_numpy(ours["activations"]))._asdict()
+        reports.extend(compare(ours, ref, rel_tol, n, recheck))
+    return reports
+
+
+def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...] = (1, 3),
+          rel_tol: float | None = None, images: str | Path | None = None, seed: int = 0) -> CheckResult:
+    """The full check: files agree (checkpoint sha256 in the metadata, sidecar if present), then parity."""
+    onnx_path, checkpoint = Path(onnx_path), Path(checkpoint)
+    for p in (onnx_path, checkpoint):
+        if not p.is_file():
+            raise CheckError(f"{p}: not found")
+    try:
+        meta = read_metadata(onnx_path)
+    except ExportError as e:
+        raise CheckError(str(e)) from e
+    notes = []
+    if sha256(checkpoint) != meta["checkpoint_sha256"]:
+        raise CheckError(f"{checkpoint}: not the checkpoint {onnx_path.name} was exported from "
+                         f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")
+    if sidecar_path(onnx_path).is_file():
+        read_sidecar(onnx_path, verify=True)  # raises SidecarError on a sha256 mismatch
+        notes.append(f"sidecar {sidecar_path(onnx_path).name}: sha256 verified")
+    else:
+        notes.append(f"no sidecar {sidecar_path(onnx_path).name} beside the model (runtimes will refuse it)")
+    if rel_tol is None:
+        rel_tol = FP16_WEIGHTS_TOL if meta["weights"] == "fp16" else DEFAULT_TOL
+    if meta["weights"] == "fp16":
+        notes.append(f"fp16 weights: compared with the fp32 checkpoint at {rel_tol:g} x range")
+    model, _ = load_model(checkpoint)
+    settings = {k: meta[k] for k in ("layer", "score", "anomaly_map", "blur_sigma", "per_dim", "recon", "weights",
+                                     "opset")}
+    result = CheckResult(str(onnx_path), str(checkpoint), rel_tol, settings, notes=notes)
+    result.reports = check_parity(onnx_path, model, meta, batches, rel_tol, images, seed)
+    return result
+
+
+def format_report(result: CheckResult) -> str:
+    s = result.settings
+    lines = [f"export.check {result.onnx} vs autograd on {result.checkpoint}",
+             f"layer {s['layer']}, score {s['score']}, anomaly_map {s['anomaly_map']}, weights {s['weights']}, "
+             f"opset {s['opset']}; tolerance {result.rel_tol:g} x each output's range",
+             f"{'batch':>5}  {'output':<12} {'shape':<20} {'max|err|':>10} {'range':>10} {'err/range':>10} "
+             f"{'outliers':>8} {'kink':>5}  ok"]
+    for r in result.reports:
+        rel = r.max_abs_err / r.range if r.range > 0 else float("nan")
+        lines.append(f"{r.batch:>5}  {r.name:<12} {str(r.shape):<20} {r.max_abs_err:>10.3g} {r.range:>10.3g} "
+                     f"{rel:>10.2e} {r.outliers:>8} {r.kink_outliers:>5}  {'yes' if r.ok else 'NO'}")
+    kinks = sum(r.kink_outliers for r in result.reports)
+    lines += [f"note: {n}" for n in result.notes]
+    lines.append(f"{'PASS' if result.ok else 'FAIL'}: {sum(r.ok for r in result.reports)}/{len(result.reports)} "
+                 f"outputs within tolerance; {kinks} ReLU-kink outlier element(s) counted above")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--onnx", required=True, help="exported model (.onnx from export.onnx)")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint it was exported from")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 3], help="batch sizes to check (default 1 3)")
+    p.add_argument("--images", help="folder of images to use instead of random uint8 images")
+    p.add_argument("--tol", type=float, help=f"relative tolerance (x range; default {DEFAULT_TOL:g}, "
+                                             f"{FP16_WEIGHTS_TOL:g} for fp16 weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    p.add_argument("--json", help="also write the report as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if any(b < 1 for b in args.batch):
+        p.error("--batch sizes must be >= 1")
+    if args.tol is not None and not args.tol > 0:
+        p.error("--tol must be > 0")
+    try:
+        result = check(args.onnx, args.checkpoint, tuple(args.batch), args.tol, args.images, args.seed)
+    except (CheckError, SidecarError, ImageError, ExportError, FileNotFoundError, ValueError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(format_report(result))
+    if args.json:
+        text = json.dumps(result.to_json(), indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

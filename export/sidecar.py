@@ -1,0 +1,152 @@
+"""The sidecar `X.yaml` beside each exported model `X.onnx` / engine `X.trt` (one per stem).
+
+It is what a runtime needs besides the graph itself, and what ties the files together:
+
+    schema: 1
+    model: {family, arch, latent, layer, score, anomaly_map, blur_sigma, per_dim, recon,
+            checkpoint, checkpoint_sha256}
+    input: {name: image, dtype: uint8, layout: NHWC, height, width, channels, color}
+    outputs: [mu, logvar, activations, gradients, attention, anomaly_map, ...]
+    output_shapes: {mu: [N, 32], ...}
+    files: {X.onnx: {sha256, bytes, format, opset, weights}, X.trt: {sha256, precision, trt, ...}}
+    thresholds: {}            # filled by calibration (update_sidecar)
+    preprocessing: {...}      # host side (decode, color, resize) and in-graph (scale, normalize)
+    created: ISO 8601 UTC
+    versions: {python, torch, onnx, project, ...}
+
+Loading a model whose sha256 differs from its sidecar entry is an error (`SidecarError`) that
+names both files: a replaced model with stale thresholds would give wrong verdicts silently.
+Written atomically with yaml.safe_dump, read with yaml.safe_load.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.checkpoint import atomic_write, sha256
+
+SCHEMA = 1
+REQUIRED = ("schema", "model", "input", "outputs", "files", "thresholds")
+
+
+class SidecarError(RuntimeError):
+    """Missing, unreadable or mismatching sidecar; the message names the file and what to do."""
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """X.onnx / X.trt -> X.yaml (the sidecar is shared by every file with the same stem)."""
+    return Path(model_path).with_suffix(".yaml")
+
+
+def versions(**extra: str) -> dict[str, str]:
+    """Versions of what produced a file (absent packages are left out)."""
+    out = {"python": platform.python_version()}
+    for dist, key in (("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                      ("vae-inspect", "project")):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    out.update(extra)
+    return out
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def file_entry(path: str | Path, **info: Any) -> dict[str, Any]:
+    """A `files` entry: sha256 and size of the file, plus what describes it (format, precision...)."""
+    p = Path(path)
+    return {"sha256": sha256(p), "bytes": p.stat().st_size, **info}
+
+
+def _dump(path: Path, info: dict[str, Any]) -> None:
+    text = yaml.safe_dump(info, sort_keys=False, default_flow_style=None, width=110)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
+    """Write X.yaml for X.onnx/X.trt: `info` holds model/input/outputs/preprocessing (and optionally
+    files, thresholds); the model file's entry (sha256, size) is added from the file itself,
+    `schema`, `created` and `versions` are filled in. Returns the sidecar path."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise SidecarError(f"{model_path}: model file not found, cannot write its sidecar")
+    data: dict[str, Any] = {"schema": SCHEMA}
+    data.update(copy.deepcopy(info))
+    files = dict(data.get("files") or {})
+    files[model_path.name] = file_entry(model_path, **files.get(model_path.name, {}))
+    data["files"] = files
+    data.setdefault("thresholds", {})
+    data.setdefault("created", now())
+    data.setdefault("versions", versions())
+    for key in REQUIRED:
+        if key not in data:
+            raise SidecarError(f"{sidecar_path(model_path)}: sidecar info lacks '{key}'")
+    path = sidecar_path(model_path)
+    _dump(path, data)
+    return path
+
+
+def read_sidecar(model_path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The sidecar of X.onnx / X.trt. With verify, the model file must exist and its sha256 must be
+    the one recorded for it. Raises SidecarError naming the file otherwise."""
+    model_path = Path(model_path)
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        raise SidecarError(f"{path}: sidecar missing for {model_path.name} "
+                           f"(re-export with `python -m export.onnx` or restore the .yaml beside the model)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SidecarError(f"{path}: unreadable sidecar ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED):
+        missing = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
+        raise SidecarError(f"{path}: not a model sidecar (missing {', '.join(missing)})")
+    if data["schema"] != SCHEMA:
+        raise SidecarError(f"{path}: sidecar schema {data['schema']} is not supported (expected {SCHEMA})")
+    if verify:
+        entry = (data.get("files") or {}).get(model_path.name)
+        if not entry or "sha256" not in entry:
+            raise SidecarError(f"{path}: has no entry for {model_path.name}; it describes "
+                               f"{', '.join(data['files']) or 'no file'}")
+        if not model_path.is_file():
+            raise SidecarError(f"{model_path}: model file not found (its sidecar is {path})")
+        actual = sha256(model_path)
+        if actual != entry["sha256"]:
+            raise SidecarError(f"{model_path}: sha256 {actual[:16]}... does not match its sidecar {path} "
+                               f"({str(entry['sha256'])[:16]}...): the model was replaced or corrupted; "
+                               f"re-export it (thresholds in the sidecar belong to the old model)")
+    return data
+
+
+def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | None = None,
+                   thresholds: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+    """Add or replace file entries (e.g. the .trt beside the .onnx: {name: {sha256, ...}}), the
+    thresholds section (calibration) or other top-level sections, atomically. The sidecar must
+    exist already (written by export). Returns the new content."""
+    path = sidecar_path(model_path)
+    data = read_sidecar(model_path, verify=False)
+    if files:
+        merged = dict(data.get("files") or {})
+        merged.update(copy.deepcopy(files))
+        data["files"] = merged
+    if thresholds is not None:
+        data["thresholds"] = copy.deepcopy(thresholds)
+    for key, value in sections.items():
+        if key == "schema":
+            raise SidecarError(f"{path}: the schema version is not updatable")
+        data[key] = copy.deepcopy(value)
+    _dump(path, data)
+    return data
+
+
+__all__ = ["SCHEMA", "SidecarError", "file_entry", "read_sidecar", "sidecar_path", "update_sidecar",
+           "versions", "write_sidecar"]

@@ -1,6 +1,6 @@
 """python -m runtime.inspect on every kind of bad input, reports, resume and exit codes.
 
-Uses the stub model of test_runtime_stub (anomaly_map = brightness) so that verdicts, masks and
+Uses the stub model of test_runtime_models (anomaly_map = brightness) so that verdicts, masks and
 boxes are known exactly; the real exported model is run in test_runtime.py / test_inspect_real.py.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import runtime.inspect as ri
-from test_runtime_stub import make_stub_model, stub_sidecars  # noqa: F401 - fixture
+from test_runtime_models import make_stub_model, stub_sidecars  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,15 +52,43 @@ def attention_map(activations: torch.Tensor, gradients: torch.Tensor, size: tupl
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
+VARIANTS = ("eq2", "abs", "neg", "gradnorm", "grad_x_act")
+
+
+def attention_variant(activations: torch.Tensor, gradients: torch.Tensor, size: tuple[int, int],
+                      variant: str = "eq2") -> torch.Tensor:
+    """Alternatives to Eq. 2 measured by bench.localization (docs/benchmarks.md), raw values:
+    eq2         the paper: ReLU(sum_k alpha_k A_k)
+    abs         |sum_k alpha_k A_k| (no sign assumption on the latent axes)
+    neg         ReLU(-sum_k alpha_k A_k) (the other orientation of sum(mu))
+    gradnorm    the official code: gradients divided by their RMS per image, then abs
+    grad_x_act  ReLU(sum_k dS/dA_k * A_k) per location, no GAP
+    """
+    if variant == "eq2":
+        return attention_map(activations, gradients, size)
+    if variant == "gradnorm":
+        rms = gradients.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+        gradients, variant = gradients / rms, "abs"
+    if variant == "grad_x_act":
+        m = F.relu((gradients * activations).sum(1, keepdim=True))
+    else:
+        m = (channel_weights(gradients)[:, :, None, None] * activations).sum(1, keepdim=True)
+        m = m.abs() if variant == "abs" else F.relu(-m) if variant == "neg" else None
+        if m is None:
+            raise ValueError(f"unknown attention variant '{variant}'; choose one of {VARIANTS}")
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
 @contextmanager
-def capture(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Record the output of `layer` during forward passes inside the block."""
-    store: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: store.append(out))
+def capture(layers: list[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+    """Record the outputs of `layers` during forward passes inside the block."""
+    stores: list[list[torch.Tensor]] = [[] for _ in layers]
+    handles = [m.register_forward_hook(lambda _m, _i, out, st=st: st.append(out)) for m, st in zip(layers, stores)]
     try:
-        yield store
+        yield stores
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 class Explanation(NamedTuple):
@@ -73,21 +101,30 @@ class Explanation(NamedTuple):
     attention: torch.Tensor
 
 
-def explain(model: nn.Module, image: torch.Tensor, layer: str, score: str = "sum_mu",
-            create_graph: bool = False) -> Explanation:
-    """Forward the VAE on uint8 images and compute the attention at `layer` by autograd.
-
-    Each sample's score depends only on its own activations (eval-mode BatchNorm), so one backward
-    of the batch sum gives every per-sample gradient at once.
-    """
-    with capture(model.resolve_layer(layer)) as store:
+def layer_gradients(model: nn.Module, image: torch.Tensor, layers: list[str], scores: list[str],
+                    create_graph: bool = False) -> tuple[Any, list[torch.Tensor], dict[str, list[torch.Tensor]]]:
+    """One forward, one backward per score: (model output, activations per layer,
+    {score: gradients per layer}). Each sample's score depends only on its own activations
+    (eval-mode BatchNorm), so the backward of the batch sum gives every per-sample gradient."""
+    with capture([model.resolve_layer(n) for n in layers]) as stores:
         with torch.enable_grad():
             out = model(image)
-            acts = store[-1]
-            s = latent_score(out.mu, out.logvar, score, model.normal_mu, model.normal_var)
-            (grads,) = torch.autograd.grad(s.sum(), acts, create_graph=create_graph)
-    att = attention_map(acts, grads, tuple(out.target.shape[-2:]))
-    return Explanation(out.mu, out.logvar, out.recon, out.target, acts, grads, att)
+            acts = [st[-1] for st in stores]
+            grads = {}
+            for i, score in enumerate(scores):
+                s = latent_score(out.mu, out.logvar, score, model.normal_mu, model.normal_var)
+                keep = create_graph or i < len(scores) - 1
+                grads[score] = list(torch.autograd.grad(s.sum(), acts, create_graph=create_graph, retain_graph=keep))
+    return out, acts, grads
+
+
+def explain(model: nn.Module, image: torch.Tensor, layer: str, score: str = "sum_mu",
+            create_graph: bool = False) -> Explanation:
+    """Forward the VAE on uint8 images and compute the attention at `layer` by autograd."""
+    out, (acts,), grads = layer_gradients(model, image, [layer], [score], create_graph)
+    g = grads[score][0]
+    att = attention_map(acts, g, tuple(out.target.shape[-2:]))
+    return Explanation(out.mu, out.logvar, out.recon, out.target, acts, g, att)
 
 
 def per_dim_attention(model: nn.Module, image: torch.Tensor, layer: str,
@@ -96,7 +133,7 @@ def per_dim_attention(model: nn.Module, image: torch.Tensor, layer: str,
 
     Returns (maps [N, D, H, W], alpha [N, D, K], mu [N, D]). The overall map is maps.mean(1).
     """
-    with capture(model.resolve_layer(layer)) as store:
+    with capture([model.resolve_layer(layer)]) as (store,):
         with torch.enable_grad():
             out = model(image)
             acts = store[-1]

@@ -98,7 +98,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         model.train()
         sampler.set_epoch(epoch)
         data.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0,
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0 or not sys.stderr.isatty(),
                    leave=False, dynamic_ncols=True)
         sums = np.zeros(3)
         for image in bar:

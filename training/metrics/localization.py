@@ -49,16 +49,23 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, steps: in
         for r in range(1, n):
             regions.append(np.sort(a[lab == r]))
     fprs = np.linspace(0.0, fpr_limit, steps)
-    # threshold giving FPR f: the (1 - f) quantile of the normal scores; predicted positive is > t
-    thr = np.quantile(normal, 1.0 - fprs)
+    # threshold giving FPR f: the (1 - f) quantile of the normal scores; predicted positive is > t.
+    # Ties among normal scores make the real FPR jump; the curve is then interpolated linearly
+    # between the points actually reached, closed by (0, pro at the top) and (1, 1).
+    thr = np.concatenate([[max(normal[-1], max(r[-1] for r in regions))], np.quantile(normal, 1.0 - fprs)])
     actual_fpr = 1.0 - np.searchsorted(normal, thr, side="right") / normal.size
     pro = np.zeros_like(thr)
     for reg in regions:
         pro += 1.0 - np.searchsorted(reg, thr, side="right") / reg.size
     pro /= len(regions)
-    order = np.argsort(actual_fpr)
-    x, y = np.clip(actual_fpr[order], 0, fpr_limit), pro[order]
-    return float(np.trapezoid(y, x) / fpr_limit)
+    x = np.concatenate([actual_fpr, [1.0]])
+    y = np.concatenate([pro, [1.0]])
+    order = np.lexsort((y, x))
+    x, y = x[order], y[order]
+    keep = x <= fpr_limit
+    xs = np.concatenate([x[keep], [fpr_limit]])
+    ys = np.concatenate([y[keep], [np.interp(fpr_limit, x, y)]])
+    return float(np.trapezoid(ys, xs) / fpr_limit)
 
 
 def localization_metrics(masks: np.ndarray, maps: np.ndarray, image_labels: np.ndarray,

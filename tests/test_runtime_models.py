@@ -1,6 +1,10 @@
-"""A tiny stand-in for an exported model (contract output names, a sidecar), for fast runtime and
-inspection tests that need exact, predictable maps: anomaly_map = attention = brightness in [0, 1].
-The real export is exercised in test_runtime.py (parity, sidecar checks)."""
+"""Models for the runtime tests.
+
+stub: a tiny stand-in for an exported model (contract output names, a hand-written sidecar) for
+  fast tests that need exact, predictable maps: anomaly_map = attention = brightness in [0, 1].
+mnist_export: the real thing, a one-class MNIST VAE trained for a few steps and exported by
+  export.onnx (graph + sidecar), shared by every test of a session (built once, ~10 s).
+"""
 from __future__ import annotations
 
 import warnings
@@ -68,6 +72,36 @@ def plain_read_sidecar(model_path: Path, verify: bool = True) -> dict[str, Any]:
 def stub_sidecars(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read the stub's hand-written sidecar without export.sidecar's sha checks."""
     monkeypatch.setattr(rm, "read_sidecar", plain_read_sidecar)
+
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def build_mnist_export(base: Path) -> Path:
+    """Train 20 steps on MNIST digit 1 and export; reused when already built under `base`."""
+    onnx_path = base / "mnist.onnx"
+    if onnx_path.exists() and onnx_path.with_suffix(".yaml").exists():
+        return onnx_path
+    if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found under {MNIST}")
+    from export.onnx import export_onnx
+    from training.config import load_config, merge
+    from training.train import train
+
+    cfg = merge(load_config(REPO / "configs" / "mnist_one_class.yaml"),
+                {"data": {"root": str(MNIST)}, "train": {"epochs": 1}})
+    ckpt = train(cfg, base, torch.device("cpu"), max_steps=20, progress=False)
+    export_onnx(ckpt, onnx_path)
+    return onnx_path
+
+
+@pytest.fixture(scope="session")
+def mnist_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real exported model: base/mnist.onnx + mnist.yaml + model.pt (do not modify: copy first)."""
+    base = tmp_path_factory.getbasetemp() / "mnist_export"
+    base.mkdir(exist_ok=True)
+    return build_mnist_export(base)
 
 
 @pytest.fixture(scope="module")

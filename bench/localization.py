@@ -1,0 +1,117 @@
+"""Localization benchmark: train on train/good, evaluate every map on the labelled test split.
+
+    python -m bench.localization --config configs/screw.yaml [--epochs N] [--checkpoint PT]
+
+Prints one table (pixel AUROC, best IoU, AUPRO, image AUROC, and the mean per-image correlation
+of each map with the trivial darkness map, i.e. how much a map only traces the part) and writes
+bench/results/localization_<config>.json plus a PNG grid. --checkpoint skips training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.attention import SCORES, VARIANTS
+from training.checkpoint import atomic_write, load_model
+from training.config import load_config, merge
+from training.data import load_split
+from training.evaluate import compute_maps, format_table, save_grid, score_maps
+from training.maps import GaussianBlur
+from training.train import pick_device, train
+
+TARGETS = {"pixel_auroc": 0.97, "best_iou": 0.17, "aupro": 0.80}
+
+
+def darkness_correlation(maps: np.ndarray, darkness: np.ndarray) -> float:
+    """Mean over images of the Pearson correlation between a map and 255 - I."""
+    a = maps.reshape(len(maps), -1).astype(np.float64)
+    b = darkness.reshape(len(darkness), -1).astype(np.float64)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return float(np.nanmean(np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), np.nan)))
+
+
+def extra_blurs(maps: dict[str, np.ndarray], sigmas: list[float]) -> None:
+    raw = torch.from_numpy(maps["recon_error"][:, None])
+    for s in sigmas:
+        maps[f"recon_error_blur_s{s:g}"] = GaussianBlur(s)(raw)[:, 0].numpy()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    if args.epochs:
+        config = merge(config, {"train": {"epochs": args.epochs}})
+    name = Path(args.config).stem
+    out = Path(args.out) / name
+    started = time.time()
+    if args.checkpoint:
+        ckpt, train_s = Path(args.checkpoint), None
+    else:
+        ckpt = train(config, out / "run", pick_device(args.device), progress=not args.quiet)
+        train_s = time.time() - started
+    model, config = load_model(ckpt)
+    mcfg, inf = config["model"], config["inference"]
+    split = load_split(config["data"], "test", mcfg["size"], mcfg.get("channels", 1), strict=False)
+    t0 = time.time()
+    maps, kl = compute_maps(model, split, args.layers, args.scores, args.variants, float(inf["blur_sigma"]),
+                            per_dim=True)
+    extra_blurs(maps, args.sigmas)
+    eval_s = time.time() - t0
+    metrics = score_maps(maps, split, kl)
+    for k, m in maps.items():
+        metrics[k]["darkness_corr"] = darkness_correlation(m, maps["trivial_darkness"])
+    ranked = sorted((k for k in metrics if k not in ("kl", "trivial_darkness")),
+                    key=lambda k: (metrics[k]["aupro"], metrics[k]["best_iou"]), reverse=True)
+    best_att = next(k for k in ranked if k.startswith("attention/"))
+    result = {
+        "config": str(args.config), "model": mcfg, "train": config["train"], "inference": inf,
+        "epochs": config["train"]["epochs"], "train_seconds": train_s, "eval_seconds": eval_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "test_images": len(split), "anomalous": int(split.labels.sum()),
+        "metrics": metrics, "best_map": ranked[0], "best_attention": best_att,
+        "targets": TARGETS, "targets_met_by_best": {k: metrics[ranked[0]][k] >= v for k, v in TARGETS.items()},
+    }
+    text = json.dumps(result, indent=2)
+    atomic_write(out / "localization.json", lambda tmp: Path(tmp).write_text(text))
+    save_grid(out / "grid.png", split, maps, [best_att, "recon_error", ranked[0]])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.localization", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--checkpoint", help="evaluate this checkpoint instead of training")
+    p.add_argument("--layers", nargs="+", default=["layer1", "layer2", "layer3", "layer4"])
+    p.add_argument("--scores", nargs="+", default=list(SCORES), choices=list(SCORES))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--sigmas", nargs="+", type=float, default=[2.0, 8.0], help="extra blur sigmas for recon error")
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        r = run(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_table(r["metrics"], extra=["darkness_corr"]))
+    print(f"\nepochs {r['epochs']}  train {r['train_seconds'] or 0:.0f} s  eval {r['eval_seconds']:.0f} s  "
+          f"peak RSS {r['peak_rss_mb']:.0f} MB  size {r['model']['size']}")
+    print(f"best map: {r['best_map']}  best attention: {r['best_attention']}  targets met: {r['targets_met_by_best']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

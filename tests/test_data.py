@@ -1,0 +1,107 @@
+"""Data loaders on the shared real data and on bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import MNIST, SCREW, UCSD
+from training.data import AugmentedImages, load_split
+from training.preprocess import ImageError, read_image
+
+
+@pytest.mark.skipif(not SCREW.exists(), reason="shared screw data absent")
+def test_reads_shared_screw_layout():
+    cfg = {"format": "mvtec", "root": str(SCREW)}
+    test = load_split(cfg, "test", 64, 1, strict=False)
+    assert test.images.shape[1:] == (64, 64, 1) and test.images.dtype == np.uint8
+    assert test.masks is not None and test.masks.shape == (len(test), 64, 64)
+    assert set(test.kinds) >= {"good", "scratch_head", "thread_top"}
+    # every defect image has some mask pixels, no good image has any
+    bad = test.labels == 1
+    assert test.masks[bad].reshape(bad.sum(), -1).any(1).all()
+    assert not test.masks[~bad].any()
+    assert not test.skipped
+
+
+@pytest.mark.skipif(not MNIST.exists(), reason="shared MNIST absent")
+def test_mnist_one_class_split():
+    cfg = {"format": "mnist", "root": str(MNIST), "normal_digit": 1, "max_test": 300}
+    train = load_split(cfg, "train", 28, 1, strict=True)
+    test = load_split(cfg, "test", 28, 1, strict=True)
+    assert set(train.kinds) == {"1"} and train.labels.sum() == 0
+    assert len(test) == 300 and len(set(test.kinds)) == 10
+    assert not set(train.names) & set(test.names)
+
+
+@pytest.mark.skipif(not UCSD.exists(), reason="shared UCSD absent")
+def test_ucsd_frames_and_masks():
+    test = load_split({"format": "ucsd", "root": str(UCSD)}, "test", 100, 1, strict=False)
+    assert len(test) == 100 and test.masks is not None
+    assert test.labels[:60].sum() == 0 and test.labels[60:].all()  # anomaly from frame 61
+
+
+def test_augmentation_is_seeded_and_deterministic(mvtec_dir: Path):
+    train = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
+    a = AugmentedImages(train.images, 30, True, True, seed=3)
+    b = AugmentedImages(train.images, 30, True, True, seed=3)
+    assert all(np.array_equal(a[i].numpy(), b[i].numpy()) for i in range(4))
+    first = a[0].numpy().copy()
+    a.set_epoch(1)
+    assert not np.array_equal(first, a[0].numpy())  # a new epoch draws new transforms
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    with pytest.raises(ImageError, match="no images"):
+        load_split({"format": "mvtec", "root": str(tmp_path)}, "train", 32, 1, strict=True)
+    with pytest.raises(ImageError, match="no images"):
+        load_split({"format": "folder", "root": str(tmp_path / "train" / "good")}, "train", 32, 1, strict=True)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a png at all", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"])
+def test_corrupt_image_names_the_file_in_training(mvtec_dir: Path, content: bytes):
+    bad = mvtec_dir / "train" / "good" / "zz_bad.png"
+    bad.write_bytes(content)
+    with pytest.raises(ImageError, match="zz_bad.png"):
+        load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
+
+
+def test_corrupt_image_is_skipped_in_evaluation(mvtec_dir: Path):
+    (mvtec_dir / "test" / "good" / "zz_bad.png").write_bytes(b"")
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)
+    assert len(split) == 6
+    assert split.skipped and "zz_bad.png" in split.skipped[0][0] and "empty" in split.skipped[0][1]
+
+
+def test_mixed_sizes_or_channels_name_the_file(mvtec_dir: Path):
+    cv2.imwrite(str(mvtec_dir / "train" / "good" / "zz_big.png"), np.zeros((80, 80), np.uint8))
+    with pytest.raises(ImageError, match="zz_big.png"):
+        load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
+    (mvtec_dir / "train" / "good" / "zz_big.png").unlink()
+    cv2.imwrite(str(mvtec_dir / "train" / "good" / "zz_rgb.png"), np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ImageError, match="zz_rgb.png"):
+        load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
+
+
+def test_defect_without_mask(mvtec_dir: Path):
+    (mvtec_dir / "ground_truth" / "crack" / "001_mask.png").unlink()
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)
+    assert len(split) == 5 and "no mask" in split.skipped[0][1]
+    with pytest.raises(ImageError, match="001.png.*no mask"):
+        load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=True)
+
+
+def test_read_image_channel_conversions(tmp_path: Path):
+    p16 = tmp_path / "deep.png"
+    cv2.imwrite(str(p16), np.full((8, 8), 65535, np.uint16))
+    assert read_image(p16, 1).max() == 255 and read_image(p16, 1).dtype == np.uint8
+    rgba = tmp_path / "rgba.png"
+    cv2.imwrite(str(rgba), np.full((8, 8, 4), 100, np.uint8))
+    assert read_image(rgba, 3).shape == (8, 8, 3) and read_image(rgba, 1).shape == (8, 8, 1)
+    uni = tmp_path / "ünï cödé name.png"
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "x.png").rename(uni)
+    assert read_image(uni, 3).shape == (8, 8, 3)

@@ -348,6 +348,21 @@ class Reports:
         return self.summary
 
 
+def clean_temporaries(out: Path) -> int:
+    """Remove temporary files a killed run left behind (atomic_write's `.<name>.*` files): they
+    are never the real output, which is only ever replaced whole."""
+    n = 0
+    patterns = [(out, ".report.csv.*"), (out, ".report.jsonl.*"), (out, ".summary.json.*")]
+    patterns += [(out / kind, "**/.*.png") for kind in SAVE_KINDS]
+    for folder, pattern in patterns:
+        if folder.is_dir():
+            for p in folder.glob(pattern):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    n += 1
+    return n
+
+
 # ----------------------------------------------------------------------------- pictures
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -607,6 +622,7 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     explain = "attention" if "attention" in model.output_names else "anomaly_map"
 
     out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out)
     header = {
         "input": str(inp), "output": str(out), "recursive": bool(args.recursive), "batch": args.batch,
         "workers": args.workers, "model": {**model.describe(), "sha256": model_identity(model)},

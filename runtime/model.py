@@ -167,8 +167,6 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             file = checkpoint_from_sidecar(sidecar, given)
             m = sidecar.get("model") or {}
             settings = {k: m[k] for k in ("layer", "score", "per_dim", "recon") if m.get(k) is not None}
-            settings["per_dim"] = "alpha" in (sidecar.get("outputs") or [])
-            settings["recon"] = "recon_error" in (sidecar.get("outputs") or []) or None
         else:
             file = given
         try:

@@ -55,7 +55,12 @@ class FactorVAEModel(VAE):
                 acts = h
         if layer is not None and acts is None:
             raise ValueError(f"unknown encoder layer '{layer}'; choose one of {LAYERS}")
-        return acts, self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1)
+        return (acts, *self.heads(h))
+
+    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) from the 128 features of conv5, [N, 128, 1, 1] or flattened [N, 128]."""
+        h = h.reshape(h.shape[0], -1, 1, 1)
+        return self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1)
 
 
 class Discriminator(nn.Module):

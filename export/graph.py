@@ -5,6 +5,7 @@ gradients as constants), so the vector-Jacobian product ds/dA that the attention
 Eq. 2-3) is written out here op by op, in reverse order of the forward:
 
     score s(mu, logvar)   -> (ds/dmu, ds/dlogvar)      analytic, `score_cotangents`
+    logvar head           -> chain through the soft clamp L tanh(raw / L) of VAE.heads
     Linear  y = x W^T + b -> g_x = g_y W               MatMul with the same weight
     ReLU                  -> g * (y > 0)               the forward's own mask
     Conv2d                -> conv_transpose2d(g, W)    output_padding restores the input size
@@ -35,6 +36,7 @@ from training.checkpoint import load_model, sha256
 from training.inference import inference_settings
 from training.maps import AnomalyMap, recon_error
 from training.models import VAE
+from training.models.vae import LOGVAR_LIMIT
 
 #: Output names in graph order; recon_error and alpha only when present.
 BASE_OUTPUTS = ("mu", "logvar", "activations", "gradients", "attention", "anomaly_map")
@@ -320,8 +322,7 @@ class ExportModule(nn.Module):
         m = self.model
         y, saved = run_forward(self._after, acts)
         h_pre = m.fc(torch.flatten(y, 1))
-        h = m.fc_act(h_pre)
-        mu, logvar = m.fc_mu(h), m.fc_logvar(h)
+        mu, logvar = m.heads(m.fc_act(h_pre))
 
         d = m.latent
         r = 1 + d if self.per_dim else 1
@@ -337,6 +338,8 @@ class ExportModule(nn.Module):
             dlv = dlv.unsqueeze(1) if dlv is not None else None
         gh = torch.matmul(dmu, m.fc_mu.weight)  # [N, R, hidden]
         if dlv is not None:
+            # logvar = L tanh(raw / L) (VAE.heads): d logvar / d raw = 1 - (logvar / L)^2
+            dlv = dlv * (1.0 - (logvar / LOGVAR_LIMIT) ** 2).unsqueeze(1)
             gh = gh + torch.matmul(dlv, m.fc_logvar.weight)
         if isinstance(m.fc_act, nn.ReLU):
             gh = gh * (h_pre > 0).to(gh.dtype).unsqueeze(1)

@@ -53,6 +53,67 @@ def _static_output_shapes(model: onnx.ModelProto, shapes: dict[str, list[int | s
         out.doc_string = OUTPUT_DOCS[out.name]
 
 
+def simplify(model: onnx.ModelProto, max_elements: int = 65536) -> int:
+    """Fold what the TorchScript exporter leaves computable at export time, so that shape inference
+    (and the static-shape check for TensorRT) sees every non-batch dimension as a number:
+      * Identity of a constant (the exporter's de-duplicated initializers) -> its consumers read the
+        constant directly;
+      * a node whose inputs are all constants and whose outputs are small (e.g. the pads that
+        F.pad builds with ConstantOfShape/Concat/Slice) -> evaluated once (onnx.reference) into an
+        initializer.
+    Large outputs are never materialized, so no weight is duplicated. Unused constants are dropped.
+    Returns the number of nodes removed."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    graph_outputs = {o.name for o in g.output}
+    values: dict[str, np.ndarray] = {}  # small constants known so far (Constant outputs, folded nodes)
+    alias: dict[str, str] = {}
+    kept, removed = [], 0
+
+    def is_const(name: str) -> bool:
+        return name in values or name in inits
+
+    def value(name: str) -> np.ndarray:
+        return values[name] if name in values else numpy_helper.to_array(inits[name])
+
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+        ins = [n for n in node.input if n]
+        if node.op_type == "Constant" and not node.domain:
+            values[node.output[0]] = np.asarray(ReferenceEvaluator(node).run(None, {})[0])
+            kept.append(node)
+            continue
+        if node.op_type == "Identity" and is_const(node.input[0]) and node.output[0] not in graph_outputs:
+            alias[node.output[0]] = node.input[0]
+            removed += 1
+            continue
+        if (ins and all(is_const(n) for n in ins)
+                and all(n in values or math.prod(inits[n].dims) <= max_elements for n in ins) and not node.domain
+                and not set(node.output) & graph_outputs and not node.op_type.startswith("Random")):
+            res = [np.asarray(r) for r in ReferenceEvaluator(node).run(None, {n: value(n) for n in ins})]
+            if all(r.size <= max_elements for r in res):
+                values.update(zip(node.output, res))
+                removed += 1
+                continue
+        kept.append(node)
+    used = {n for node in kept for n in node.input} | graph_outputs
+    for name in list(values):  # folded values that something still reads become initializers
+        if name in used and not any(name in n.output for n in kept):
+            g.initializer.append(numpy_helper.from_array(values[name], name))
+    live = [n for n in kept if n.op_type != "Constant" or n.output[0] in used]
+    removed += len(kept) - len(live)
+    del g.node[:]
+    g.node.extend(live)
+    dead = [i for i in g.initializer if i.name not in used]
+    for i in dead:
+        g.initializer.remove(i)
+    return removed
+
+
 def fp16_weights(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS) -> int:
     """Store large float initializers as float16, each followed by a Cast back to float32 under the
     original name (consumers unchanged; ONNX Runtime folds the casts at load, TensorRT too).
@@ -163,6 +224,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = Non
                               training=torch.onnx.TrainingMode.PRESERVE,
                               dynamic_axes={n: {0: "N"} for n in ["image", *names]})
         model = onnx.load(tmp)
+        simplify(model)
         _static_output_shapes(model, output_shapes(module))
         model.graph.input[0].doc_string = (f"uint8 [N, {module.height}, {module.width}, {module.channels}] "
                                            f"(NHWC, {'gray' if module.channels == 1 else 'RGB'}) at the model's size")

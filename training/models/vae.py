@@ -20,6 +20,9 @@ from torch import nn
 from training.preprocess import Preprocess
 
 
+LOGVAR_LIMIT = 10.0  # logvar = LIMIT * tanh(raw / LIMIT), see VAE.heads
+
+
 class VAEOutput(NamedTuple):
     mu: torch.Tensor
     logvar: torch.Tensor
@@ -104,10 +107,14 @@ class VAE(nn.Module):
         self.register_buffer("map_scale", torch.ones(2))  # [attention, recon_error_blur] on normals
 
     def encode_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc_act(self.fc(torch.flatten(self.encoder(x), 1)))
+        return self.heads(self.fc_act(self.fc(torch.flatten(self.encoder(x), 1))))
+
+    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) from the hidden features; separate so that export's explicit backward
+        runs the very same head (export/graph.py)."""
         # Soft clamp to (-10, 10): with a 32768-wide head, Adam's first steps can push logvar
         # far enough that exp(logvar) overflows the KL (seen: KL 2e7 at step 1, a ruined decoder).
-        return self.fc_mu(h), 10.0 * torch.tanh(self.fc_logvar(h) / 10.0)
+        return self.fc_mu(h), LOGVAR_LIMIT * torch.tanh(self.fc_logvar(h) / LOGVAR_LIMIT)
 
     def forward(self, image: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
         """image: uint8 [N, H, W, C]. With eps (standard normal noise [N, D], training) z is drawn

@@ -90,5 +90,6 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.full((1, channels, 1, 1), float(std)))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x01 = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # cast before the transpose: TensorRT accepts uint8 only as an input to a Cast
+        x01 = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         return x01, (x01 - self.mean) / self.std

@@ -100,7 +100,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         data.set_epoch(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0 or not sys.stderr.isatty(),
                    leave=False, dynamic_ncols=True)
-        sums = np.zeros(3)
+        sums, count, t_epoch = np.zeros(3), 0, time.time()
         for image in bar:
             eps = step_noise(seed, step, global_batch, model.latent, slice(lo, lo + local_batch)).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -114,19 +114,20 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
             step += 1
             vals = np.array([t.item() for t in terms])
             sums += vals
+            count += 1
             bar.set_postfix(loss=f"{vals[0]:.1f}", recon=f"{vals[1]:.1f}", kl=f"{vals[2]:.1f}")
             if max_steps is not None and step >= max_steps:
                 done = True
                 break
         epoch += 1
-        n = max(1, bar.n)
+        n = max(1, count)
         history.append({"epoch": epoch, "step": step, "loss": float(sums[0] / n), "recon": float(sums[1] / n),
                         "kl": float(sums[2] / n), "seconds": time.time() - started})
         if rank == 0:
             if progress:
                 h = history[-1]
                 print(f"epoch {epoch}/{epochs} step {step} loss {h['loss']:.2f} recon {h['recon']:.2f} "
-                      f"kl {h['kl']:.2f} ({bar.format_dict.get('rate') or 0:.2f} it/s)", file=sys.stderr)
+                      f"kl {h['kl']:.2f} ({count / (time.time() - t_epoch):.2f} it/s)", file=sys.stderr)
             save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
                             history=history, stats_ready=False)
     if rank == 0:

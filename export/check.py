@@ -181,19 +181,19 @@ def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...
     for p in (onnx_path, checkpoint):
         if not p.is_file():
             raise CheckError(f"{p}: not found")
-    try:
-        meta = read_metadata(onnx_path)
-    except ExportError as e:
-        raise CheckError(str(e)) from e
     notes = []
-    if sha256(checkpoint) != meta["checkpoint_sha256"]:
-        raise CheckError(f"{checkpoint}: not the checkpoint {onnx_path.name} was exported from "
-                         f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")
     if sidecar_path(onnx_path).is_file():
         read_sidecar(onnx_path, verify=True)  # raises SidecarError on a sha256 mismatch
         notes.append(f"sidecar {sidecar_path(onnx_path).name}: sha256 verified")
     else:
         notes.append(f"no sidecar {sidecar_path(onnx_path).name} beside the model (runtimes will refuse it)")
+    try:
+        meta = read_metadata(onnx_path)
+    except ExportError as e:
+        raise CheckError(str(e)) from e
+    if sha256(checkpoint) != meta["checkpoint_sha256"]:
+        raise CheckError(f"{checkpoint}: not the checkpoint {onnx_path.name} was exported from "
+                         f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")
     if rel_tol is None:
         rel_tol = FP16_WEIGHTS_TOL if meta["weights"] == "fp16" else DEFAULT_TOL
     if meta["weights"] == "fp16":

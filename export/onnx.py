@@ -155,7 +155,10 @@ def metadata(module: ExportModule, settings: dict[str, Any], weights: str) -> di
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The export settings stored in an ONNX file, typed (ints, floats, bools, list of outputs)."""
-    m = onnx.load(str(path), load_external_data=False)
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
+        raise ExportError(f"{path}: not a readable ONNX file ({e.__class__.__name__})") from e
     raw = {p.key: p.value for p in m.metadata_props}
     if raw.get("schema") != METADATA_SCHEMA:
         raise ExportError(f"{path}: not exported by export.onnx (metadata schema {raw.get('schema')!r})")

@@ -1,0 +1,225 @@
+"""export.onnx + export.check: ONNX Runtime equals PyTorch autograd for every output (the
+deployment contract), metadata and sidecar, CLI behaviour."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export.graph
+from export.check import check, compare, format_report, main as check_main, ort_session, run_session
+from export.onnx import export_onnx, main as onnx_main, read_metadata
+from export.sidecar import SidecarError, read_sidecar
+from export.tensorrt import check_graph
+from test_export_graph import make_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (arch, checkpoint's inference overrides, export overrides): two target layers per VAE, both
+# scores, per-dim alpha, every anomaly map kind
+CONFIGS = {
+    "mnist-conv2": ("mnist", {}, {}),
+    "mnist-conv1": ("mnist", {"anomaly_map": "recon_error"}, {"layer": "conv1", "score": "difference", "per_dim": True}),
+    "resnet-layer4": ("resnet18", {"anomaly_map": "recon_error_blur"}, {"layer": "layer4"}),
+    "resnet-layer3": ("resnet18", {"anomaly_map": "fusion"}, {"layer": "layer3", "score": "difference", "per_dim": True}),
+    "ucsd-conv3": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv3"}),
+    "ucsd-conv2": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv2", "score": "difference"}),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    """Export lazily, once per configuration for the whole module."""
+    root = tmp_path_factory.mktemp("onnx")
+    cache: dict[str, tuple[Path, Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, Path, dict]:
+        if name not in cache:
+            arch, inference, over = CONFIGS[name]
+            ckpt = make_checkpoint(root / f"{name}.pt", arch, **inference)
+            r = export_onnx(ckpt, root / f"{name}.onnx", **over)
+            cache[name] = (ckpt, r["onnx"], r)
+        return cache[name]
+
+    return get
+
+
+def _parity(exported, name: str) -> None:
+    ckpt, path, _ = exported(name)
+    result = check(path, ckpt, batches=(1, 3))
+    print(format_report(result))
+    assert result.ok, format_report(result)
+    assert {r.batch for r in result.reports} == {1, 3}
+    assert {r.name for r in result.reports} == set(read_metadata(path)["outputs"])
+    for r in result.reports:  # any kink outlier is counted, and they stay rare
+        assert r.kink_outliers <= max(2, r.elements // 1000), r
+
+
+@pytest.mark.parametrize("name", ["mnist-conv2", "mnist-conv1", "resnet-layer4", "resnet-layer3"])
+def test_onnx_runtime_matches_autograd(exported, name: str) -> None:
+    _parity(exported, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ucsd-conv3", "ucsd-conv2"])
+def test_onnx_runtime_matches_autograd_ucsd(exported, name: str) -> None:
+    _parity(exported, name)  # 150 MB graphs: the 36864 x 1024 linear layer
+
+
+def test_metadata_outputs_and_static_shapes(exported) -> None:
+    ckpt, path, r = exported("resnet-layer3")
+    meta = read_metadata(path)
+    assert meta["layer"] == "layer3" and meta["score"] == "difference" and meta["anomaly_map"] == "fusion"
+    assert (meta["input_height"], meta["input_width"], meta["input_channels"]) == (64, 64, 1)
+    assert meta["per_dim"] and meta["recon"] and meta["weights"] == "fp32" and meta["opset"] == 17
+    assert meta["outputs"] == ["mu", "logvar", "activations", "gradients", "attention", "anomaly_map",
+                               "recon_error", "alpha"]
+    assert meta["checkpoint_sha256"] == read_sidecar(path)["model"]["checkpoint_sha256"]
+    model = onnx.load(str(path), load_external_data=False)
+    (inp,) = model.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [(d.dim_param or d.dim_value) for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["N", 64, 64, 1]
+    shapes = {o.name: [(d.dim_param or d.dim_value) for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert shapes["activations"] == ["N", 256, 4, 4] == shapes["gradients"]
+    assert shapes["attention"] == ["N", 1, 64, 64] and shapes["alpha"] == ["N", 8, 256]
+    assert all(o.doc_string for o in model.graph.output)
+    report = check_graph(model)
+    assert report.ok, report.problems
+    side = read_sidecar(path)
+    assert side["outputs"] == meta["outputs"] and side["input"]["color"] == "gray"
+    assert side["output_shapes"]["alpha"] == ["N", 8, 256] and side["export"]["opset"] == 17
+
+
+def test_gradients_are_computed_not_frozen(exported) -> None:
+    """pytorch#89675: a traced autograd graph silently freezes gradients as constants."""
+    _, path, _ = exported("mnist-conv2")
+    sess = ort_session(path)
+    rng = np.random.default_rng(1)
+    a = run_session(sess, rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))["gradients"]
+    b = run_session(sess, rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))["gradients"]
+    assert not np.allclose(a, b)
+
+
+def test_check_fails_for_a_wrong_backward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backward without its ReLU masks must fail, not be excused as kink outliers."""
+    ckpt = make_checkpoint(tmp_path / "m.pt", "mnist")
+    monkeypatch.setattr(export.graph, "_masked", lambda g, y, r, shape: g)
+    export_onnx(ckpt, tmp_path / "bad.onnx", layer="conv1")
+    monkeypatch.undo()
+    result = check(tmp_path / "bad.onnx", ckpt, batches=(2,))
+    bad = {r.name for r in result.reports if not r.ok}
+    assert not result.ok and "gradients" in bad, format_report(result)
+    assert all(r.kink_outliers < r.outliers for r in result.reports if r.name in bad)
+
+
+def test_fp16_weights_halve_the_file(exported, tmp_path: Path) -> None:
+    ckpt, path32, r32 = exported("resnet-layer4")
+    r16 = export_onnx(ckpt, tmp_path / "half.onnx", layer="layer4", fp16=True)
+    assert r16["bytes"] < 0.6 * r32["bytes"]
+    assert read_metadata(r16["onnx"])["weights"] == "fp16"
+    result = check(r16["onnx"], ckpt, batches=(2,))  # default tolerance for fp16 weights
+    assert result.ok and result.rel_tol == 2e-2, format_report(result)
+    assert any("fp16 weights" in n for n in result.notes)
+    assert check_graph(r16["onnx"]).ok
+
+
+def test_opset_18_and_recon(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", "mnist")
+    r = export_onnx(ckpt, tmp_path / "m18.onnx", opset=18, recon=True)
+    assert r["outputs"][-1] == "recon_error" and read_metadata(r["onnx"])["opset"] == 18
+    assert check_graph(r["onnx"]).ok
+    assert check(r["onnx"], ckpt, batches=(2,)).ok
+
+
+def test_cli_export_and_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", "mnist")
+    out = tmp_path / "deploy" / "digit.onnx"
+    assert onnx_main(["--checkpoint", str(ckpt), "--out", str(out), "--layer", "conv1"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote" in text and "digit.yaml" in text and "conv1" in text
+    assert sorted(p.name for p in out.parent.iterdir()) == ["digit.onnx", "digit.yaml"]  # nothing half-written
+    assert check_main(["--onnx", str(out), "--checkpoint", str(ckpt), "--batch", "1", "2",
+                       "--json", str(tmp_path / "r.json")]) == 0
+    assert "PASS" in capsys.readouterr().out and (tmp_path / "r.json").is_file()
+
+    # the model file no longer matches its sidecar: refused, and the message says which file
+    data = out.read_bytes()
+    out.write_bytes(data + b"\0")
+    assert check_main(["--onnx", str(out), "--checkpoint", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "digit.onnx" in err and "sidecar" in err and err.count("\n") == 1
+    with pytest.raises(SidecarError):
+        read_sidecar(out)
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", "resnet18")
+    out = str(tmp_path / "m.onnx")
+    for argv in ([], ["--checkpoint", str(ckpt)], ["--checkpoint", str(ckpt), "--out", "m.txt"],
+                 ["--checkpoint", str(ckpt), "--out", out, "--opset", "21"],
+                 ["--checkpoint", str(ckpt), "--out", out, "--score", "max"]):
+        with pytest.raises(SystemExit) as e:
+            onnx_main(argv)
+        assert e.value.code == 2
+    capsys.readouterr()
+    assert onnx_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", out]) == 1
+    assert "missing.pt: checkpoint not found" in capsys.readouterr().err
+    assert onnx_main(["--checkpoint", str(ckpt), "--out", out, "--layer", "conv1"]) == 1
+    err = capsys.readouterr().err
+    assert "choose one of ['maxpool', 'layer1', 'layer2', 'layer3', 'layer4']" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.pt"]  # a failed export leaves nothing behind
+    with pytest.raises(SystemExit) as e:
+        check_main(["--onnx", out])
+    assert e.value.code == 2
+    assert check_main(["--onnx", out, "--checkpoint", str(ckpt)]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_help_and_wrong_checkpoint(tmp_path: Path) -> None:
+    for mod in ("export.onnx", "export.check"):
+        r = subprocess.run([sys.executable, "-m", mod, "--help"], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0 and "--checkpoint" in r.stdout
+    ckpt = make_checkpoint(tmp_path / "a.pt", "mnist")
+    export_onnx(ckpt, tmp_path / "a.onnx")
+    other = make_checkpoint(tmp_path / "b.pt", "mnist", layer="conv1")
+    r = subprocess.run([sys.executable, "-m", "export.check", "--onnx", str(tmp_path / "a.onnx"),
+                        "--checkpoint", str(other)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and "not the checkpoint a.onnx was exported from" in r.stderr
+
+
+def test_kink_outliers_are_counted_only_where_autograd_at_our_activations_agrees() -> None:
+    ref = {n: torch.zeros(2, 4) for n in ("mu", "gradients")}
+    for n in ref:
+        ref[n][0, 0] = 1.0  # range 1
+    ours = {n: ref[n].numpy().copy() for n in ref}
+    for n in ours:
+        ours[n][1, 2] = 0.5  # an outlier in each output
+    recheck = {n: torch.from_numpy(ours[n]) for n in ours}  # autograd at our activations agrees
+    reports = {r.name: r for r in compare(ours, ref, 1e-4, 2, recheck)}
+    assert reports["gradients"].outliers == reports["gradients"].kink_outliers == 1 and reports["gradients"].ok
+    # mu is continuous: an outlier there is never a kink
+    assert reports["mu"].outliers == 1 and reports["mu"].kink_outliers == 0 and not reports["mu"].ok
+    reports = {r.name: r for r in compare(ours, ref, 1e-4, 2, {n: ref[n] for n in ref})}
+    assert not reports["gradients"].ok  # autograd disagrees with us too: a real mismatch
+
+
+@pytest.mark.slow
+def test_trained_mnist_end_to_end(tmp_path: Path) -> None:
+    """A briefly trained model (real ReLU patterns) through the CLIs: train, export, check."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "training.train", "--config", "configs/mnist_one_class.yaml",
+                        "--out", str(out), "--epochs", "1", "--max-steps", "3", "--quiet"],
+                       cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0 and "not found" in r.stderr:
+        pytest.skip(f"MNIST data not available: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    onnx_path = tmp_path / "digit.onnx"
+    assert onnx_main(["--checkpoint", str(out / "model.pt"), "--out", str(onnx_path), "--score", "difference",
+                      "--quiet"]) == 0
+    assert check_main(["--onnx", str(onnx_path), "--checkpoint", str(out / "model.pt"), "--batch", "1", "3"]) == 0

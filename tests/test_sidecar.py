@@ -1,0 +1,95 @@
+"""export.sidecar: X.yaml beside X.onnx / X.trt, sha256-verified."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from export.sidecar import SCHEMA, SidecarError, read_sidecar, sidecar_path, update_sidecar, write_sidecar
+from training.checkpoint import sha256
+
+INFO = {"model": {"family": "resnet_vae", "latent": 32, "layer": "layer3", "score": "sum_mu",
+                  "anomaly_map": "recon_error_blur", "blur_sigma": 4.0, "checkpoint_sha256": "ab" * 32},
+        "input": {"height": 64, "width": 64, "channels": 1, "color": "gray"},
+        "outputs": ["mu", "logvar", "activations", "gradients", "attention", "anomaly_map"],
+        "preprocessing": {"graph": {"mean": 0.5, "std": 0.5}}}
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    p = tmp_path / "screw.onnx"
+    p.write_bytes(b"not really onnx, but bytes to hash")
+    return p
+
+
+def test_roundtrip_and_schema(model_file: Path) -> None:
+    path = write_sidecar(model_file, INFO)
+    assert path == model_file.with_suffix(".yaml") == sidecar_path(model_file.with_suffix(".trt"))
+    data = read_sidecar(model_file)
+    assert data["schema"] == SCHEMA and data["thresholds"] == {}
+    assert data["files"]["screw.onnx"]["sha256"] == sha256(model_file)
+    assert data["files"]["screw.onnx"]["bytes"] == model_file.stat().st_size
+    assert data["model"] == INFO["model"] and data["outputs"] == INFO["outputs"]
+    assert data["created"] and "torch" in data["versions"]
+    assert yaml.safe_load(path.read_text()) == data  # plain YAML, no python tags
+    assert sorted(p.name for p in model_file.parent.iterdir()) == ["screw.onnx", "screw.yaml"]  # no temp files
+
+
+def test_sha256_mismatch_is_an_error_naming_both_files(model_file: Path) -> None:
+    write_sidecar(model_file, INFO)
+    model_file.write_bytes(b"a replaced model")
+    with pytest.raises(SidecarError, match=r"screw\.onnx: sha256 .* does not match its sidecar .*screw\.yaml"):
+        read_sidecar(model_file)
+    assert read_sidecar(model_file, verify=False)["model"]["layer"] == "layer3"
+
+
+def test_missing_sidecar_entry_and_model(model_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(SidecarError, match=r"screw\.yaml: sidecar missing for screw\.onnx"):
+        read_sidecar(model_file)
+    write_sidecar(model_file, INFO)
+    engine = tmp_path / "screw.trt"
+    engine.write_bytes(b"engine")
+    with pytest.raises(SidecarError, match=r"has no entry for screw\.trt"):
+        read_sidecar(engine)
+    model_file.unlink()
+    with pytest.raises(SidecarError, match="model file not found"):
+        read_sidecar(model_file)
+    with pytest.raises(SidecarError, match="model file not found"):
+        write_sidecar(model_file, INFO)
+
+
+def test_bad_sidecars(model_file: Path) -> None:
+    path = model_file.with_suffix(".yaml")
+    path.write_text("just: [unclosed")
+    with pytest.raises(SidecarError, match="unreadable sidecar"):
+        read_sidecar(model_file)
+    path.write_text(yaml.safe_dump({"schema": 1, "model": {}}))
+    with pytest.raises(SidecarError, match="not a model sidecar .*input"):
+        read_sidecar(model_file)
+    write_sidecar(model_file, INFO)
+    data = yaml.safe_load(path.read_text())
+    data["schema"] = 99
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SidecarError, match="schema 99 is not supported"):
+        read_sidecar(model_file)
+    with pytest.raises(SidecarError, match="lacks 'outputs'"):
+        write_sidecar(model_file, {k: v for k, v in INFO.items() if k != "outputs"})
+
+
+def test_update_adds_the_engine_and_thresholds(model_file: Path, tmp_path: Path) -> None:
+    write_sidecar(model_file, INFO)
+    engine = tmp_path / "screw.trt"
+    engine.write_bytes(b"engine bytes")
+    update_sidecar(model_file, files={"screw.trt": {"sha256": sha256(engine), "precision": "fp16", "trt": "10.3"}})
+    thresholds = {"pixel": 0.123, "image": 0.456, "rule": {"pixel": "best-iou", "image": "fpr=0.05"}}
+    data = update_sidecar(engine, thresholds=thresholds)
+    assert data["thresholds"] == thresholds
+    for f in (model_file, engine):  # both files verify against the one shared sidecar
+        d = read_sidecar(f)
+        assert set(d["files"]) == {"screw.onnx", "screw.trt"} and d["thresholds"] == thresholds
+    assert read_sidecar(engine)["files"]["screw.trt"]["precision"] == "fp16"
+    with pytest.raises(SidecarError, match="not updatable"):
+        update_sidecar(model_file, schema=2)
+    with pytest.raises(SidecarError, match="sidecar missing"):
+        update_sidecar(tmp_path / "other.onnx", thresholds={})

@@ -1,0 +1,365 @@
+"""export.tensorrt without TensorRT: the graph check (ops on TensorRT 10's ONNX list, static shapes
+except the batch), the missing-module error, CLI usage, and the build flow against a stand-in
+`tensorrt` module that records how the TensorRT 10 API is called."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import export.tensorrt as et
+from export.onnx import export_onnx
+from export.sidecar import read_sidecar
+from test_export_graph import make_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trt")
+    ckpt = make_checkpoint(root / "digit.pt", "mnist", anomaly_map="fusion")
+    return export_onnx(ckpt, root / "digit.onnx", score="difference", per_dim=True)["onnx"]
+
+
+@pytest.fixture
+def model_dir(onnx_file: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported model + sidecar (tests write engines beside it)."""
+    for suffix in (".onnx", ".yaml"):
+        shutil.copy(onnx_file.with_suffix(suffix), tmp_path / f"digit{suffix}")
+    return tmp_path
+
+
+def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool = True) -> types.ModuleType:
+    """Just enough of the TensorRT 10 Python API for build_engine, recording every call."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.float32, trt.float16, trt.int32, trt.int64, trt.uint8, trt.bool = (
+        "float32", "float16", "int32", "int64", "uint8", "bool")
+    trt.record = rec = {"flags": set(), "layers": []}
+
+    class Logger:
+        WARNING, VERBOSE = "warning", "verbose"
+
+        def __init__(self, severity: str) -> None:
+            rec["log"] = severity
+
+    class Tensor:
+        def __init__(self, dtype: str) -> None:
+            self.dtype = dtype
+
+    class Layer:
+        def __init__(self, name: str, kind: str, dtype: str) -> None:
+            self.name, self.type, self.precision, self.output_types = name, kind, None, {}
+            self._outs = [Tensor(dtype)]
+            self.num_outputs = 1
+
+        def get_output(self, j: int) -> Tensor:
+            return self._outs[j]
+
+        def set_output_type(self, j: int, dtype: str) -> None:
+            self.output_types[j] = dtype
+
+    class Network:
+        def __init__(self) -> None:
+            self.layers: list[Layer] = []
+
+        @property
+        def num_layers(self) -> int:
+            return len(self.layers)
+
+        def get_layer(self, i: int) -> Layer:
+            return self.layers[i]
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger: Logger) -> None:
+            self.network, self.errors = network, []
+
+        def parse_from_file(self, path: str) -> bool:
+            if not parse_ok:
+                self.errors = ["In node 7 with name: /Foo and operator: Foo (parseNode): UNSUPPORTED_NODE"]
+                return False
+            for node in onnx.load(path).graph.node:  # one layer per node, named after it, as the parser does
+                kind = "REDUCE" if node.op_type.startswith("Reduce") else "OTHER"
+                dtype = "int64" if node.op_type in ("Shape", "Gather", "Concat", "Unsqueeze") else "float32"
+                self.network.layers.append(Layer(node.name, kind, dtype))
+            rec["layers"] = self.network.layers
+            return True
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, i: int) -> str:
+            return self.errors[i]
+
+    class Profile:
+        def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+            rec["profile"] = (name, lo, opt, hi)
+
+    class TimingCache:
+        def __init__(self, data: bytes) -> None:
+            rec["cache_in"] = data
+
+        def serialize(self) -> bytes:
+            return b"timing-cache"
+
+    class Config:
+        int8_calibrator = None
+
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            rec["workspace"] = (pool, size)
+
+        def add_optimization_profile(self, p: Profile) -> None:
+            rec["profiles"] = rec.get("profiles", 0) + 1
+
+        def set_flag(self, flag: str) -> None:
+            rec["flags"].add(flag)
+
+        def create_timing_cache(self, data: bytes) -> TimingCache:
+            self.cache = TimingCache(data)
+            return self.cache
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> None:
+            rec["ignore_mismatch"] = ignore_mismatch
+
+        def get_timing_cache(self) -> TimingCache:
+            return self.cache
+
+        def set_calibration_profile(self, p: Profile) -> None:
+            rec["calibration_profile"] = True
+
+    class Builder:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def create_network(self, flags: int) -> Network:
+            rec["network_flags"] = flags
+            return Network()
+
+        def create_builder_config(self) -> Config:
+            rec["config"] = Config()
+            return rec["config"]
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
+            return b"ENGINE" if build_ok else None
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            pass
+
+    for cls in (Logger, OnnxParser, Builder, IInt8EntropyCalibrator2):
+        setattr(trt, cls.__name__, cls)
+    trt.LayerType = types.SimpleNamespace(REDUCE="REDUCE")
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY")
+    return trt
+
+
+# --- the graph check (no TensorRT involved) -------------------------------------------------
+
+def test_exported_graph_passes_the_tensorrt_check(onnx_file: Path, capsys: pytest.CaptureFixture) -> None:
+    report = et.check_graph(onnx_file)
+    assert report.ok, report.problems
+    assert report.opset == 17 and set(report.ops) <= et.TRT_SUPPORTED_OPS
+    assert {"ConvTranspose", "Resize", "ReduceMean"} <= set(report.ops)  # the backward and attention are there
+    assert et.main(["--onnx", str(onnx_file), "--check-only"]) == 0
+    assert "TensorRT 10 check: ok" in capsys.readouterr().out
+
+
+def _model(nodes: list, inputs: list, outputs: list, opset: int = 17, inits: list | None = None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits or [])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_check_flags_what_tensorrt_cannot_parse(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    img = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 1])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])
+    bad = _model([helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2], name="tr"),
+                  helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT, name="cast"),
+                  helper.make_node("Reciprocal", ["f"], ["r"], name="rec"),
+                  helper.make_node("Hardmax", ["r"], ["h"], name="hm"),
+                  helper.make_node("MaxUnpool", ["h", "h"], ["u"], name="unpool"),
+                  helper.make_node("Resize", ["u", "", "", "sizes"], ["y"], mode="cubic", antialias=1, name="rs"),
+                  helper.make_node("Foo", ["y"], ["z"], domain="my.ops", name="custom")],
+                 [img], [out], inits=[helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 1, 8, 8])])
+    problems = "\n".join(et.check_graph(bad).problems)
+    assert "Transpose 'tr': reads uint8 input 'image'" in problems
+    assert "Reciprocal 'rec': only parsed by late TensorRT 10.x releases" in problems
+    assert "MaxUnpool 'unpool': not supported" in problems
+    assert "Resize 'rs': mode 'cubic'" in problems and "antialiasing" in problems
+    assert "custom domain 'my.ops'" in problems
+    assert "Hardmax" not in problems
+
+    dyn = _model([helper.make_node("Relu", ["x"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", 4, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C", 4, 4])], opset=21)
+    problems = "\n".join(et.check_graph(dyn).problems)
+    assert "opset 21 is outside" in problems
+    assert "input x: shape ['N', 'C', 4, 4] is not static except the batch" in problems
+    assert "output y" in problems
+    path = tmp_path / "dyn.onnx"
+    onnx.save(dyn, path)
+    assert et.main(["--onnx", str(path), "--check-only"]) == 1
+    assert "problem(s)" in capsys.readouterr().out
+
+    axes = _model([helper.make_node("ReduceSum", ["x", "ax"], ["y"], name="rs")],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+                   helper.make_tensor_value_info("ax", TensorProto.INT64, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    assert any("axes must be a build-time constant" in p for p in et.check_graph(axes).problems)
+
+
+# --- TensorRT missing or too old -----------------------------------------------------------
+
+def test_missing_tensorrt_is_one_actionable_line(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: TensorRT is not installed") and "pip install tensorrt" in err
+    assert err.count("\n") == 1 and not (model_dir / "digit.trt").exists()
+
+
+def test_subprocess_exit_codes(model_dir: Path) -> None:
+    run = [sys.executable, "-m", "export.tensorrt"]
+    r = subprocess.run(run + ["--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--timing-cache" in r.stdout and "--calib-data" in r.stdout
+    r = subprocess.run(run + ["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "d.trt")],
+                       cwd=REPO, capture_output=True, text=True)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "TensorRT is not installed" in r.stderr
+
+
+def test_old_tensorrt_is_refused(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("8.6.1"))
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt")]) == 1
+    assert "TensorRT 8.6.1 found; this needs TensorRT 10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--onnx", "m.onnx"], ["--onnx", "m.onnx", "--out", "m.onnx"],
+    ["--onnx", "m.onnx", "--out", "m.trt", "--int8"], ["--onnx", "m.onnx", "--out", "m.trt", "--calib-data", "d"],
+    ["--onnx", "m.onnx", "--out", "m.trt", "--opt-batch", "9"], ["--onnx", "m.onnx", "--out", "m.trt", "--max-batch", "0"],
+    ["--onnx", "m.onnx", "--out", "m.trt", "--workspace-gb", "0"]])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        et.main(argv)
+    assert e.value.code == 2
+
+
+# --- the build flow, against the stand-in module ---------------------------------------------
+
+def test_fp16_build_records_engine_in_the_shared_sidecar(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    trt = fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    onnx_path, engine, cache = model_dir / "digit.onnx", model_dir / "digit.trt", model_dir / "timing.cache"
+    argv = ["--onnx", str(onnx_path), "--out", str(engine), "--fp16", "--max-batch", "4", "--opt-batch", "2",
+            "--workspace-gb", "1", "--timing-cache", str(cache)]
+    assert et.main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    rec = trt.record
+    assert engine.read_bytes() == b"ENGINE" and cache.read_bytes() == b"timing-cache"
+    assert rec["network_flags"] == 0 and rec["workspace"] == ("WORKSPACE", 1 << 30)
+    assert rec["profile"] == ("image", (1, 28, 28, 1), (2, 28, 28, 1), (4, 28, 28, 1)) and rec["profiles"] == 1
+    assert {"FP16", "OBEY"} <= rec["flags"] and "INT8" not in rec["flags"] and rec["ignore_mismatch"] is False
+    pinned = {l.name for l in rec["layers"] if l.precision == "float32"}
+    assert pinned and all(l.output_types == {0: "float32"} for l in rec["layers"] if l.name in pinned)
+    assert {l.name for l in rec["layers"] if l.type == "REDUCE"} <= pinned
+    assert any(n.startswith("/attention/") for n in pinned) and any(n.startswith("/score_grad/") for n in pinned)
+    assert not any(l.precision for l in rec["layers"] if l.get_output(0).dtype == "int64")  # shape math untouched
+    reduce = {l.name for l in rec["layers"] if l.type == "REDUCE"}
+    assert all(n in reduce or n.startswith(et.FP32_SCOPES) for n in pinned)  # convs, matmuls stay fp16
+    side = read_sidecar(engine)  # verifies the engine's sha256 against the shared digit.yaml
+    entry = side["files"]["digit.trt"]
+    assert entry["precision"] == "fp16" and entry["trt"] == "10.3.0" and entry["max_batch"] == 4
+    assert entry["source"]["sha256"] == side["files"]["digit.onnx"]["sha256"]
+    read_sidecar(onnx_path)  # the ONNX entry is untouched
+    assert et.main(argv) == 0 and rec["cache_in"] == b"timing-cache"  # the timing cache is reused
+
+
+def test_engine_with_another_stem_gets_its_own_sidecar(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    engine = model_dir / "engines" / "digit_fp32.trt"
+    r = et.build_engine(model_dir / "digit.onnx", engine, max_batch=2)
+    assert r["precision"] == "fp32" and r["sidecar"] == engine.with_suffix(".yaml")
+    side = read_sidecar(engine)
+    shared = read_sidecar(model_dir / "digit.onnx")
+    assert list(side["files"]) == ["digit_fp32.trt"] and side["outputs"] == shared["outputs"]
+    assert side["model"] == shared["model"] and side["files"]["digit_fp32.trt"]["source"]["file"] == "digit.onnx"
+
+
+def test_parser_and_build_failures(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture) -> None:
+    argv = ["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt")]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(parse_ok=False))
+    assert et.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "onnx parser: In node 7 with name: /Foo" in err and "ONNX parser failed (1 error(s)" in err
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(build_ok=False))
+    assert et.main(argv) == 1
+    assert "could not build the engine" in capsys.readouterr().err
+    assert not (model_dir / "digit.trt").exists()
+    assert sorted(p.name for p in model_dir.iterdir()) == ["digit.onnx", "digit.yaml"]
+
+
+def test_onnx_must_match_its_sidecar_before_building(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    with open(model_dir / "digit.onnx", "ab") as f:
+        f.write(b"\0")
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt")]) == 1
+    assert "does not match its sidecar" in capsys.readouterr().err
+
+
+def _write_images(folder: Path, n: int) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):  # other sizes and color: the host-side preprocessing brings them to 28x28 gray
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    (folder / "broken.png").write_bytes(b"not a png")
+
+
+def test_int8_build_calibrates_over_a_folder(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trt = fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    seen = {}
+
+    def calibrator(trt_mod, images, batch, cache):  # the real one needs CUDA buffers
+        seen.update(images=images, batch=batch, cache=cache)
+        return "calibrator"
+
+    monkeypatch.setattr(et, "make_calibrator", calibrator)
+    _write_images(model_dir / "calib", 5)
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"), "--int8",
+                    "--calib-data", str(model_dir / "calib"), "--calib-batch", "2",
+                    "--calib-cache", str(model_dir / "calib.cache")]) == 0
+    assert seen["images"].shape == (5, 28, 28, 1) and seen["images"].dtype == np.uint8 and seen["batch"] == 2
+    assert seen["cache"] == model_dir / "calib.cache"
+    assert "INT8" in trt.record["flags"] and trt.record["calibration_profile"]
+    assert trt.record["config"].int8_calibrator == "calibrator"
+    assert read_sidecar(model_dir / "digit.trt")["files"]["digit.trt"]["precision"] == "int8"
+
+
+def test_calibration_images(tmp_path: Path) -> None:
+    _write_images(tmp_path / "imgs", 3)
+    imgs = et.load_calibration_images(tmp_path / "imgs", 28, 28, 1, limit=2)
+    assert imgs.shape == (2, 28, 28, 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(et.TensorRTError, match="no usable calibration images"):
+        et.load_calibration_images(tmp_path / "empty", 28, 28, 1)

@@ -199,6 +199,30 @@ def sidecar_info(module: ExportModule, settings: dict[str, Any], opset: int, wei
     }
 
 
+def trace_to_onnx(module: torch.nn.Module, input_hwc: tuple[int, int, int], names: list[str], path: str | Path,
+                  opset: int = DEFAULT_OPSET, finish: Any = None) -> None:
+    """Trace `module` (uint8 image [N, H, W, C] -> tuple of `names`) to an ONNX file at `path`
+    (not atomic: callers wrap it): TorchScript exporter, dynamic batch, `simplify`, then
+    `finish(model)` for metadata, then the ONNX checker. Shared by export_onnx and bench.export."""
+    # batch 2, not 1: a size-1 batch invites the tracer to specialize shapes to 1
+    dummy = torch.zeros(2, *input_hwc, dtype=torch.uint8)
+    with warnings.catch_warnings():  # the legacy exporter announces its deprecation on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=names, do_constant_folding=True,
+                          # PRESERVE (the module is in eval mode) skips the exporter's Conv+BN
+                          # folding: the backward's ConvTranspose uses the unfolded conv weights,
+                          # so folding would store both copies (ORT and TensorRT fold BN at load).
+                          training=torch.onnx.TrainingMode.PRESERVE,
+                          dynamic_axes={n: {0: "N"} for n in ["image", *names]})
+    model = onnx.load(str(path))
+    simplify(model)
+    if finish is not None:
+        finish(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = None, score: str | None = None,
                 per_dim: bool = False, recon: bool | None = None, opset: int = DEFAULT_OPSET,
                 fp16: bool = False) -> dict[str, Any]:
@@ -211,23 +235,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = Non
     started = time.perf_counter()
     module, settings = build_export_module(checkpoint, layer, score, per_dim, recon)
     names = list(module.output_names)
-    # batch 2, not 1: a size-1 batch invites the tracer to specialize shapes to 1
-    dummy = torch.zeros(2, module.height, module.width, module.channels, dtype=torch.uint8)
     weights = "fp16" if fp16 else "fp32"
 
-    def write(tmp: str) -> None:
-        with warnings.catch_warnings():  # the legacy exporter announces its deprecation on every call
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (dummy,), tmp, dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=names, do_constant_folding=True,
-                              # PRESERVE (the module is in eval mode) skips the exporter's Conv+BN
-                              # folding: the backward's ConvTranspose uses the unfolded conv
-                              # weights, so folding would store both copies (ORT and TensorRT fold
-                              # BN themselves at load).
-                              training=torch.onnx.TrainingMode.PRESERVE,
-                              dynamic_axes={n: {0: "N"} for n in ["image", *names]})
-        model = onnx.load(tmp)
-        simplify(model)
+    def finish(model: onnx.ModelProto) -> None:
         _static_output_shapes(model, output_shapes(module))
         model.graph.input[0].doc_string = (f"uint8 [N, {module.height}, {module.width}, {module.channels}] "
                                            f"(NHWC, {'gray' if module.channels == 1 else 'RGB'}) at the model's size")
@@ -238,8 +248,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = Non
         for k, v in metadata(module, settings, weights).items():
             p = model.metadata_props.add()
             p.key, p.value = k, v
-        onnx.checker.check_model(model)
-        onnx.save(model, tmp)
+
+    def write(tmp: str) -> None:
+        trace_to_onnx(module, (module.height, module.width, module.channels), names, tmp, opset, finish)
 
     atomic_write(out, write, suffix=".onnx")
     seconds = time.perf_counter() - started
@@ -289,4 +300,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DEFAULT_OPSET", "OPSET_RANGE", "export_onnx", "fp16_weights", "metadata", "read_metadata", "main"]
+__all__ = ["DEFAULT_OPSET", "OPSET_RANGE", "export_onnx", "fp16_weights", "metadata", "read_metadata", "simplify",
+           "trace_to_onnx", "main"]

@@ -161,15 +161,17 @@ def test_every_bad_input_is_inspected_or_listed(tmp_path: Path, model: Path, hug
     assert by["gray16.png"]["score"] == pytest.approx(1.0, abs=0.01)
 
     # pictures: tree mirrored, original size, unicode names written
-    for kind in ("overlay", "mask", "heatmap"):
-        p = out / kind / "defect.png.png"
+    for kind, ext in (("overlay", "jpg"), ("mask", "png"), ("heatmap", "jpg")):
+        p = out / kind / f"defect.png.{ext}"
         img = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_UNCHANGED)
         assert img.shape[:2] == (40, 40), kind
-        assert (out / kind / "名前 with space.png.png").exists() and (out / kind / "sub" / "a.png.png").exists()
+        assert (out / kind / f"名前 with space.png.{ext}").exists() and (out / kind / "sub" / f"a.png.{ext}").exists()
     mask = cv2.imread(str(out / "mask" / "defect.png.png"), cv2.IMREAD_GRAYSCALE)
     assert np.count_nonzero(mask) == d["area"]
     assert cv2.imread(str(out / "mask" / "huge.jpg.png"), cv2.IMREAD_GRAYSCALE).shape == (5000, 5000)
-    assert not (out / "overlay" / "zero.png.png").exists()
+    assert not (out / "overlay" / "zero.png.jpg").exists()
+    assert sorted(p.name for p in (out / "overlay").iterdir() if p.is_file()) == sorted(
+        f + ".jpg" for f, v in exp.items() if v != "error" and "/" not in f)
 
     # CSV and JSONL agree; summary counts
     with open(out / "report.csv", newline="", encoding="utf-8") as f:
@@ -194,7 +196,7 @@ def test_unicode_and_space_names_in_paths(tmp_path: Path, model: Path, stub_side
     png(inp / "pièce 1.png", part(True))
     out = tmp_path / "sortie é"
     assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--save", "overlay",
-                    "--quiet"]) == 0
+                    "--quiet", "--format", "png"]) == 0
     assert rows(out)[0]["verdict"] == "NG" and (out / "overlay" / "pièce 1.png.png").exists()
 
 
@@ -267,7 +269,7 @@ def test_no_thresholds_reports_scores_only(tmp_path: Path, stub_sidecars: None,
     assert "reporting scores only" in err and "--save mask needs a pixel threshold" in err
     r = rows(out)[0]
     assert r["verdict"] is None and r["area"] is None and r["score"] == pytest.approx(1.0)
-    assert not (out / "mask" / "a.png.png").exists() and (out / "heatmap" / "a.png.png").exists()
+    assert not (out / "mask" / "a.png.png").exists() and (out / "heatmap" / "a.png.jpg").exists()
     s = json.loads((out / "summary.json").read_text())
     assert s["thresholds"]["source"] == "none" and s["ng_rate"] is None and s["counts"]["no_verdict"] == 1
     # thresholds given on the command line

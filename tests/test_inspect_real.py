@@ -80,5 +80,5 @@ def test_sigkill_then_resume(tmp_path: Path, mnist_export: Path) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "complete" and s["counts"]["total"] == 91 and s["counts"]["failed"] == 1
     assert not [p for p in out.rglob(".*") if p.is_file()]  # the kill's temporaries are cleaned up
-    for kind in ("overlay", "heatmap", "mask"):
-        assert len(list((out / kind).glob("*.png"))) == 90
+    for kind, ext in (("overlay", "jpg"), ("heatmap", "jpg"), ("mask", "png")):
+        assert len(list((out / kind).glob(f"*.{ext}"))) == 90

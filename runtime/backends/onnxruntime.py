@@ -3,8 +3,8 @@
 Providers are tried in the order TensorRT EP, CUDA EP, CPU EP (whichever this onnxruntime build
 has); `providers` overrides the list. Session options aim at latency: full graph optimization,
 sequential execution (the graph is one chain; parallel execution only adds scheduling overhead),
-one inter-op thread, and intra-op threads = `threads` (default: ONNX Runtime's, i.e. one per
-physical core).
+one inter-op thread, intra-op threads = `threads` (default: ONNX Runtime's, i.e. one per
+physical core), and no spin-waiting between ops unless `spin` (see below).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, spin: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - a declared dependency
@@ -72,6 +72,11 @@ class OnnxRuntimeBackend:
         so.inter_op_num_threads = 1
         if threads:
             so.intra_op_num_threads = int(threads)
+        # Idle intra-op threads spin by default; here they would steal the cores that decode and
+        # post-process beside them (and other tenants'): on the 2-core CI machine, turning spinning
+        # off raised folder inspection from 5.5 to 7.7-9.5 images/s at batch 8 and the bare backend
+        # from 6.5-8.4 to 9.9-10.7 (docs/benchmarks.md, "Inspection"). spin=True for dedicated cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         so.log_severity_level = 3  # warnings about unused initializers etc. are noise here
         try:
             self.session = ort.InferenceSession(
@@ -87,6 +92,7 @@ class OnnxRuntimeBackend:
         batch = inputs[0].shape[0]
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
         self.providers = self.session.get_providers()
+        self.version = ort.__version__
         self.threads = threads
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -97,4 +103,5 @@ class OnnxRuntimeBackend:
         self.session = None  # type: ignore[assignment]
 
     def describe(self) -> dict[str, object]:
-        return {"backend": self.name, "providers": list(self.providers), "threads": self.threads}
+        return {"backend": self.name, "providers": list(self.providers), "threads": self.threads,
+                "onnxruntime": self.version}

@@ -53,15 +53,16 @@ def _static_output_shapes(model: onnx.ModelProto, shapes: dict[str, list[int | s
         out.doc_string = OUTPUT_DOCS[out.name]
 
 
-def simplify(model: onnx.ModelProto, max_elements: int = 65536) -> int:
+def simplify(model: onnx.ModelProto, max_elements: int = 1 << 21) -> int:
     """Fold what the TorchScript exporter leaves computable at export time, so that shape inference
     (and the static-shape check for TensorRT) sees every non-batch dimension as a number:
       * Identity of a constant (the exporter's de-duplicated initializers) -> its consumers read the
         constant directly;
       * a node whose inputs are all constants and whose outputs are small (e.g. the pads that
-        F.pad builds with ConstantOfShape/Concat/Slice) -> evaluated once (onnx.reference) into an
-        initializer.
-    Large outputs are never materialized, so no weight is duplicated. Unused constants are dropped.
+        F.pad builds with ConstantOfShape/Concat/Slice, or the constant fc-head cotangent of
+        sum_mu, ones @ W_mu @ W_fc) -> evaluated once (onnx.reference) into an initializer.
+    Outputs over max_elements (8 MB of fp32) are never materialized, so no weight is duplicated;
+    constants nothing reads any more are dropped.
     Returns the number of nodes removed."""
     from onnx.reference import ReferenceEvaluator
 
@@ -91,8 +92,7 @@ def simplify(model: onnx.ModelProto, max_elements: int = 65536) -> int:
             alias[node.output[0]] = node.input[0]
             removed += 1
             continue
-        if (ins and all(is_const(n) for n in ins)
-                and all(n in values or math.prod(inits[n].dims) <= max_elements for n in ins) and not node.domain
+        if (ins and all(is_const(n) for n in ins) and not node.domain
                 and not set(node.output) & graph_outputs and not node.op_type.startswith("Random")):
             res = [np.asarray(r) for r in ReferenceEvaluator(node).run(None, {n: value(n) for n in ins})]
             if all(r.size <= max_elements for r in res):

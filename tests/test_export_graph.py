@@ -67,7 +67,7 @@ CASES = [("mnist", "conv2"), ("mnist", "conv1"), ("ucsd", "conv3"), ("ucsd", "co
 
 
 @pytest.mark.parametrize("arch,layer", CASES)
-@pytest.mark.parametrize("score,per_dim", [("sum_mu", False), ("difference", True)])
+@pytest.mark.parametrize("score,per_dim", [("sum_mu", False), ("sum_mu", True), ("difference", True)])
 def test_explicit_backward_matches_autograd(arch: str, layer: str, score: str, per_dim: bool) -> None:
     model = make_model(arch)
     img = images(3, SIZES[arch])

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "mnist-conv2": ("mnist", {}, {}),
     "mnist-conv1": ("mnist", {"anomaly_map": "recon_error"}, {"layer": "conv1", "score": "difference", "per_dim": True}),
-    "resnet-layer4": ("resnet18", {"anomaly_map": "recon_error_blur"}, {"layer": "layer4"}),
+    # sum_mu without an fc ReLU: the fc-head cotangent (with the per-dim rows) is folded to a constant
+    "resnet-layer4": ("resnet18", {"anomaly_map": "recon_error_blur"}, {"layer": "layer4", "per_dim": True}),
     "resnet-layer3": ("resnet18", {"anomaly_map": "fusion"}, {"layer": "layer3", "score": "difference", "per_dim": True}),
     "ucsd-conv3": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv3"}),
     "ucsd-conv2": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv2", "score": "difference"}),
@@ -223,3 +224,14 @@ def test_trained_mnist_end_to_end(tmp_path: Path) -> None:
     assert onnx_main(["--checkpoint", str(out / "model.pt"), "--out", str(onnx_path), "--score", "difference",
                       "--quiet"]) == 0
     assert check_main(["--onnx", str(onnx_path), "--checkpoint", str(out / "model.pt"), "--batch", "1", "3"]) == 0
+
+
+def test_constant_fc_head_cotangent_is_folded(exported) -> None:
+    """sum_mu without an fc ReLU: ones @ W_mu @ W_fc is the same for every image, so the graph
+    holds it as a constant instead of reading the fc weight again per image."""
+    _, path, _ = exported("resnet-layer4")
+    graph = onnx.load(str(path)).graph
+    readers = [n.op_type for n in graph.node if "model.fc.weight" in n.input]
+    assert readers == ["Gemm"]  # the forward only
+    _, path, _ = exported("mnist-conv2")  # with the fc ReLU the product depends on the image
+    assert "MatMul" in [n.op_type for n in onnx.load(str(path)).graph.node if "model.fc.weight" in n.input]

@@ -1,0 +1,257 @@
+"""Export benchmark: what the explicit backward costs in ONNX Runtime, and what it saves over eager.
+
+    python -m bench.export [--config configs/screw_256.yaml] [--checkpoint PT] [--batches 1 8]
+        [--runs 20] [--warmup 3] [--threads 2] [--results bench/results]
+
+The screw model of configs/screw_256.yaml (ResNet18 VAE, 256x256, inference layer3 / sum_mu /
+recon_error_blur): --checkpoint, or else the untrained model (random weights; latency does not
+depend on the weights). On this CPU, in one run, ONNX Runtime (CPU, --threads intra-op threads)
+at each batch size:
+  forward      the graph without attention: preprocess, encoder, heads, decoder, recon_error, blur
+               (what the model's anomaly map needs, no backward)
+  attn-fc      export.graph.ExportModule at layer4 (backward crosses only the fc head)
+  attn-layer3  ExportModule at layer3 (backward crosses layer4: conv, BN, ReLU, residual)
+and PyTorch on the same thread count:
+  eager        training.inference.reference_outputs (forward + autograd), the reference path
+  torch-graph  ExportModule in eager PyTorch (what the runtime's PyTorch backend runs)
+Latency is the median of --runs (>= 20) after --warmup, the configurations interleaved round by
+round so that load from other processes on the shared machine hits all of them alike.
+Targets: attn-layer3 <= 1.15x forward, eager >= 1.6x attn-layer3 at batch 1. Also reported:
+export time and file size (fp32, and fp16 weights), and the parity of each attention graph
+against autograd at batch 1 (max err / range over outputs).
+With a GPU: ExportModule on CUDA, eager and captured in a CUDA graph, batch 1 and 64.
+Prints a table and writes bench/results/export.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ForwardOutputs(NamedTuple):
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    recon_error: torch.Tensor
+    anomaly_map: torch.Tensor
+
+
+class ForwardOnly(nn.Module):
+    """The baseline graph: everything the anomaly map needs except the attention's backward.
+    Built from the model's own modules and training.maps, as the export module is."""
+
+    def __init__(self, model: nn.Module, anomaly_map: str, blur_sigma: float) -> None:
+        from training.maps import AnomalyMap
+
+        super().__init__()
+        self.model = model.eval()
+        self.amap = AnomalyMap(anomaly_map, blur_sigma)
+        if not self.amap.needs_decoder or anomaly_map == "fusion":
+            raise ValueError(f"anomaly_map '{anomaly_map}' needs the attention: no forward-only graph")
+
+    def forward(self, image: torch.Tensor) -> ForwardOutputs:
+        from training.maps import recon_error
+
+        with torch.no_grad():
+            x01, x = self.model.preprocess(image)
+            mu, logvar = self.model.encode_features(x)
+            err = recon_error(x01, self.model.decoder(mu))
+            return ForwardOutputs(mu, logvar, err, self.amap(None, err, self.model.map_scale))
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000.0
+
+
+def interleaved(cases: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per call for each case, `runs` rounds, the cases taking turns in each round."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(runs):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(ms), "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90)), "runs": len(ms)}
+
+
+def cuda_section(module: nn.Module, shape: tuple[int, int, int], runs: int, warmup: int) -> list[dict[str, Any]]:
+    """ExportModule on CUDA, eager and replayed from a CUDA graph, batch 1 and 64."""
+    module = module.cuda()
+    rows = []
+    for n in (1, 64):
+        x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, device="cuda")
+
+        def eager() -> None:
+            module(x)
+            torch.cuda.synchronize()
+
+        static = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream before capture, as CUDA graphs require
+            for _ in range(3):
+                module(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            module(static)
+
+        def replay() -> None:
+            static.copy_(x)
+            graph.replay()
+            torch.cuda.synchronize()
+
+        t = interleaved({"cuda-eager": eager, "cuda-graph": replay}, runs, warmup)
+        for name, ms in t.items():
+            rows.append({"case": name, "batch": n, **summary(ms), "images_per_s": 1000.0 * n / statistics.median(ms)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/screw_256.yaml", help="model + inference config")
+    p.add_argument("--checkpoint", help="a trained checkpoint instead of the untrained config model")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--runs", type=int, default=20, help="timed runs per case (>= 20 for the report)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime and PyTorch")
+    p.add_argument("--results", default=str(REPO / "bench" / "results"), help="JSON output folder")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or min(args.batches) < 1:
+        p.error("--runs, --threads and --batches must be >= 1, --warmup >= 0")
+
+    import onnxruntime as ort
+
+    from export.check import compare, ort_session, run_session
+    from export.graph import build_export_module
+    from export.onnx import export_onnx, trace_to_onnx
+    from training.checkpoint import atomic_write, load_model, save_checkpoint
+    from training.config import load_config
+    from training.inference import reference_outputs
+    from training.models import build_model
+
+    torch.set_num_threads(args.threads)  # the bench only: the machine is shared
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    inf = config["inference"]
+    work = Path(tempfile.mkdtemp(prefix="bench_export_"))
+    if args.checkpoint:
+        ckpt, trained = Path(args.checkpoint), True
+        config = load_model(ckpt)[1]
+        inf = config["inference"]
+    else:
+        torch.manual_seed(0)
+        ckpt, trained = work / "screw_untrained.pt", False
+        save_checkpoint(ckpt, build_model(config["model"]), config)
+    model, _ = load_model(ckpt)
+    h = w = int(config["model"]["size"])
+    c = int(config["model"].get("channels", 1))
+    print(f"model: {config['model']['arch']} {h}x{w}x{c}, {'trained: ' + str(ckpt) if trained else 'untrained (random weights)'}; "
+          f"inference {inf['layer']} / {inf['score']} / {inf['anomaly_map']}; {args.threads} threads", file=sys.stderr)
+
+    # --- export -------------------------------------------------------------------------------
+    exports: dict[str, dict[str, Any]] = {}
+    fwd_path = work / "forward.onnx"
+    t = time.perf_counter()
+    forward = ForwardOnly(model, inf["anomaly_map"], float(inf["blur_sigma"]))
+    trace_to_onnx(forward, (h, w, c), list(ForwardOutputs._fields), fwd_path)
+    exports["forward"] = {"seconds": time.perf_counter() - t, "bytes": fwd_path.stat().st_size}
+    graphs = {"forward": fwd_path}
+    for name, layer in (("attn-fc", "layer4"), ("attn-layer3", "layer3")):
+        r = export_onnx(ckpt, work / f"{name}.onnx", layer=layer)
+        exports[name] = {"seconds": r["seconds"], "bytes": r["bytes"], "layer": layer}
+        graphs[name] = r["onnx"]
+    r = export_onnx(ckpt, work / "attn-layer3-fp16.onnx", layer="layer3", fp16=True)
+    exports["attn-layer3 (fp16 weights)"] = {"seconds": r["seconds"], "bytes": r["bytes"], "layer": "layer3"}
+    for name, e in exports.items():
+        print(f"exported {name:<27} {e['bytes'] / 1e6:7.1f} MB in {e['seconds']:5.1f} s", file=sys.stderr)
+
+    sessions = {name: ort_session(path, threads=args.threads) for name, path in graphs.items()}
+    modules = {"attn-layer3": build_export_module(ckpt, layer="layer3")[0]}
+
+    # --- parity at batch 1 (the deployment contract, in passing) -------------------------------
+    rng = np.random.default_rng(0)
+    img1 = rng.integers(0, 256, (1, h, w, c), dtype=np.uint8)
+    parity = {}
+    for name, layer in (("attn-fc", "layer4"), ("attn-layer3", "layer3")):
+        ref = reference_outputs(model, torch.from_numpy(img1), layer, inf["score"], inf["anomaly_map"],
+                                float(inf["blur_sigma"]))
+        reps = compare(run_session(sessions[name], img1), ref, 1e-4, 1)
+        parity[name] = {"max_err_over_range": max(r.max_abs_err / r.range if r.range else 0.0 for r in reps),
+                        "outliers": sum(r.outliers for r in reps)}
+
+    # --- latency --------------------------------------------------------------------------------
+    rows = []
+    for n in args.batches:
+        x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+        tx = torch.from_numpy(x)
+        cases: dict[str, Callable[[], Any]] = {name: (lambda s=s: run_session(s, x)) for name, s in sessions.items()}
+        cases["eager"] = lambda: reference_outputs(model, tx, inf["layer"], inf["score"], inf["anomaly_map"],
+                                                   float(inf["blur_sigma"]))
+        cases["torch-graph"] = lambda: modules["attn-layer3"](tx)
+        print(f"timing batch {n}: {len(cases)} cases x {args.runs} runs", file=sys.stderr)
+        for name, ms in interleaved(cases, args.runs, args.warmup).items():
+            rows.append({"case": name, "batch": n, **summary(ms), "images_per_s": 1000.0 * n / statistics.median(ms)})
+
+    def med(case: str, n: int) -> float:
+        return next(r["median_ms"] for r in rows if r["case"] == case and r["batch"] == n)
+
+    for r in rows:
+        r["x_forward"] = r["median_ms"] / med("forward", r["batch"])
+    b1 = min(args.batches)
+    targets = {"attn-layer3 / forward (<= 1.15)": med("attn-layer3", b1) / med("forward", b1),
+               "attn-fc / forward (<= 1.15)": med("attn-fc", b1) / med("forward", b1),
+               "eager / attn-layer3 (>= 1.6)": med("eager", b1) / med("attn-layer3", b1)}
+    gpu = cuda_section(modules["attn-layer3"], (h, w, c), args.runs, args.warmup) if torch.cuda.is_available() else []
+
+    # --- report ---------------------------------------------------------------------------------
+    print(f"\n{'case':<14}{'batch':>6}{'median ms':>11}{'p10':>9}{'p90':>9}{'img/s':>8}{'x forward':>11}")
+    for r in rows + gpu:
+        xf = f"{r['x_forward']:>11.2f}" if "x_forward" in r else ""
+        print(f"{r['case']:<14}{r['batch']:>6}{r['median_ms']:>11.1f}{r['p10_ms']:>9.1f}{r['p90_ms']:>9.1f}"
+              f"{r['images_per_s']:>8.1f}{xf}")
+    print(f"\ntargets at batch {b1}: " + "; ".join(f"{k}: {v:.2f}" for k, v in targets.items()))
+    print("exports: " + "; ".join(f"{k} {e['bytes'] / 1e6:.1f} MB / {e['seconds']:.1f} s" for k, e in exports.items()))
+    print("parity at batch 1 (max err/range over outputs): "
+          + "; ".join(f"{k} {v['max_err_over_range']:.1e} ({v['outliers']} outliers)" for k, v in parity.items()))
+    report = {"command": "python -m bench.export " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "model": {"config": args.config, "checkpoint": str(ckpt) if trained else None, "trained": trained,
+                        "size": h, "channels": c, "inference": inf},
+              "machine": {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+                          "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+              "exports": exports, "parity": parity, "latency": rows, "cuda": gpu, "targets": targets}
+    out = Path(args.results) / "export.json"
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    print(f"wrote {out}")
+    for f in work.iterdir():  # hundreds of MB of graphs: not kept
+        f.unlink()
+    work.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,7 +31,14 @@ from training.factorvae_train import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("beta_vae", "factorvae", "ad_factorvae")
-LABELS = {"beta_vae": "beta-VAE", "factorvae": "FactorVAE", "ad_factorvae": "AD-FactorVAE"}
+# name -> (config, train overrides): the three of fig. 8, and AD with alpha detached (gradient of
+# L_AD through the activations A alone) for the detach_alpha comparison.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "beta_vae": ("dsprites_beta_vae", {}), "factorvae": ("dsprites_factorvae", {}),
+    "ad_factorvae": ("dsprites_ad_factorvae", {}),
+    "ad_factorvae_detach": ("dsprites_ad_factorvae", {"detach_alpha": True})}
+LABELS = {"beta_vae": "beta-VAE", "factorvae": "FactorVAE", "ad_factorvae": "AD-FactorVAE",
+          "ad_factorvae_detach": "AD-FV detach"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", type=int, default=10, help="latent size (FactorVAE: 10; the paper's table 4: 32)")
     p.add_argument("--seed", type=int, default=0, help="training and metric seed, the same for every model")
     p.add_argument("--lr", type=float, help="override the VAE learning rate of every config (paper: 1e-4)")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {','.join(VARIANTS)}")
     p.add_argument("--num-train", type=int, default=10_000, help="metric training votes (disentanglement_lib: 10000)")
     p.add_argument("--num-eval", type=int, default=5_000, help="metric evaluation votes (disentanglement_lib: 5000)")
     p.add_argument("--num-variance", type=int, default=10_000, help="images for the metric's global variance")
@@ -86,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"dSprites from {data.source} in {data.seconds:.1f} s", flush=True)
     rows: list[dict[str, Any]] = []
     for name in models:
-        cfg = load_config(REPO / "configs" / f"dsprites_{name}.yaml")
+        config_name, variant = VARIANTS[name]
+        cfg = load_config(REPO / "configs" / f"{config_name}.yaml")
         over: dict[str, Any] = {"model": {"latent": args.latent},
-                                "train": {"steps": args.steps, "seed": args.seed, "epochs": None,
+                                "train": {**variant, "steps": args.steps, "seed": args.seed, "epochs": None,
                                           "log_every": max(1, args.steps // 20), "checkpoint_every": max(1, args.steps // 4)}}
         if args.lr:
             over["train"]["lr"] = args.lr
@@ -145,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    bad = [m for m in args.models.split(",") if m.strip() and m.strip() not in MODELS]
+    bad = [m for m in args.models.split(",") if m.strip() and m.strip() not in VARIANTS]
     if bad:
-        parser.error(f"unknown model(s) {bad}; choose from {','.join(MODELS)}")
+        parser.error(f"unknown model(s) {bad}; choose from {','.join(VARIANTS)}")
     if min(args.steps, args.latent - 1, args.num_train, args.num_eval, args.num_variance - 1, args.recon_images, args.threads) < 1:
         parser.error("--steps, --num-train, --num-eval, --recon-images, --threads must be >= 1, --latent and --num-variance >= 2")
     try:

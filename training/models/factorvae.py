@@ -39,6 +39,13 @@ class FactorVAEModel(VAE):
         self.fc = nn.Identity()
         self.fc_mu = nn.Conv2d(128, latent, 1)
         self.fc_logvar = nn.Conv2d(128, latent, 1)
+        # He-normal weights and zero biases, as the reference FactorVAE code: with PyTorch's default
+        # init the signal shrinks through the 11 ReLU layers (mu's std at init ~1e-3), the decoder
+        # learns the mean image, the KL collapses the code and training stalls for thousands of steps.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def encode_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, mu, logvar = self.encode_at(x, None)

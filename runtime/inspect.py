@@ -284,7 +284,7 @@ def failure_kind(reason: str) -> str:
 
 
 def summarize(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], wall_s: float,
-              header: dict[str, Any], status: str) -> dict[str, Any]:
+              header: dict[str, Any], status: str, cpu_s: float | None = None) -> dict[str, Any]:
     ok_rows = [r for r in rows if r.get("status") == "ok"]
     ng = sum(r.get("verdict") == "NG" for r in ok_rows)
     good = sum(r.get("verdict") == "OK" for r in ok_rows)
@@ -298,6 +298,7 @@ def summarize(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], wall_s
         "ng_rate": round(ng / judged, 6) if judged else None,
         "failures": dict(Counter(failure_kind(r.get("reason") or "") for r in rows if r.get("status") != "ok")),
         "this_run": {"rows": len(run_rows), "inspected": len(run_ok), "wall_s": round(wall_s, 3),
+                     "cpu_s": None if cpu_s is None else round(cpu_s, 3),
                      "images_per_s": round(len(run_ok) / wall_s, 3) if wall_s > 0 and run_ok else None},
         "latency_ms": percentiles([r["latency_ms"] for r in run_ok if r.get("latency_ms") is not None]),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if status != "running" else None,
@@ -313,6 +314,7 @@ class Reports:
         self.run_rows: list[dict[str, Any]] = []
         self.header = header
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()  # all threads: what the work costs, whoever else runs
         self._csv_at = 0.0
         # Rewrite the previous rows (drops a torn last line), then append from here on.
         write_jsonl(out / "report.jsonl", self.rows)
@@ -336,7 +338,8 @@ class Reports:
             pos = {k: i for i, k in enumerate(order)}
             rows = sorted(rows, key=lambda r: (pos.get(r["file"], len(pos)), r["file"]))
         write_csv(self.out / "report.csv", rows)
-        self.summary = summarize(rows, self.run_rows, now - self.started, self.header, status)
+        self.summary = summarize(rows, self.run_rows, now - self.started, self.header, status,
+                                 time.process_time() - self.cpu_started)
         write_json(self.out / "summary.json", self.summary)
 
     def finish(self, status: str, order: list[str]) -> dict[str, Any]:

@@ -72,3 +72,19 @@ def test_to_size_keeps_range() -> None:
     m = np.random.default_rng(0).random((8, 8)).astype(np.float32)
     up = to_size(m[None], 33, 47)
     assert up.shape == (33, 47) and up.max() <= m.max() + 1e-6 and up.min() >= m.min() - 1e-6
+
+
+def test_cropped_labelling_matches_full_image_labelling() -> None:
+    import cv2
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = np.zeros((120, 90), np.uint8)
+        for _ in range(int(rng.integers(0, 5))):
+            x, y = rng.integers(0, 85), rng.integers(0, 115)
+            mask[y:y + int(rng.integers(1, 30)), x:x + int(rng.integers(1, 30))] = 255
+        n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+        ref = sorted(((int(a), int(x), int(y), int(w), int(h)) for x, y, w, h, a in stats[1:n]),
+                     key=lambda b: (-b[0], b[2], b[1]))
+        assert boxes_of(mask) == [b[1:] for b in ref]
+        assert boxes_of(mask > 0) == boxes_of(mask)

@@ -124,4 +124,5 @@ def test_tensorrt_engine_without_tensorrt(tmp_path: Path, mnist_export: Path, mo
     inp = tmp_path / "in"
     inp.mkdir()
     assert ri.main(["--engine", str(trt), "--input", str(inp), "--output", str(tmp_path / "o"), "--quiet"]) == 1
-    assert "TensorRT backend needs" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install tensorrt" in err[0]

@@ -20,10 +20,6 @@ import torch
 
 from runtime.backends import BackendUnavailable
 
-INSTALL_HINT = ("TensorRT backend needs the 'tensorrt' Python package, version 10 (pip install tensorrt) "
-                "on a machine with an NVIDIA GPU; or run the .onnx model with --backend onnxruntime")
-
-
 @dataclass(frozen=True)
 class IOTensor:
     name: str
@@ -139,16 +135,15 @@ class EngineRunner:
 
 
 def import_tensorrt() -> Any:
-    """The tensorrt module (TensorRT 10+), or BackendUnavailable with a one-line fix."""
+    """The tensorrt module (TensorRT 10+), or BackendUnavailable with export.tensorrt's one-line fix
+    (one definition of the lazy import and the version rule for the builder and the runtime)."""
+    from export.tensorrt import TensorRTError
+    from export.tensorrt import import_tensorrt as _import
+
     try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailable(INSTALL_HINT) from e
-    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
-    if major < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} found, the TensorRT 10 API is required "
-                                 f"(pip install 'tensorrt>=10')")
-    return trt
+        return _import()
+    except TensorRTError as e:
+        raise BackendUnavailable(str(e)) from None
 
 
 class TensorRTBackend:

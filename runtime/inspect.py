@@ -24,6 +24,7 @@ import errno
 import io
 import json
 import os
+import re
 import stat
 import sys
 import threading
@@ -352,18 +353,23 @@ class Reports:
         return self.summary
 
 
+# atomic_write's temporaries: ".<final name>.<8 random chars from mkstemp><suffix>". A real picture
+# ends in ".<image extension of at most 4 chars>.<png|jpg>", so it never matches.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp|\.png|\.jpg)$")
+
+
 def clean_temporaries(out: Path) -> int:
-    """Remove temporary files a killed run left behind (atomic_write's `.<name>.*` files): they
-    are never the real output, which is only ever replaced whole."""
+    """Remove temporary files a killed run left behind: never real output, which is only ever
+    replaced whole. Looks only at the report files' folder and the picture folders."""
     n = 0
-    patterns = [(out, ".report.csv.*"), (out, ".report.jsonl.*"), (out, ".summary.json.*")]
-    patterns += [(out / kind, f"**/.*.{ext}") for kind in SAVE_KINDS for ext in ("png", "jpg")]
-    for folder, pattern in patterns:
-        if folder.is_dir():
-            for p in folder.glob(pattern):
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-                    n += 1
+    candidates = [p for p in out.glob(".*") if p.name.split(".")[1] in ("report", "summary")]
+    for kind in SAVE_KINDS:
+        if (out / kind).is_dir():
+            candidates += list((out / kind).rglob(".*"))
+    for p in candidates:
+        if _TEMPORARY.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
     return n
 
 

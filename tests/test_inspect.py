@@ -344,3 +344,16 @@ def test_huge_jpeg_decode_memory_is_bounded(huge_jpeg: Path) -> None:
     rows_, mb = out.stdout.split()
     assert int(rows_) == 5000 and float(mb) < 80, out.stdout
     assert resource.RUSAGE_SELF is not None
+
+
+def test_clean_temporaries_removes_only_leftovers(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "overlay" / "sub").mkdir(parents=True)
+    keep = [out / "report.csv", out / "overlay" / ".hidden.png.jpg", out / "overlay" / "sub" / "a.png.jpg",
+            out / "overlay" / ".abcdefgh.jpg.jpg"]
+    junk = [out / ".report.csv.k2j4h5g6.tmp", out / ".summary.json.abc_1234.tmp",
+            out / "overlay" / "sub" / ".a.png.jpg.zz99yy88.jpg", out / "overlay" / ".x.bmp.jpg.q1w2e3r4.jpg"]
+    for p in keep + junk:
+        p.write_bytes(b"x")
+    assert ri.clean_temporaries(out) == len(junk)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in junk)

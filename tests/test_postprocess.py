@@ -88,3 +88,9 @@ def test_cropped_labelling_matches_full_image_labelling() -> None:
                      key=lambda b: (-b[0], b[2], b[1]))
         assert boxes_of(mask) == [b[1:] for b in ref]
         assert boxes_of(mask > 0) == boxes_of(mask)
+
+
+def test_more_components_than_16_bit_labels() -> None:
+    dots = np.zeros((520, 520), np.uint8)
+    dots[::2, ::2] = 255  # 67600 isolated pixels: past the 16-bit label range, labelled anyway
+    assert len(boxes_of(dots)) == 260 * 260

@@ -15,7 +15,8 @@ and PyTorch on the same thread count:
   eager        training.inference.reference_outputs (forward + autograd), the reference path
   torch-graph  ExportModule in eager PyTorch (what the runtime's PyTorch backend runs)
 Latency is the median of --runs (>= 20) after --warmup, the configurations interleaved round by
-round so that load from other processes on the shared machine hits all of them alike.
+round in shuffled order so that load from other processes on the shared machine hits all of them
+alike (ONNX Runtime threads do not spin between runs, which would starve the next case).
 Targets: attn-layer3 <= 1.15x forward, eager >= 1.6x attn-layer3 at batch 1. Also reported:
 export time and file size (fp32, and fp16 weights), and the parity of each attention graph
 against autograd at batch 1 (max err / range over outputs).
@@ -77,15 +78,18 @@ def timed(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t) * 1000.0
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per call for each case, `runs` rounds, the cases taking turns in each round."""
+def interleaved(cases: dict[str, Callable[[], Any]], runs: int, warmup: int, seed: int = 0) -> dict[str, list[float]]:
+    """Milliseconds per call for each case, `runs` rounds, the cases taking turns in each round in
+    a shuffled order (so that no case always follows the same neighbour)."""
     for fn in cases.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in cases}
+    rng = np.random.default_rng(seed)
+    names = list(cases)
     for _ in range(runs):
-        for name, fn in cases.items():
-            times[name].append(timed(fn))
+        for i in rng.permutation(len(names)):
+            times[names[i]].append(timed(cases[names[i]]))
     return times
 
 
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, e in exports.items():
         print(f"exported {name:<27} {e['bytes'] / 1e6:7.1f} MB in {e['seconds']:5.1f} s", file=sys.stderr)
 
-    sessions = {name: ort_session(path, threads=args.threads) for name, path in graphs.items()}
+    # no busy-waiting: a session spinning after its run would steal the cores from the next case
+    sessions = {name: ort_session(path, threads=args.threads, spin=False) for name, path in graphs.items()}
     modules = {"attn-layer3": build_export_module(ckpt, layer="layer3")[0]}
 
     # --- parity at batch 1 (the deployment contract, in passing) -------------------------------

@@ -84,13 +84,16 @@ class CheckResult:
                 "outputs": [dict(asdict(r), ok=r.ok) for r in self.reports]}
 
 
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """A CPU ONNX Runtime session (all graph optimizations on, as deployment runs it)."""
+def ort_session(path: str | Path, threads: int | None = None, spin: bool = True) -> Any:
+    """A CPU ONNX Runtime session (all graph optimizations on, as deployment runs it). spin=False
+    stops its threads from busy-waiting after a run (fair timing when several sessions alternate)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

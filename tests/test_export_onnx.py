@@ -182,17 +182,16 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "not found" in capsys.readouterr().err
 
 
-def test_cli_help_and_wrong_checkpoint(tmp_path: Path) -> None:
-    for mod in ("export.onnx", "export.check"):
-        r = subprocess.run([sys.executable, "-m", mod, "--help"], cwd=REPO, capture_output=True, text=True)
-        assert r.returncode == 0 and "--checkpoint" in r.stdout
+def test_cli_help_and_wrong_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for main in (onnx_main, check_main):
+        with pytest.raises(SystemExit) as e:
+            main(["--help"])
+        assert e.value.code == 0 and "--checkpoint" in capsys.readouterr().out
     ckpt = make_checkpoint(tmp_path / "a.pt", "mnist")
     export_onnx(ckpt, tmp_path / "a.onnx")
-    other = make_checkpoint(tmp_path / "b.pt", "mnist", layer="conv1")
-    r = subprocess.run([sys.executable, "-m", "export.check", "--onnx", str(tmp_path / "a.onnx"),
-                        "--checkpoint", str(other)], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 1 and "not the checkpoint a.onnx was exported from" in r.stderr
-
+    other = make_checkpoint(tmp_path / "b.pt", "mnist", layer="conv1")  # same weights, another file
+    assert check_main(["--onnx", str(tmp_path / "a.onnx"), "--checkpoint", str(other)]) == 1
+    assert "not the checkpoint a.onnx was exported from" in capsys.readouterr().err
 
 def test_kink_outliers_are_counted_only_where_autograd_at_our_activations_agrees() -> None:
     ref = {n: torch.zeros(2, 4) for n in ("mu", "gradients")}

@@ -232,12 +232,13 @@ def test_missing_tensorrt_is_one_actionable_line(model_dir: Path, monkeypatch: p
     assert err.count("\n") == 1 and not (model_dir / "digit.trt").exists()
 
 
-def test_subprocess_exit_codes(model_dir: Path) -> None:
-    run = [sys.executable, "-m", "export.tensorrt"]
-    r = subprocess.run(run + ["--help"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0 and "--timing-cache" in r.stdout and "--calib-data" in r.stdout
-    r = subprocess.run(run + ["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "d.trt")],
-                       cwd=REPO, capture_output=True, text=True)
+def test_help_and_module_entry_point(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        et.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--timing-cache" in out and "--calib-data" in out
+    r = subprocess.run([sys.executable, "-m", "export.tensorrt", "--onnx", str(model_dir / "digit.onnx"),
+                        "--out", str(model_dir / "d.trt")], cwd=REPO, capture_output=True, text=True)
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -498,12 +498,20 @@ def inspect_folder(model: Model, entries: list[Entry], s: Settings, reports: Rep
     pending: deque[Job] = deque()
     max_pending = max(4 * batch, 2 * workers)
 
-    def flush(block: bool = False) -> None:
-        while pending and (pending[0].row is not None or (pending[0].future is not None
-                                                          and (block or pending[0].future.done()))):
-            job = pending.popleft()
-            row = job.row if job.row is not None else job.future.result()  # type: ignore[union-attr]
-            reports.add(row)
+    def flush(keep: int | None = None) -> None:
+        """Write the finished rows at the head of the queue, in input order. With `keep`, also
+        wait for the head until at most `keep` jobs are pending (back-pressure that still lets
+        the newest batch's post-processing overlap the next inference)."""
+        while pending:
+            head = pending[0]
+            if head.row is None:
+                if head.future is None:  # its batch has not run yet
+                    return
+                if not head.future.done() and (keep is None or len(pending) <= keep):
+                    return
+                head.row = head.future.result()
+            pending.popleft()
+            reports.add(head.row)
             bar.update(1)
 
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as dec_pool, \
@@ -530,12 +538,10 @@ def inspect_folder(model: Model, entries: list[Entry], s: Settings, reports: Rep
                 todo.append(job)
                 if len(todo) == batch:
                     run_batch()
-            flush()
-            if len(pending) > max_pending:  # bound the decoded images held in memory
-                flush(block=True)
+            flush(keep=max_pending)  # bounds the decoded images held in memory
         if todo:
             run_batch()
-        flush(block=True)
+        flush(keep=0)
     bar.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 import warnings
@@ -174,14 +175,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def relative_to(path: str | Path, folder: str | Path) -> str:
+    """`path` as seen from `folder` (a sidecar names files relative to itself: the deployment
+    folder can move as a whole); absolute when no relative path exists (another drive)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def sidecar_info(module: ExportModule, settings: dict[str, Any], opset: int, weights: str,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, folder: str | Path = ".") -> dict[str, Any]:
     meta = metadata(module, settings, weights)
     return {
         "model": {"family": meta["family"], "arch": meta["arch"], "latent": module.model.latent,
                   "layer": module.layer, "score": module.score, "anomaly_map": module.amap.kind,
                   "blur_sigma": float(settings["blur_sigma"]), "per_dim": module.per_dim,
-                  "recon": module.with_recon, "checkpoint": settings["checkpoint"],
+                  "recon": module.with_recon, "checkpoint": relative_to(settings["checkpoint"], folder),
                   "checkpoint_sha256": settings["checkpoint_sha256"]},
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": module.height,
                   "width": module.width, "channels": module.channels, "color": meta["color"]},
@@ -254,7 +264,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = Non
 
     atomic_write(out, write, suffix=".onnx")
     seconds = time.perf_counter() - started
-    sidecar = write_sidecar(out, sidecar_info(module, settings, opset, weights, seconds))
+    sidecar = write_sidecar(out, sidecar_info(module, settings, opset, weights, seconds, out.parent))
     return {"onnx": out, "sidecar": sidecar, "bytes": out.stat().st_size, "seconds": seconds,
             "outputs": names, "settings": settings}
 

@@ -4,7 +4,7 @@ It is what a runtime needs besides the graph itself, and what ties the files tog
 
     schema: 1
     model: {family, arch, latent, layer, score, anomaly_map, blur_sigma, per_dim, recon,
-            checkpoint, checkpoint_sha256}
+            checkpoint (relative to the sidecar's folder), checkpoint_sha256}
     input: {name: image, dtype: uint8, layout: NHWC, height, width, channels, color}
     outputs: [mu, logvar, activations, gradients, attention, anomaly_map, ...]
     output_shapes: {mu: [N, 32], ...}

@@ -28,7 +28,7 @@ import onnx
 from onnx import shape_inference
 
 from export.check import IMAGE_SUFFIXES, ort_session, run_session
-from export.onnx import read_metadata
+from export.onnx import read_metadata, relative_to
 from export.sidecar import SidecarError, file_entry, read_sidecar, update_sidecar, write_sidecar
 from training.checkpoint import atomic_write
 from training.preprocess import ImageError, load_for_model
@@ -306,6 +306,9 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
     else:
         derived = {k: v for k, v in sidecar.items() if k not in ("files", "schema", "created", "versions")}
         derived["files"] = {out.name: info}
+        ckpt = derived.get("model", {}).get("checkpoint")
+        if ckpt and not Path(ckpt).is_absolute():  # sidecar paths are relative to the sidecar
+            derived["model"] = dict(derived["model"], checkpoint=relative_to(onnx_path.parent / ckpt, out.parent))
         sidecar_file = write_sidecar(out, derived)
     return {"engine": out, "sidecar": sidecar_file, "bytes": out.stat().st_size, "seconds": seconds,
             "precision": precision, "fp32_layers": kept, "graph": report}

@@ -95,6 +95,8 @@ def test_metadata_outputs_and_static_shapes(exported) -> None:
     side = read_sidecar(path)
     assert side["outputs"] == meta["outputs"] and side["input"]["color"] == "gray"
     assert side["output_shapes"]["alpha"] == ["N", 8, 256] and side["export"]["opset"] == 17
+    assert side["model"]["checkpoint"] == "resnet-layer3.pt"  # relative to the sidecar's folder
+    assert (path.parent / side["model"]["checkpoint"]).resolve() == ckpt.resolve()
 
 
 def test_gradients_are_computed_not_frozen(exported) -> None:

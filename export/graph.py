@@ -317,8 +317,8 @@ class ExportModule(nn.Module):
 
     def explain(self, x01: torch.Tensor, acts: torch.Tensor) -> NamedTuple:
         """Everything downstream of the target's activations: latent code, explicit backward,
-        attention, maps. Split from `features` so that export.check can re-evaluate it at another
-        backend's activations (to tell ReLU-kink flips from real mismatches)."""
+        attention, maps (split from `features` so that it can also be run on activations that
+        come from elsewhere, e.g. to study another backend's numerics)."""
         m = self.model
         y, saved = run_forward(self._after, acts)
         h_pre = m.fc(torch.flatten(y, 1))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from training.attention import attention_map
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data.dsprites import DSprites, load_dsprites
+from training.data.dsprites import NUM_IMAGES, DSprites, load_dsprites
 from training.losses import vae_loss
 from training.models.factorvae import Discriminator, FactorVAEModel, build_factorvae, permute_dims
 from training.train import step_noise
@@ -44,7 +44,6 @@ def train_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The `train` section over TRAIN_DEFAULTS; `epochs`, when set, overrides `steps`."""
     t = {**TRAIN_DEFAULTS, **{k: v for k, v in config["train"].items() if v is not None}}
     if config["train"].get("epochs"):
-        from training.data.dsprites import NUM_IMAGES
         t["steps"] = int(config["train"]["epochs"]) * (NUM_IMAGES // int(t["batch_size"]))
     return t
 

@@ -90,7 +90,10 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     epochs = int(tcfg["epochs"])
-    lo = rank * local_batch
+    # DistributedSampler deals global positions round-robin (rank r holds r, r+world, ...), so
+    # that is also the stride of this rank's rows of the global noise: image and noise stay paired
+    # exactly as in one process.
+    rows = slice(rank, global_batch, world)
     history: list[dict[str, float]] = []
     started = time.time()
     done = max_steps is not None and step >= max_steps
@@ -102,7 +105,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                    leave=False, dynamic_ncols=True)
         sums, count, t_epoch = np.zeros(3), 0, time.time()
         for image in bar:
-            eps = step_noise(seed, step, global_batch, model.latent, slice(lo, lo + local_batch)).to(device)
+            eps = step_noise(seed, step, global_batch, model.latent, rows).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 o = ddp(image.to(device), eps)
             terms = vae_loss(o.recon.float(), o.target, o.mu.float(), o.logvar.float(), tcfg["loss"],

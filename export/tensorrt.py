@@ -323,49 +323,22 @@ def _device_name() -> str:
         return "unknown"
 
 
-def run_engine(engine_path: str | Path, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a built engine once (TensorRT 10 name-based I/O: set_input_shape, set_tensor_address,
-    execute_async_v3) on uint8 [N, H, W, C]; outputs as float32 numpy arrays by name."""
-    import torch  # noqa: PLC0415 - CUDA buffers and the stream
-
-    trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise TensorRTError(f"{engine_path}: not an engine this TensorRT/GPU can load (rebuild it here)")
-    context = engine.create_execution_context()
-    dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-              trt.int64: torch.int64, trt.uint8: torch.uint8, trt.bool: torch.bool}
-    stream = torch.cuda.Stream()
-    buffers: dict[str, Any] = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            buffers[name] = torch.from_numpy(np.ascontiguousarray(image)).cuda()
-            context.set_input_shape(name, tuple(buffers[name].shape))
-    outputs = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            shape = tuple(context.get_tensor_shape(name))
-            outputs[name] = buffers[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)],
-                                                        device="cuda")
-    for name, t in buffers.items():
-        context.set_tensor_address(name, t.data_ptr())
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise TensorRTError(f"{engine_path}: execution failed")
-    stream.synchronize()
-    return {k: v.float().cpu().numpy() for k, v in outputs.items()}
-
-
 def verify_engine(engine_path: str | Path, onnx_path: str | Path, n: int, seed: int = 0) -> list[str]:
     """Compare the engine with ONNX Runtime (CPU) on n random images: one line per output
     (max |err| / range). Informational: TF32/FP16/INT8 tolerances depend on the GPU."""
     meta = read_metadata(onnx_path)
     img = np.random.default_rng(seed).integers(
         0, 256, (n, meta["input_height"], meta["input_width"], meta["input_channels"]), dtype=np.uint8)
+    # The runtime's backend is the one engine runner (buffers, shapes, stream); verifying through it
+    # checks what the line will run. Imported here: runtime builds on export, not the reverse.
+    from runtime.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
+
     ref = run_session(ort_session(onnx_path), img)
-    got = run_engine(engine_path, img)
+    backend = TensorRTBackend(engine_path)
+    try:
+        got = backend.run(img)
+    finally:
+        backend.close()
     lines = []
     for name, r in ref.items():
         span = float(r.max() - r.min()) or max(float(np.abs(r).max()), 1e-30)

@@ -136,4 +136,4 @@ def test_cli_errors(tmp_path: Path, capsys) -> None:
     other = tmp_path / "other.pt"
     torch.save({"config": {"model": {"arch": "resnet18"}}, "model": {}}, other)
     assert dis.main(["--checkpoint", str(other)]) == 1
-    assert "not a dSprites checkpoint" in capsys.readouterr().err
+    assert "other.pt: model.arch is 'resnet18', not 'factorvae'" in capsys.readouterr().err

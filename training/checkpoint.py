@@ -49,10 +49,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from e
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """The trained model in eval mode and the config it was trained with."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu",
+               arch: str | None = None) -> tuple[VAE, dict[str, Any]]:
+    """The trained model in eval mode and the config it was trained with; `arch` rejects a
+    checkpoint of another family with a message naming the file."""
     ckpt = load_checkpoint(path, map_location)
     config = ckpt["config"]
+    if arch is not None and config.get("model", {}).get("arch") != arch:
+        raise ValueError(f"{path}: model.arch is {config.get('model', {}).get('arch')!r}, not {arch!r}")
     model = build_model(config["model"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), config

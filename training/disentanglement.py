@@ -23,23 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write, load_checkpoint
+from training.checkpoint import atomic_write, load_model
 from training.data.dsprites import SHAPES, DSprites, load_dsprites
 from training.factorvae_train import dims_attention, top_dims
 from training.losses import vae_loss
 from training.metrics.factorvae import factor_vae_metric
-from training.models.factorvae import FactorVAEModel, build_factorvae
+from training.models.factorvae import FactorVAEModel
 
 
 def load_factorvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[FactorVAEModel, dict[str, Any]]:
     """A trained dSprites model (eval mode) and its config."""
-    ckpt = load_checkpoint(path, device)
-    config = ckpt.get("config") or {}
-    if config.get("model", {}).get("arch") != "factorvae":
-        raise ValueError(f"{path}: not a dSprites checkpoint (model.arch is {config.get('model', {}).get('arch')!r})")
-    model = build_factorvae(config["model"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), config
+    model, config = load_model(path, device, arch="factorvae")
+    return model.to(device), config  # type: ignore[return-value]
 
 
 def encoder_mean(model: FactorVAEModel, batch: int = 1024) -> Any:

@@ -135,12 +135,15 @@ class VAE(nn.Module):
         raise ValueError(f"unknown layer '{name}'; choose one of {choices} (or fc)")
 
 
-ARCHS = ("mnist", "ucsd", "resnet18")
+ARCHS = ("mnist", "ucsd", "resnet18", "factorvae")
 
 
 def build_model(cfg: dict[str, Any]) -> VAE:
     """Build from the `model` section of a config: arch, size, channels, latent, fc_relu."""
     arch = cfg.get("arch", "resnet18")
+    if arch == "factorvae":  # supp. table 4 (dSprites); imported here because it builds on VAE
+        from training.models.factorvae import build_factorvae
+        return build_factorvae(cfg)
     size, channels, latent = int(cfg["size"]), int(cfg.get("channels", 1)), int(cfg.get("latent", 32))
     fc_relu = bool(cfg.get("fc_relu", arch != "resnet18"))
     if arch == "mnist":

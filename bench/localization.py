@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     extra_blurs(maps, args.sigmas)
     eval_s = time.time() - t0
     metrics = score_maps(maps, split, kl)
-    for k, m in maps.items():
+    for k, m in maps.items():  # maps only: kl and trivial_brightness are image scores
         metrics[k]["darkness_corr"] = darkness_correlation(m, maps["trivial_darkness"])
-    ranked = sorted((k for k in metrics if k not in ("kl", "trivial_darkness")),
+    ranked = sorted((k for k in metrics if k != "kl" and not k.startswith("trivial_")),
                     key=lambda k: (metrics[k]["aupro"], metrics[k]["best_iou"]), reverse=True)
     best_att = next(k for k in ranked if k.startswith("attention/"))
     result = {

@@ -1,0 +1,74 @@
+"""training.evaluate and bench.localization: every requested map scored with the paper's metrics."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from tests.conftest import tiny_config
+from training.checkpoint import load_checkpoint
+from training.data import load_split
+from training.evaluate import main as evaluate_main
+from training.train import train
+
+
+@pytest.fixture
+def checkpoint(mvtec_dir: Path, tmp_path: Path) -> Path:
+    return train(tiny_config(mvtec_dir), tmp_path / "run", torch.device("cpu"), max_steps=2, progress=False)
+
+
+def test_evaluate_cli_scores_every_map(checkpoint: Path, mvtec_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "eval"
+    rc = evaluate_main(["--checkpoint", str(checkpoint), "--layer", "layer2", "--layer", "layer3",
+                        "--score", "sum_mu", "--score", "difference", "--per-dim", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    for layer in ("layer2", "layer3"):
+        for score in ("sum_mu", "difference"):
+            assert f"attention/{layer}/{score}/eq2" in m and f"fusion/{layer}/{score}" in m
+        assert f"attention/{layer}/per_dim_mean" in m
+    for name in ("recon_error", "recon_error_blur", "trivial_darkness"):
+        row = m[name]
+        assert all(0.0 <= row[k] <= 1.0 for k in ("pixel_auroc", "best_iou", "aupro", "image_auroc")), (name, row)
+    # The image-level baselines are the plain numbers they claim to be.
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 64, 1, strict=False)
+    brightness = split.images.reshape(len(split), -1).mean(1)
+    assert m["trivial_brightness"]["image_auroc"] == pytest.approx(roc_auc_score(split.labels, brightness))
+    assert 0.0 <= m["kl"]["image_auroc"] <= 1.0
+    assert (out / "grid.png").stat().st_size > 1000
+    assert "recon_error_blur" in capsys.readouterr().out
+
+
+def test_evaluate_cli_errors(checkpoint: Path, mvtec_dir: Path, tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--help"])
+    assert e.value.code == 0
+    with pytest.raises(SystemExit) as e:
+        evaluate_main([])
+    assert e.value.code == 2
+    assert evaluate_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 1
+    assert "nope.pt" in capsys.readouterr().err
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(mvtec_dir, unlabelled)
+    shutil.rmtree(unlabelled / "ground_truth")
+    assert evaluate_main(["--checkpoint", str(checkpoint), "--data", str(unlabelled)]) == 1
+    assert "error: the test split has 0 defective" in capsys.readouterr().err
+
+
+def test_localization_bench_on_a_checkpoint(checkpoint: Path, tmp_path: Path, capsys):
+    from bench.localization import main as bench_main
+
+    cfg = tmp_path / "parts.yaml"
+    cfg.write_text(yaml.safe_dump(load_checkpoint(checkpoint)["config"]))
+    assert bench_main(["--config", str(cfg), "--checkpoint", str(checkpoint), "--layers", "layer3",
+                       "--variants", "eq2", "--out", str(tmp_path / "bench"), "--quiet", "--threads", "1"]) == 0
+    result = json.loads((tmp_path / "bench" / "parts" / "localization.json").read_text())
+    assert result["best_map"] in result["metrics"] and result["best_attention"].startswith("attention/layer3/")
+    assert np.isclose(result["metrics"]["trivial_darkness"]["darkness_corr"], 1.0)
+    assert "trivial_brightness" in capsys.readouterr().out

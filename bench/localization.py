@@ -13,6 +13,7 @@ import json
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from training.attention import SCORES, VARIANTS
 from training.checkpoint import atomic_write, load_model
 from training.config import load_config, merge
-from training.data import load_split
+from training.data import Split, load_split
 from training.evaluate import compute_maps, format_table, save_grid, score_maps
 from training.maps import GaussianBlur
 from training.train import pick_device, train
@@ -46,12 +47,22 @@ def extra_blurs(maps: dict[str, np.ndarray], sigmas: list[float]) -> None:
         maps[f"recon_error_blur_s{s:g}"] = GaussianBlur(s)(raw)[:, 0].numpy()
 
 
+def match_brightness(split: Split, reference: np.ndarray) -> Split:
+    """The test images scaled so that each one's mean gray equals the training images' mean: a
+    diagnostic for the shared half's lighting shift (its good images are darker), not a product
+    preprocessing step."""
+    target = float(reference.mean())
+    means = split.images.reshape(len(split), -1).mean(1)
+    scaled = split.images.astype(np.float32) * (target / np.maximum(means, 1.0))[:, None, None, None]
+    return replace(split, images=np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     if args.epochs:
         config = merge(config, {"train": {"epochs": args.epochs}})
-    name = Path(args.config).stem
+    name = Path(args.config).stem + ("_matched" if args.match_brightness else "")
     out = Path(args.out) / name
     started = time.time()
     if args.checkpoint:
@@ -62,6 +73,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, config = load_model(ckpt)
     mcfg, inf = config["model"], config["inference"]
     split = load_split(config["data"], "test", mcfg["size"], mcfg.get("channels", 1), strict=False)
+    if args.match_brightness:
+        split = match_brightness(split, load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1),
+                                                   strict=False).images)
     t0 = time.time()
     maps, kl = compute_maps(model, split, args.layers, args.scores, args.variants, float(inf["blur_sigma"]),
                             per_dim=True)
@@ -96,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scores", nargs="+", default=list(SCORES), choices=list(SCORES))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--sigmas", nargs="+", type=float, default=[2.0, 8.0], help="extra blur sigmas for recon error")
+    p.add_argument("--match-brightness", action="store_true",
+                   help="diagnostic: scale each test image to the training images' mean gray (results in <config>_matched/)")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def test_localization_bench_on_a_checkpoint(checkpoint: Path, tmp_path: Path, ca
     assert result["best_map"] in result["metrics"] and result["best_attention"].startswith("attention/layer3/")
     assert np.isclose(result["metrics"]["trivial_darkness"]["darkness_corr"], 1.0)
     assert "trivial_brightness" in capsys.readouterr().out
+
+
+def test_match_brightness_equalizes_means_and_keeps_labels(mvtec_dir: Path):
+    from bench.localization import match_brightness
+
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 64, 1, strict=False)
+    darker = replace(split, images=(split.images * 0.8).astype(np.uint8))
+    matched = match_brightness(darker, split.images)
+    means = matched.images.reshape(len(matched), -1).mean(1)
+    assert np.allclose(means, split.images.mean(), atol=1.0)  # uint8 rounding and clipping at 255
+    assert matched.images.dtype == np.uint8 and (matched.labels == split.labels).all()
+    assert matched.masks is split.masks

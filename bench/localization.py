@@ -24,7 +24,7 @@ from training.attention import SCORES, VARIANTS
 from training.checkpoint import atomic_write, load_model
 from training.config import load_config, merge
 from training.data import Split, load_split
-from training.evaluate import compute_maps, format_table, save_grid, score_maps
+from training.evaluate import compute_maps, format_table, mean_gray, save_grid, score_maps
 from training.maps import GaussianBlur
 from training.train import pick_device, train
 
@@ -52,8 +52,7 @@ def match_brightness(split: Split, reference: np.ndarray) -> Split:
     diagnostic for the shared half's lighting shift (its good images are darker), not a product
     preprocessing step."""
     target = float(reference.mean())
-    means = split.images.reshape(len(split), -1).mean(1)
-    scaled = split.images.astype(np.float32) * (target / np.maximum(means, 1.0))[:, None, None, None]
+    scaled = split.images.astype(np.float32) * (target / np.maximum(mean_gray(split.images), 1.0))[:, None, None, None]
     return replace(split, images=np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 

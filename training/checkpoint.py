@@ -55,8 +55,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     checkpoint of another family with a message naming the file."""
     ckpt = load_checkpoint(path, map_location)
     config = ckpt["config"]
-    if arch is not None and config.get("model", {}).get("arch") != arch:
-        raise ValueError(f"{path}: model.arch is {config.get('model', {}).get('arch')!r}, not {arch!r}")
+    found = config.get("model", {}).get("arch")
+    if arch is not None and found != arch:
+        raise ValueError(f"{path}: model.arch is {found!r}, not {arch!r}")
     model = build_model(config["model"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), config

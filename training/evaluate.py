@@ -66,6 +66,11 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
     return {k: np.concatenate(v) for k, v in maps.items()}, np.concatenate(kls)
 
 
+def mean_gray(images: np.ndarray) -> np.ndarray:
+    """Mean intensity of each uint8 image [N, H, W, C] -> [N]."""
+    return images.reshape(len(images), -1).mean(1)
+
+
 def score_maps(maps: dict[str, np.ndarray], split: Split, kl: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     if split.masks is None:
         raise ValueError("the test split has no pixel masks: localization metrics need ground truth")
@@ -78,8 +83,7 @@ def score_maps(maps: dict[str, np.ndarray], split: Split, kl: np.ndarray | None 
         table["kl"] = {"image_auroc": roc_auc(split.labels, kl)}
     # Image-level baseline beside every image AUROC: on the shared screw half the good test images
     # are darker than the defective ones, so plain mean brightness separates them (AUROC 1.0).
-    brightness = split.images.reshape(len(split.images), -1).mean(1)
-    table["trivial_brightness"] = {"image_auroc": roc_auc(split.labels, brightness)}
+    table["trivial_brightness"] = {"image_auroc": roc_auc(split.labels, mean_gray(split.images))}
     return table
 
 

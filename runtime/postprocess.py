@@ -100,10 +100,11 @@ def boxes_of(mask: np.ndarray, scale: float = 1.0, min_area: int = 1) -> list[tu
     if w0 == 0 or h0 == 0:
         return []
     crop = m[y0:y0 + h0, x0:x0 + w0]
-    try:  # 16-bit labels halve the memory traffic (2.5 ms instead of 4.3 ms on a 40% full 1024^2 mask)
-        n, _labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(crop, 8, cv2.CV_16U, cv2.CCL_SPAGHETTI)
-    except cv2.error:  # more than 65535 components
-        n, _labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+    # 16-bit labels halve the memory traffic (2.5 ms instead of 4.3 ms on a 40% full 1024^2 mask).
+    # Chosen from a bound, not by catching an overflow: an 8-connected mask of h x w holds at most
+    # ceil(h/2) * ceil(w/2) components, and some OpenCV builds abort instead of raising past 65535.
+    ltype = cv2.CV_16U if ((h0 + 1) // 2) * ((w0 + 1) // 2) < 65535 else cv2.CV_32S
+    n, _labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(crop, 8, ltype, cv2.CCL_SPAGHETTI)
     out = []
     for x, y, w, h, area in stats[1:n]:
         if area >= min_area:

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     onnx_path, ckpt, info = prepare_model(args, cache)
     th = crude_thresholds(onnx_path, data)
-    n_files = sum(1 for _ in data.rglob("*.png"))
+    from runtime.inspect import discover
+    n_files = sum(1 for e in discover(data, recursive=True) if e.error is None)
 
     if args.device == "cpu":
         model, backend, dev = str(onnx_path), None, "cpu"

@@ -68,8 +68,8 @@ class ForwardOnly(nn.Module):
         with torch.no_grad():
             x01, x = self.model.preprocess(image)
             mu, logvar = self.model.encode_features(x)
-            err = recon_error(x01, self.model.decoder(mu))
-            return ForwardOutputs(mu, logvar, err, self.amap(None, err, self.model.map_scale))
+            recon = self.model.decoder(mu)
+            return ForwardOutputs(mu, logvar, recon_error(x01, recon), self.amap(None, x01, recon, self.model.map_scale))
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -362,9 +362,10 @@ class ExportModule(nn.Module):
         else:
             alpha, grads = None, g
         att = self.attention(acts, grads)
-        err = recon_error(x01, m.decoder(mu)) if self.with_recon else None
+        recon = m.decoder(mu) if self.with_recon else None
+        err = recon_error(x01, recon) if recon is not None else None
         out = {"mu": mu, "logvar": logvar, "activations": acts, "gradients": grads, "attention": att,
-               "anomaly_map": self.amap(att, err, m.map_scale), "recon_error": err, "alpha": alpha}
+               "anomaly_map": self.amap(att, x01, recon, m.map_scale), "recon_error": err, "alpha": alpha}
         return self.Outputs(*(out[n] for n in self.output_names))
 
     def forward(self, image: torch.Tensor) -> NamedTuple:

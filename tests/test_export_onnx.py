@@ -30,6 +30,7 @@ CONFIGS = {
     "resnet-layer3": ("resnet18", {"anomaly_map": "fusion"}, {"layer": "layer3", "score": "difference", "per_dim": True}),
     "ucsd-conv3": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv3"}),
     "ucsd-conv2": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv2", "score": "difference"}),
+    "ucsd-ssim": ("ucsd", {"anomaly_map": "ssim_error"}, {"layer": "conv3"}),
 }
 
 
@@ -67,7 +68,7 @@ def test_onnx_runtime_matches_autograd(exported, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ucsd-conv3", "ucsd-conv2"])
+@pytest.mark.parametrize("name", ["ucsd-conv3", "ucsd-conv2", "ucsd-ssim"])
 def test_onnx_runtime_matches_autograd_ucsd(exported, name: str) -> None:
     _parity(exported, name)  # 150 MB graphs: the 36864 x 1024 linear layer
 

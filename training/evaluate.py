@@ -7,6 +7,7 @@ Maps (all raw, no per-image normalization):
   attention/<layer>/<score>/<variant>   gradient-based latent attention (Eq. 2-4 and variants)
   attention/<layer>/per_dim_mean        mean of the element-wise maps M^i (paper fig. 1-2)
   recon_error, recon_error_blur          |x - x_hat|, raw and Gaussian-smoothed
+  ssim_error                             (1 - SSIM) x |x - x_hat|, smoothed (maps.structural_error)
   fusion/<layer>/<score>                 blurred error / s_r + attention / s_a (maps.AnomalyMap)
   trivial_darkness                       255 - I: "where the part is", the floor to beat
 Image score is the max of each map; `kl` is the KL of q(z|x) as an image score.
@@ -27,7 +28,7 @@ from training.attention import VARIANTS, attention_variant, layer_gradients, per
 from training.checkpoint import atomic_write, load_model
 from training.data import Split, load_split
 from training.losses import kl_divergence
-from training.maps import GaussianBlur, recon_error
+from training.maps import AnomalyMap, GaussianBlur, recon_error
 from training.metrics import localization_metrics, roc_auc
 from training.models import VAE
 
@@ -38,6 +39,7 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
     """All maps [N, H, W] (float32) for the split, and the KL image score [N]."""
     model.eval().to(device)
     blur = GaussianBlur(sigma).to(device)
+    ssim_error = AnomalyMap("ssim_error", sigma).to(device)
     maps: dict[str, list[np.ndarray]] = {}
     kls = []
 
@@ -52,6 +54,7 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
         err_blur = blur(err)
         add("recon_error", err)
         add("recon_error_blur", err_blur)
+        add("ssim_error", ssim_error(None, out.target.detach(), out.recon.detach(), model.map_scale))
         for li, layer in enumerate(layers):
             for score in scores:
                 for v in variants:

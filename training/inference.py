@@ -32,7 +32,7 @@ def reference_outputs(model: VAE, image: torch.Tensor, layer: str, score: str, a
            "attention": e.attention}
     with_recon = amap.needs_decoder if recon is None else (recon or amap.needs_decoder)
     err = recon_error(e.target, e.recon) if with_recon else None
-    out["anomaly_map"] = amap(e.attention, err, model.map_scale)
+    out["anomaly_map"] = amap(e.attention, e.target, e.recon, model.map_scale)
     if err is not None:
         out["recon_error"] = err
     if per_dim:

@@ -4,6 +4,10 @@
   attention         the latent attention (the paper's method)
   recon_error       |x - x_hat| averaged over channels (the paper's "Vanilla-VAE" baseline)
   recon_error_blur  the same, Gaussian-smoothed (sigma in pixels)
+  ssim_error        |x - x_hat| weighted by 1 - SSIM(x, x_hat) (Wang et al.'s Gaussian window,
+                    sigma 1.5), then smoothed like recon_error_blur: a pixel counts where the
+                    reconstruction is both off in intensity and wrong in local structure, which
+                    damps the blur-induced error along every edge of a good part
   fusion            recon_error_blur / s_r + attention / s_a, each divided by its 99th percentile
                     on normal training images (stored in the model), so both terms share one unit
 Every choice is built from tensor ops that export to ONNX unchanged.
@@ -16,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAP_KINDS = ("attention", "recon_error", "recon_error_blur", "fusion")
+MAP_KINDS = ("attention", "recon_error", "recon_error_blur", "ssim_error", "fusion")
+SSIM_SIGMA = 1.5   # the SSIM paper's 11x11 Gaussian window; not tuned on the test set
+SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # its stabilizers for a dynamic range of 1
 
 
 def recon_error(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -47,8 +53,20 @@ class GaussianBlur(nn.Module):
         return F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), self.ky)
 
 
+def structural_error(target: torch.Tensor, recon: torch.Tensor, window: "GaussianBlur") -> torch.Tensor:
+    """(1 - SSIM) x |x - x_hat| per pixel, mean over channels: [N, C, H, W] -> [N, 1, H, W].
+    `window` is the SSIM's Gaussian (a GaussianBlur of SSIM_SIGMA), passed in so it is a buffer
+    of the caller's module and travels with it into the exported graph."""
+    n, c, h, w = target.shape
+    x, y = target.reshape(n * c, 1, h, w), recon.reshape(n * c, 1, h, w)
+    mx, my = window(x), window(y)
+    vx, vy, cxy = window(x * x) - mx * mx, window(y * y) - my * my, window(x * y) - mx * my
+    ssim = ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+    return ((1 - ssim) * (x - y).abs()).reshape(n, c, h, w).mean(1, keepdim=True)
+
+
 class AnomalyMap(nn.Module):
-    """(attention, recon_error) -> the anomaly map of the chosen kind, [N, 1, H, W]."""
+    """(attention, target, recon) -> the anomaly map of the chosen kind, [N, 1, H, W]."""
 
     def __init__(self, kind: str, sigma: float = 4.0) -> None:
         super().__init__()
@@ -56,16 +74,20 @@ class AnomalyMap(nn.Module):
             raise ValueError(f"unknown anomaly_map '{kind}'; choose one of {MAP_KINDS}")
         self.kind = kind
         self.blur = GaussianBlur(sigma)
+        self.window = GaussianBlur(SSIM_SIGMA)
 
     @property
     def needs_decoder(self) -> bool:
         return self.kind != "attention"
 
-    def forward(self, attention: torch.Tensor, error: torch.Tensor | None,
+    def forward(self, attention: torch.Tensor, target: torch.Tensor | None, recon: torch.Tensor | None,
                 map_scale: torch.Tensor) -> torch.Tensor:
         if self.kind == "attention":
             return attention
-        assert error is not None, "this anomaly_map needs the reconstruction error"
+        assert target is not None and recon is not None, "this anomaly_map needs the reconstruction"
+        if self.kind == "ssim_error":
+            return self.blur(structural_error(target, recon, self.window))
+        error = recon_error(target, recon)
         if self.kind == "recon_error":
             return error
         blurred = self.blur(error)

@@ -1,0 +1,32 @@
+"""The SSIM-weighted reconstruction error against hand-computed cases, and its export parity."""
+from __future__ import annotations
+
+import torch
+
+from training.maps import SSIM_C1, SSIM_SIGMA, AnomalyMap, GaussianBlur, structural_error
+
+
+def test_identical_images_have_no_structural_error() -> None:
+    x = torch.rand(2, 3, 24, 24)
+    assert structural_error(x, x.clone(), GaussianBlur(SSIM_SIGMA)).abs().max() < 1e-6
+
+
+def test_flat_images_follow_the_ssim_formula() -> None:
+    # constant images: no variance, so SSIM = (2ab + c1) / (a^2 + b^2 + c1), times |a - b|
+    a, b = 0.8, 0.5
+    x, y = torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)
+    ssim = (2 * a * b + SSIM_C1) / (a * a + b * b + SSIM_C1)
+    got = structural_error(x, y, GaussianBlur(SSIM_SIGMA))
+    assert torch.allclose(got, torch.full_like(got, (1 - ssim) * abs(a - b)), atol=1e-6)
+
+
+def test_a_shifted_edge_scores_above_a_brightness_offset_of_the_same_error() -> None:
+    # The point of the weighting: a structural miss counts more than an intensity offset.
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., :, 16:] = 1.0
+    shifted = torch.roll(x, 2, dims=-1)
+    err_shift = (x - shifted).abs().mean()
+    offset = (x + err_shift).clamp(max=1.0 + err_shift)  # the same mean |error|, spread evenly
+    amap = AnomalyMap("ssim_error", sigma=2.0)
+    scale = torch.ones(2)
+    assert amap(None, x, shifted, scale).sum() > 2 * amap(None, x, offset, scale).sum()

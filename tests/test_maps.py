@@ -1,4 +1,4 @@
-"""The SSIM-weighted reconstruction error against hand-computed cases, and its export parity."""
+"""The SSIM-weighted reconstruction error against hand-computed cases (export parity: test_export_onnx)."""
 from __future__ import annotations
 
 import torch

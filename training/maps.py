@@ -53,7 +53,7 @@ class GaussianBlur(nn.Module):
         return F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), self.ky)
 
 
-def structural_error(target: torch.Tensor, recon: torch.Tensor, window: "GaussianBlur") -> torch.Tensor:
+def structural_error(target: torch.Tensor, recon: torch.Tensor, window: GaussianBlur) -> torch.Tensor:
     """(1 - SSIM) x |x - x_hat| per pixel, mean over channels: [N, C, H, W] -> [N, 1, H, W].
     `window` is the SSIM's Gaussian (a GaussianBlur of SSIM_SIGMA), passed in so it is a buffer
     of the caller's module and travels with it into the exported graph."""

@@ -15,7 +15,7 @@ from tests.conftest import REPO, tiny_config
 from training.checkpoint import atomic_write, load_checkpoint, load_model
 from training.config import merge
 from training.train import main as train_main
-from training.train import train
+from training.train import learning_rate, train
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -35,15 +35,32 @@ def test_checkpoint_round_trip_and_stats(mvtec_dir: Path, tmp_path: Path):
     assert not torch.equal(model.normal_mu, torch.zeros_like(model.normal_mu))
 
 
-def test_resume_gives_identical_weights(mvtec_dir: Path, tmp_path: Path):
-    cfg = tiny_config(mvtec_dir, epochs=2)
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_resume_gives_identical_weights(mvtec_dir: Path, tmp_path: Path, decay: float):
+    cfg = merge(tiny_config(mvtec_dir, epochs=2), {"train": {"lr_decay": decay}})
     straight = train(cfg, tmp_path / "a", torch.device("cpu"), progress=False)
-    train(merge(cfg, {"train": {"epochs": 1}}), tmp_path / "b", torch.device("cpu"), progress=False)
+    per_epoch = int(load_checkpoint(straight)["history"][0]["step"])
+    # killed after the first epoch of the same 2-epoch run: the decay must pick up where it was
+    train(cfg, tmp_path / "b", torch.device("cpu"), max_steps=per_epoch, progress=False)
     resumed = train(cfg, tmp_path / "b", torch.device("cpu"), resume=True, progress=False)
     wa, wb = _weights(straight), _weights(resumed)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
     assert load_checkpoint(resumed)["epoch"] == 2
+
+
+def test_learning_rate_is_constant_then_cosine_to_zero():
+    lrs = [learning_rate(1.0, s, 100, 0.4) for s in range(101)]
+    assert lrs[:61] == [1.0] * 61                       # the first 60 % of the steps are untouched
+    assert lrs[80] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert [learning_rate(1.0, s, 100, 0.0) for s in (0, 99)] == [1.0, 1.0]
+
+
+def test_lr_decay_outside_unit_interval_is_refused(mvtec_dir: Path, tmp_path: Path):
+    cfg = merge(tiny_config(mvtec_dir), {"train": {"lr_decay": 1.5}})
+    with pytest.raises(ValueError, match="lr_decay"):
+        train(cfg, tmp_path / "r", torch.device("cpu"), progress=False)
 
 
 def test_loss_decreases_on_fixed_data(mvtec_dir: Path, tmp_path: Path):

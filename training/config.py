@@ -11,7 +11,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"arch": "resnet18", "size": 256, "channels": 1, "latent": 32},
     "data": {"format": "mvtec", "augment": {"rotate": 0, "hflip": False, "vflip": False}},
     "train": {"epochs": 10, "batch_size": 8, "lr": 1e-4, "loss": "mse", "beta": 1.0, "seed": 0,
-              "weight_decay": 0.0},
+              "weight_decay": 0.0, "lr_decay": 0.0},
     # What inference (evaluation, export, runtime) computes: target layer, latent score, and the
     # map that drives masks and verdicts (chosen from bench.localization, see docs/benchmarks.md).
     "inference": {"layer": "layer3", "score": "sum_mu", "anomaly_map": "recon_error_blur", "blur_sigma": 4.0},

@@ -10,6 +10,7 @@ statistics that attention (Eq. 4) and the fusion map need. Exit codes: 0 done, 1
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -44,6 +45,19 @@ def step_noise(seed: int, step: int, global_batch: int, latent: int, rank_slice:
     run and an N-process run draw exactly what one uninterrupted process would."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randn(global_batch, latent, generator=g)[rank_slice]
+
+
+def learning_rate(base: float, step: int, total_steps: int, decay: float) -> float:
+    """Constant, then a cosine to zero over the last `decay` fraction of the steps.
+
+    A pure function of the step, not a scheduler object with state: a resumed or N-process run
+    sets exactly the rate one uninterrupted process would, and the constant phase is bit-identical
+    to a run without decay (so a decayed run can continue a constant-rate checkpoint).
+    """
+    start = total_steps * (1.0 - decay)
+    if decay <= 0 or step < start:
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / (total_steps - start))))
 
 
 def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool = False,
@@ -90,6 +104,10 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     epochs = int(tcfg["epochs"])
+    base_lr, decay = float(tcfg["lr"]), float(tcfg.get("lr_decay", 0.0))
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"train.lr_decay {decay} must lie in [0, 1] (the decayed fraction of the steps)")
+    total_steps = epochs * len(loader)
     # DistributedSampler deals global positions round-robin (rank r holds r, r+world, ...), so
     # that is also the stride of this rank's rows of the global noise: image and noise stay paired
     # exactly as in one process.
@@ -110,6 +128,8 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                 o = ddp(image.to(device), eps)
             terms = vae_loss(o.recon.float(), o.target, o.mu.float(), o.logvar.float(), tcfg["loss"],
                              float(tcfg["beta"]))
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(base_lr, step, total_steps, decay)
             opt.zero_grad(set_to_none=True)
             scaler.scale(terms.total).backward()
             scaler.step(opt)

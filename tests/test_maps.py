@@ -17,7 +17,9 @@ def test_flat_images_follow_the_ssim_formula() -> None:
     x, y = torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)
     ssim = (2 * a * b + SSIM_C1) / (a * a + b * b + SSIM_C1)
     got = structural_error(x, y, GaussianBlur(SSIM_SIGMA))
-    assert torch.allclose(got, torch.full_like(got, (1 - ssim) * abs(a - b)), atol=1e-6)
+    # float32 E[x^2] - E[x]^2 leaves ~1e-7 of variance, divided by c2 = 9e-4: the kernel-dependent
+    # error reaches 4e-5 on some CPUs (oneDNN's convolution), so 1e-6 was too tight
+    assert torch.allclose(got, torch.full_like(got, (1 - ssim) * abs(a - b)), atol=2e-4)
 
 
 def test_a_shifted_edge_scores_above_a_brightness_offset_of_the_same_error() -> None:
@@ -30,3 +32,13 @@ def test_a_shifted_edge_scores_above_a_brightness_offset_of_the_same_error() -> 
     amap = AnomalyMap("ssim_error", sigma=2.0)
     scale = torch.ones(2)
     assert amap(None, x, shifted, scale).sum() > 2 * amap(None, x, offset, scale).sum()
+
+
+def test_ssim_loss_is_zero_on_a_perfect_reconstruction_and_grows_with_structure_loss() -> None:
+    from training.losses import vae_loss
+    x = torch.rand(2, 1, 24, 24)
+    mu, logvar = torch.zeros(2, 4), torch.zeros(2, 4)
+    assert vae_loss(x.clone(), x, mu, logvar, "ssim").recon.abs() < 1e-3
+    blurred = GaussianBlur(2.0)(x)
+    flat = x.mean() * torch.ones_like(x)
+    assert 0 < vae_loss(blurred, x, mu, logvar, "ssim").recon < vae_loss(flat, x, mu, logvar, "ssim").recon

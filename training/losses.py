@@ -6,6 +6,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from training.maps import SSIM_SIGMA, GaussianBlur, ssim
+
+LOSS_KINDS = ("mse", "bce", "ssim")
+
 
 class LossTerms(NamedTuple):
     total: torch.Tensor
@@ -23,13 +27,20 @@ def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar
     """Per-image summed reconstruction error + beta * KL, averaged over the batch.
 
     Summing over pixels (not averaging) keeps the KL weight meaningful at any resolution.
+    `ssim` is 1 - SSIM per pixel (the window of the ssim_error map), as in the SSIM autoencoder
+    of the MVTec AD paper: it penalizes wrong local structure, not only wrong intensity, so the
+    decoder is pushed to reproduce a good part's edges sharply.
     """
     if kind == "mse":
         r = F.mse_loss(recon, target, reduction="none")
     elif kind == "bce":
         r = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+    elif kind == "ssim":
+        window = GaussianBlur(SSIM_SIGMA).to(recon.device)
+        n, c, h, w = target.shape
+        r = 1 - ssim(target.reshape(n * c, 1, h, w), recon.reshape(n * c, 1, h, w), window)
     else:
-        raise ValueError(f"unknown reconstruction loss '{kind}'; choose mse or bce")
+        raise ValueError(f"unknown reconstruction loss '{kind}'; choose one of {LOSS_KINDS}")
     rec = r.flatten(1).sum(1).mean()
     kl = kl_divergence(mu, logvar).mean()
     return LossTerms(rec + beta * kl, rec, kl)

@@ -42,3 +42,15 @@ def test_ssim_loss_is_zero_on_a_perfect_reconstruction_and_grows_with_structure_
     blurred = GaussianBlur(2.0)(x)
     flat = x.mean() * torch.ones_like(x)
     assert 0 < vae_loss(blurred, x, mu, logvar, "ssim").recon < vae_loss(flat, x, mu, logvar, "ssim").recon
+
+
+def test_ssim_l1_loss_sees_an_intensity_offset_on_a_bright_flat_region_that_ssim_misses() -> None:
+    from training.losses import vae_loss
+    x = torch.full((1, 1, 24, 24), 0.9)
+    mu, logvar = torch.zeros(1, 4), torch.zeros(1, 4)
+    offset = x - 0.1
+    ssim_only = float(vae_loss(offset, x, mu, logvar, "ssim").recon)
+    mixed = float(vae_loss(offset, x, mu, logvar, "ssim_l1").recon)
+    assert ssim_only < 0.01 * 24 * 24            # per pixel 1 - SSIM ~ 0.007: SSIM barely sees it
+    assert mixed > 0.016 * 24 * 24 * 0.9         # the L1 term (0.16 x 0.1 per pixel) does
+    assert float(vae_loss(x.clone(), x, mu, logvar, "ssim_l1").recon) < 1e-3

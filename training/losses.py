@@ -8,7 +8,10 @@ import torch.nn.functional as F
 
 from training.maps import SSIM_SIGMA, GaussianBlur, ssim
 
-LOSS_KINDS = ("mse", "bce", "ssim")
+LOSS_KINDS = ("mse", "bce", "ssim", "ssim_l1")
+# Zhao et al., "Loss Functions for Image Restoration with Neural Networks" (2017): their mix of
+# (MS-)SSIM and L1, taken as published, not tuned on screw.
+SSIM_L1_WEIGHT = 0.84
 
 
 class LossTerms(NamedTuple):
@@ -29,16 +32,21 @@ def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar
     Summing over pixels (not averaging) keeps the KL weight meaningful at any resolution.
     `ssim` is 1 - SSIM per pixel (the window of the ssim_error map), as in the SSIM autoencoder
     of the MVTec AD paper: it penalizes wrong local structure, not only wrong intensity, so the
-    decoder is pushed to reproduce a good part's edges sharply.
+    decoder is pushed to reproduce a good part's edges sharply. But SSIM barely sees an intensity
+    offset on a bright flat region (its luminance term stays ~1), and measured on screw the
+    ssim-trained decoder drifted off the background's gray, so the plain error lit up the
+    background. `ssim_l1` adds an L1 term that pins the intensity while SSIM keeps the structure.
     """
     if kind == "mse":
         r = F.mse_loss(recon, target, reduction="none")
     elif kind == "bce":
         r = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), target, reduction="none")
-    elif kind == "ssim":
+    elif kind in ("ssim", "ssim_l1"):
         window = GaussianBlur(SSIM_SIGMA).to(recon.device)
         n, c, h, w = target.shape
-        r = 1 - ssim(target.reshape(n * c, 1, h, w), recon.reshape(n * c, 1, h, w), window)
+        r = (1 - ssim(target.reshape(n * c, 1, h, w), recon.reshape(n * c, 1, h, w), window)).reshape(n, c, h, w)
+        if kind == "ssim_l1":
+            r = SSIM_L1_WEIGHT * r + (1 - SSIM_L1_WEIGHT) * (recon - target).abs()
     else:
         raise ValueError(f"unknown reconstruction loss '{kind}'; choose one of {LOSS_KINDS}")
     rec = r.flatten(1).sum(1).mean()

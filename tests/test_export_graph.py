@@ -1,6 +1,7 @@
 """export.graph: the explicit backward equals autograd (training.inference.reference_outputs)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from export.graph import (ExportError, ExportModule, build_export_module, export
 from training.attention import latent_score
 from training.checkpoint import save_checkpoint
 from training.config import DEFAULTS, merge
-from training.inference import reference_outputs
+from training.inference import inference_settings, reference_outputs
 from training.models import VAE, build_model
 
 SIZES = {"mnist": 28, "ucsd": 100, "resnet18": 64}
@@ -160,3 +161,15 @@ def test_build_export_module_uses_the_checkpoint_inference_section(tmp_path: Pat
     module, settings = build_export_module(ckpt, layer="conv1", score="difference", per_dim=True, recon=True)
     assert (module.layer, module.score, settings["per_dim"], settings["recon"]) == ("conv1", "difference", True, True)
     assert module.output_names[-2:] == ("recon_error", "alpha")
+
+
+def test_a_map_that_trusts_the_gray_warns_on_an_ssim_trained_model() -> None:
+    cfg = merge(DEFAULTS, {"train": {"loss": "ssim"}, "inference": {"anomaly_map": "recon_error_blur"}})
+    with pytest.warns(UserWarning, match="ssim_error"):
+        inference_settings(cfg)
+    with pytest.warns(UserWarning, match="fusion"):
+        inference_settings(merge(cfg, {"inference": {"anomaly_map": "fusion"}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert inference_settings(merge(cfg, {"inference": {"anomaly_map": "ssim_error"}}))["anomaly_map"] == "ssim_error"
+        inference_settings(merge(cfg, {"train": {"loss": "ssim_l1"}}))

@@ -6,6 +6,7 @@ Output names are the exported graph's (see docs/architecture.md, "The exported g
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -15,10 +16,19 @@ from training.maps import AnomalyMap, recon_error
 from training.models import VAE
 
 
+# Maps that trust the decoder's absolute gray, which the SSIM loss leaves free: on screw the
+# plain error of an ssim-trained model lit up the whole background at one seed (docs/benchmarks.md).
+INTENSITY_MAPS = ("recon_error", "recon_error_blur", "fusion")
+
+
 def inference_settings(config: dict[str, Any], **override: Any) -> dict[str, Any]:
     """The checkpoint's `inference` section with CLI overrides (None values ignored)."""
     inf = dict(config["inference"])
     inf.update({k: v for k, v in override.items() if v is not None})
+    if config.get("train", {}).get("loss") == "ssim" and inf["anomaly_map"] in INTENSITY_MAPS:
+        warnings.warn(f"anomaly_map '{inf['anomaly_map']}' relies on the reconstruction's absolute gray, "
+                      "which a model trained with loss 'ssim' does not learn; use ssim_error, or train "
+                      "with loss ssim_l1 or mse", stacklevel=2)
     return inf
 
 

@@ -1,6 +1,7 @@
 """VAE objective (paper Eq. 1) with optional beta: reconstruction + beta * KL."""
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -12,6 +13,12 @@ LOSS_KINDS = ("mse", "bce", "ssim", "ssim_l1")
 # Zhao et al., "Loss Functions for Image Restoration with Neural Networks" (2017): their mix of
 # (MS-)SSIM and L1, taken as published, not tuned on screw.
 SSIM_L1_WEIGHT = 0.84
+
+
+@functools.cache
+def _ssim_window(device: torch.device) -> GaussianBlur:
+    """Built once per device, not on every training step."""
+    return GaussianBlur(SSIM_SIGMA).to(device)
 
 
 class LossTerms(NamedTuple):
@@ -42,9 +49,7 @@ def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar
     elif kind == "bce":
         r = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), target, reduction="none")
     elif kind in ("ssim", "ssim_l1"):
-        window = GaussianBlur(SSIM_SIGMA).to(recon.device)
-        n, c, h, w = target.shape
-        r = (1 - ssim(target.reshape(n * c, 1, h, w), recon.reshape(n * c, 1, h, w), window)).reshape(n, c, h, w)
+        r = 1 - ssim(target, recon, _ssim_window(recon.device))
         if kind == "ssim_l1":
             r = SSIM_L1_WEIGHT * r + (1 - SSIM_L1_WEIGHT) * (recon - target).abs()
     else:

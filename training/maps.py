@@ -54,19 +54,20 @@ class GaussianBlur(nn.Module):
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: GaussianBlur) -> torch.Tensor:
-    """Per-pixel SSIM of two [N, 1, H, W] images in [0, 1] under a Gaussian window."""
+    """Per-pixel, per-channel SSIM of two [N, C, H, W] images in [0, 1] under a Gaussian window."""
+    n, c, h, w = x.shape
+    x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
     mx, my = window(x), window(y)
     vx, vy, cxy = window(x * x) - mx * mx, window(y * y) - my * my, window(x * y) - mx * my
-    return ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+    s = ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+    return s.reshape(n, c, h, w)
 
 
 def structural_error(target: torch.Tensor, recon: torch.Tensor, window: GaussianBlur) -> torch.Tensor:
     """(1 - SSIM) x |x - x_hat| per pixel, mean over channels: [N, C, H, W] -> [N, 1, H, W].
     `window` is the SSIM's Gaussian (a GaussianBlur of SSIM_SIGMA), passed in so it is a buffer
     of the caller's module and travels with it into the exported graph."""
-    n, c, h, w = target.shape
-    x, y = target.reshape(n * c, 1, h, w), recon.reshape(n * c, 1, h, w)
-    return ((1 - ssim(x, y, window)) * (x - y).abs()).reshape(n, c, h, w).mean(1, keepdim=True)
+    return ((1 - ssim(target, recon, window)) * (target - recon).abs()).mean(1, keepdim=True)
 
 
 class AnomalyMap(nn.Module):

@@ -85,3 +85,17 @@ def test_match_brightness_equalizes_means_and_keeps_labels(mvtec_dir: Path):
     assert np.allclose(means, split.images.mean(), atol=1.0)  # uint8 rounding and clipping at 255
     assert matched.images.dtype == np.uint8 and (matched.labels == split.labels).all()
     assert matched.masks is split.masks
+
+
+def test_mnist_bar_lift_on_hand_made_digits():
+    """The fig. 4 measure: a map on the band (top 30 % of the digit's rows) lifts by 1 / band share."""
+    from bench.mnist_attention import bar_band, bar_lift
+
+    img = np.zeros((1, 10, 10, 1), np.uint8)
+    img[0, 2:8, 3:7] = 255                     # a block on rows 2-7: 6 rows, band = 2 rows (2, 3)
+    band = bar_band(img)
+    assert band[0].any(1).nonzero()[0].tolist() == [2, 3]
+    on_band = band.astype(np.float32)
+    assert bar_lift(on_band, band) == pytest.approx(1 / 0.2)   # band = 20 of 100 pixels
+    assert bar_lift(np.ones((1, 10, 10), np.float32), band) == pytest.approx(1.0)
+    assert bar_lift(-on_band + 1, band) == pytest.approx(0.0)  # all mass off the band

@@ -99,3 +99,26 @@ def test_mnist_bar_lift_on_hand_made_digits():
     assert bar_lift(on_band, band) == pytest.approx(1 / 0.2)   # band = 20 of 100 pixels
     assert bar_lift(np.ones((1, 10, 10), np.float32), band) == pytest.approx(1.0)
     assert bar_lift(-on_band + 1, band) == pytest.approx(0.0)  # all mass off the band
+
+
+def test_seed_summary_means_spread_and_errors(tmp_path: Path, capsys):
+    from bench.seeds import main as seeds_main
+
+    for seed, (auroc, iou, aupro) in enumerate([(0.965, 0.10, 0.85), (0.985, 0.20, 0.87)]):
+        m = {"pixel_auroc": auroc, "best_iou": iou, "aupro": aupro, "image_auroc": 0.5}
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "localization.json").write_text(json.dumps({"config": f"s{seed}", "metrics": {"ssim_error": m}}))
+    out = tmp_path / "seeds.json"
+    assert seeds_main(["--group", "C", str(tmp_path / "s0"), str(tmp_path / "s1"), "--maps", "ssim_error",
+                       "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["C"]["ssim_error"]
+    assert row["pixel_auroc"]["mean"] == pytest.approx(0.975)
+    assert row["best_iou"]["min"] == pytest.approx(0.10) and row["best_iou"]["max"] == pytest.approx(0.20)
+    assert row["targets_met"] == {"pixel_auroc": True, "best_iou": False, "aupro": True}  # 0.15 < 0.17
+    assert seeds_main(["--group", "C", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere/localization.json: not found" in capsys.readouterr().err
+    assert seeds_main(["--group", "C", str(tmp_path / "s0"), "--maps", "fusion"]) == 1
+    assert "map 'fusion' is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        seeds_main(["--group", "C"])
+    assert e.value.code == 2

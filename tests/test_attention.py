@@ -1,6 +1,7 @@
 """Attention (Eq. 2-4) against an independent autograd reference on tiny networks."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -113,3 +114,22 @@ def test_difference_score_is_orientation_free():
     nm, nv = torch.zeros(2), torch.ones(2)
     assert torch.allclose(latent_score(mu, lv, "difference", nm, nv), latent_score(-mu, lv, "difference", nm, nv))
     assert not torch.allclose(latent_score(mu, lv, "sum_mu"), latent_score(-mu, lv, "sum_mu"))
+
+
+def test_residual_attention_variants_by_hand():
+    from training.attention import residual_attention
+
+    g = torch.Generator().manual_seed(0)
+    a, grads = torch.rand(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    size = (8, 8)
+    for v in ("eq2", "abs", "weighted", "uniform"):  # an unchanged part leaves no residual
+        assert residual_attention(a, a, grads, size, v).abs().max() == 0
+    # with a zero reconstruction the eq2 residual is the paper's Eq. 2 map itself
+    assert torch.allclose(residual_attention(a, torch.zeros_like(a), grads, size, "eq2"), attention_map(a, grads, size))
+    # weighted with equal |alpha| = c is c * K * uniform: alpha only re-weights channels
+    equal = torch.full_like(grads, -0.5)
+    r = torch.rand(2, 3, 4, 4, generator=g)
+    assert torch.allclose(residual_attention(a, r, equal, size, "weighted"),
+                          0.5 * 3 * residual_attention(a, r, equal, size, "uniform"), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown residual variant"):
+        residual_attention(a, r, grads, size, "nope")

@@ -122,3 +122,17 @@ def test_seed_summary_means_spread_and_errors(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as e:
         seeds_main(["--group", "C"])
     assert e.value.code == 2
+
+
+def test_residual_attention_bench_on_a_checkpoint(checkpoint: Path, tmp_path: Path, capsys):
+    from bench.residual_attention import main as residual_main
+
+    assert residual_main(["--checkpoint", str(checkpoint), "--layers", "layer1", "--out", str(tmp_path),
+                          "--threads", "1"]) == 0
+    result = json.loads((tmp_path / f"residual_attention_{checkpoint.parent.name}.json").read_text())
+    names = set(result["metrics"])
+    assert {"recon_error_blur", "ssim_error", "trivial_darkness", "residual/layer1/uniform",
+            "residual/layer1/sum_mu/eq2", "residual/layer1/difference/weighted"} <= names
+    assert all(0 <= m["aupro"] <= 1 for m in result["metrics"].values())
+    assert "residual/layer1/uniform" in capsys.readouterr().out
+    assert residual_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 1

@@ -79,6 +79,34 @@ def attention_variant(activations: torch.Tensor, gradients: torch.Tensor, size: 
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
+RESIDUAL_VARIANTS = ("eq2", "abs", "weighted", "uniform")
+
+
+def residual_attention(activations: torch.Tensor, recon_activations: torch.Tensor, gradients: torch.Tensor,
+                       size: tuple[int, int], variant: str = "eq2") -> torch.Tensor:
+    """Diagnostic (bench.residual_attention): Eq. 2 on the feature residual D = A(x) - A(x_hat),
+    the change of the target layer's features between the input and its (defect-free)
+    reconstruction, so that only what the reconstruction altered can light up:
+    eq2       ReLU(sum_k alpha_k D_k)
+    abs       |sum_k alpha_k D_k|
+    weighted  sum_k |alpha_k| |D_k|
+    uniform   mean_k |D_k|, no gradient: the control that says whether alpha helps
+    """
+    d = activations - recon_activations
+    if variant == "uniform":
+        m = d.abs().mean(1, keepdim=True)
+    else:
+        alpha = channel_weights(gradients)[:, :, None, None]
+        if variant == "weighted":
+            m = (alpha.abs() * d.abs()).sum(1, keepdim=True)
+        elif variant in ("eq2", "abs"):
+            m = (alpha * d).sum(1, keepdim=True)
+            m = F.relu(m) if variant == "eq2" else m.abs()
+        else:
+            raise ValueError(f"unknown residual variant '{variant}'; choose one of {RESIDUAL_VARIANTS}")
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
 @contextmanager
 def capture(layers: list[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
     """Record the outputs of `layers` during forward passes inside the block."""

@@ -40,9 +40,8 @@ def residual_maps(model: VAE, images: np.ndarray, layers: list[str], sigma: floa
     for i in range(0, len(images), batch):
         out, acts, grads = layer_gradients(model, torch.from_numpy(images[i:i + batch]), layers, list(SCORES))
         size = tuple(out.target.shape[-2:])
-        # The reconstruction through the same encoder, normalized as the model normalizes its input.
         with torch.no_grad(), capture([model.resolve_layer(n) for n in layers]) as stores:
-            model.encoder((out.recon - model.preprocess.mean) / model.preprocess.std)
+            model.encoder(model.preprocess.normalize(out.recon))
         for li, layer in enumerate(layers):
             a, r = acts[li].detach(), stores[li][-1]
             keys = [(f"residual/{layer}/uniform", SCORES[0], "uniform")]

@@ -92,4 +92,8 @@ class Preprocess(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # cast before the transpose: TensorRT accepts uint8 only as an input to a Cast
         x01 = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
-        return x01, (x01 - self.mean) / self.std
+        return x01, self.normalize(x01)
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """The encoder input from an image in [0, 1], e.g. a reconstruction fed back to the encoder."""
+        return (x01 - self.mean) / self.std

@@ -385,7 +385,7 @@ def save_image(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(path.suffix, image, ENCODE_PARAMS.get(path.suffix, []))
     if not ok:
         raise OSError(f"{path}: {path.suffix} encoding failed")
-    atomic_write(path, lambda tmp: buf.tofile(tmp), suffix=path.suffix)
+    atomic_write(path, lambda tmp: buf.tofile(tmp), suffix=path.suffix, durable=False)
 
 
 def picture_path(out: Path, kind: str, rel: str, fmt: str = "jpg") -> Path:

@@ -12,18 +12,37 @@ import torch
 from training.models import VAE, build_model
 
 
-def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp") -> None:
-    """Call write(tmp_path), then rename over `path`: a crash never leaves a half-written file."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it, which is not thread-safe
+
+
+def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp", durable: bool = True) -> None:
+    """Call write(tmp_path), then rename over `path`: a crash never leaves a half-written file.
+    `durable` also survives a power cut (fsync); pictures that can be redrawn skip its cost."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    # The temporary's name must fit the file system's 255 bytes whenever the final name does.
+    stem = path.name.encode("utf-8")[:96].decode("utf-8", "ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a model from the service reading it
+        if durable:
+            # fsync before the rename and of the folder after it: otherwise a power cut can leave
+            # the new name pointing at a file whose data never reached the disk.
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable and os.name == "posix":
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def sha256(path: str | Path) -> str:

@@ -92,18 +92,29 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         raise ValueError(f"{len(data)} training images are fewer than one batch of {global_batch}")
 
     model = build_model(mcfg).to(device)
+    if world > 1 and device.type == "cuda":
+        # Without it each process normalizes over its own slice of the batch and N processes no
+        # longer train the model one process would. PyTorch's SyncBatchNorm runs on GPUs only, so
+        # on CPU (gloo) a BatchNorm model's N-process run is close to, not equal to, one process.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0)))
     ckpt_path = out / "model.pt"
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     epoch, step = 0, 0
+    history: list[dict[str, float]] = []
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         epoch, step = int(ck["epoch"]), int(ck["step"])
+        history = list(ck.get("history") or [])
     ddp = DistributedDataParallel(model) if world > 1 else model
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     epochs = int(tcfg["epochs"])
+    if epochs < 1:
+        raise ValueError(f"train.epochs {epochs} must be at least 1")
     base_lr, decay = float(tcfg["lr"]), float(tcfg.get("lr_decay", 0.0))
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"train.lr_decay {decay} must lie in [0, 1] (the decayed fraction of the steps)")
@@ -112,8 +123,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     # that is also the stride of this rank's rows of the global noise: image and noise stay paired
     # exactly as in one process.
     rows = slice(rank, global_batch, world)
-    history: list[dict[str, float]] = []
-    started = time.time()
+    started = time.time() - (history[-1]["seconds"] if history else 0.0)
     done = max_steps is not None and step >= max_steps
     while epoch < epochs and not done:
         model.train()
@@ -122,7 +132,13 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0 or not sys.stderr.isatty(),
                    leave=False, dynamic_ncols=True)
         sums, count, t_epoch = np.zeros(3), 0, time.time()
-        for image in bar:
+        # A run stopped by --max-steps inside an epoch resumes inside it: the epoch's order and
+        # augmentation are functions of (seed, epoch), so skipping the batches already taken
+        # continues exactly where one uninterrupted run would be.
+        skip = step - epoch * len(loader)
+        for i, image in enumerate(bar):
+            if i < skip:
+                continue
             eps = step_noise(seed, step, global_batch, model.latent, rows).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 o = ddp(image.to(device), eps)
@@ -142,22 +158,28 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
             if max_steps is not None and step >= max_steps:
                 done = True
                 break
-        epoch += 1
+        if step == (epoch + 1) * len(loader):
+            epoch += 1
+        if world > 1:  # log the global batch's loss, not rank 0's share of it
+            t = torch.tensor(sums, dtype=torch.float64)
+            dist.all_reduce(t)
+            sums = t.numpy() / world
         n = max(1, count)
-        history.append({"epoch": epoch, "step": step, "loss": float(sums[0] / n), "recon": float(sums[1] / n),
-                        "kl": float(sums[2] / n), "seconds": time.time() - started})
+        # One entry per stretch of steps run: a stopped epoch and its resumed rest are two entries.
+        history.append({"epoch": step / len(loader), "step": step, "steps": count, "loss": float(sums[0] / n),
+                        "recon": float(sums[1] / n), "kl": float(sums[2] / n), "seconds": time.time() - started})
         if rank == 0:
             if progress:
                 h = history[-1]
                 print(f"epoch {epoch}/{epochs} step {step} loss {h['loss']:.2f} recon {h['recon']:.2f} "
                       f"kl {h['kl']:.2f} ({count / (time.time() - t_epoch):.2f} it/s)", file=sys.stderr)
             save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
-                            history=history, stats_ready=False)
+                            history=history, stats_ready=False, scaler=scaler.state_dict() if amp else None)
     if rank == 0:
         inf = config["inference"]
         fit_normal_stats(model, split.images, inf["layer"], float(inf["blur_sigma"]), device=device)
         save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
-                        history=history, stats_ready=True)
+                        history=history, stats_ready=True, scaler=scaler.state_dict() if amp else None)
     if world > 1:
         dist.barrier()
     return ckpt_path
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         over: dict[str, Any] = {}
         if args.data:
             over["data"] = {"root": args.data}
-        if args.epochs:
+        if args.epochs is not None:
             over["train"] = {"epochs": args.epochs}
         config = merge(config, over)
         out = Path(args.out or Path("runs") / Path(args.config).stem)

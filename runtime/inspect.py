@@ -14,6 +14,7 @@ batches, a second pool post-processes and writes pictures; rows are written in i
 relative paths), so the report is deterministic. report.jsonl is appended and flushed row by row
 (a row is written only after its pictures), report.csv and summary.json are rewritten atomically,
 so a crash never leaves a half-written file, and --resume continues after the last row.
+An image whose model output is not finite is an error row.
 Inputs are only read. Exit: 0 every readable image inspected, 1 fatal error, 2 usage error.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 
 from runtime import overlay as ov
 from runtime.model import Model, ModelError, open_model
-from runtime.postprocess import Thresholds, inspect_map
+from runtime.postprocess import OutputError, Thresholds, inspect_map
 from training.checkpoint import atomic_write, sha256
 from training.preprocess import ImageError, read_image, to_uint8_channels
 
@@ -444,13 +445,19 @@ def error_row(job: Job) -> dict[str, Any]:
 
 
 def finish_job(job: Job, outputs: dict[str, np.ndarray], infer_ms: float, batch: int, s: Settings) -> dict[str, Any]:
-    """Post-process one image and write its pictures; returns its report row."""
+    """Post-process one image and write its pictures; returns its report row.
+
+    An unusable model output (OutputError) becomes this image's error row, so the run goes on."""
     t0 = time.perf_counter()
     d = job.decoded
     assert d is not None
     size = job.size
     want_maps = bool(set(s.save) & {"mask", "heatmap", "overlay"})
-    res = inspect_map(outputs["anomaly_map"], size, s.thresholds, d.scale, keep_maps=want_maps)
+    try:
+        res = inspect_map(outputs["anomaly_map"], size, s.thresholds, d.scale, keep_maps=want_maps)
+    except OutputError as e:
+        job.error = f"{job.entry.rel}: {e}"
+        return error_row(job)
     saved = {}
     for kind in s.save:
         p = picture_path(s.out, kind, job.entry.rel, s.picture_format)

@@ -20,6 +20,10 @@ import cv2
 import numpy as np
 
 
+class OutputError(ValueError):
+    """The model's output for one image is unusable (e.g. NaN/inf): that image fails, not the run."""
+
+
 @dataclass(frozen=True)
 class Thresholds:
     pixel: float | None = None
@@ -120,8 +124,12 @@ def inspect_map(anomaly_map: np.ndarray, size: tuple[int, int], thresholds: Thre
 
     anomaly_map: [1, H, W] or [H, W] at the model's size; size: (height, width) of the decoded
     image; scale: original pixels per decoded pixel (1 unless the decode was reduced).
+    Raises OutputError for a map holding NaN or inf: NaN compares False with any threshold, so it
+    would pass as OK.
     """
     m = as_2d(anomaly_map)
+    if not np.isfinite(m).all():
+        raise OutputError("model output is not finite (NaN/inf in anomaly_map)")
     score = image_score(m)
     verdict = None if thresholds.image is None else ("NG" if score >= thresholds.image else "OK")
     full = mask = None

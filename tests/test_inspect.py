@@ -358,3 +358,36 @@ def test_clean_temporaries_removes_only_leftovers(tmp_path: Path) -> None:
         p.write_bytes(b"x")
     assert ri.clean_temporaries(out) == len(junk)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in junk)
+
+
+def test_non_finite_output_is_an_error_row(tmp_path: Path, model: Path, stub_sidecars: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN/inf anomaly map fails that image (an error row), never passes it as OK."""
+    import runtime.model as rm
+
+    inp = tmp_path / "in"
+    png(inp / "good.png", part(False))
+    png(inp / "nan.png", np.zeros((40, 40), np.uint8))
+    png(inp / "inf.png", np.full((40, 40), 7, np.uint8))
+    real = rm.Model.__call__
+
+    def broken(self: rm.Model, images: np.ndarray) -> dict[str, np.ndarray]:
+        out = real(self, images)
+        top = images.reshape(len(images), -1).max(1)
+        out["anomaly_map"][top == 0] = np.nan
+        out["anomaly_map"][top == 7] = np.inf
+        return out
+
+    monkeypatch.setattr(rm.Model, "__call__", broken)
+    out = tmp_path / "out"
+    assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet",
+                    "--save", "overlay,mask"]) == 0
+    by = {r["file"]: r for r in rows(out)}
+    assert by["good.png"]["status"] == "ok" and by["good.png"]["verdict"] == "OK"
+    for f in ("nan.png", "inf.png"):
+        assert by[f]["status"] == "error" and by[f].get("verdict") is None, by[f]
+        assert by[f]["reason"] == f"{f}: model output is not finite (NaN/inf in anomaly_map)"
+        assert not (out / "overlay" / f"{f}.jpg").exists()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"]["failed"] == 2 and s["counts"]["ok"] == 1
+    assert s["failures"] == {"model output is not finite": 2}

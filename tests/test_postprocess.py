@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.postprocess import Thresholds, boxes_of, inspect_map, to_size
+from runtime.postprocess import OutputError, Thresholds, boxes_of, inspect_map, to_size
 
 
 def test_thresholds_cli_overrides_sidecar_each_independently() -> None:
@@ -24,6 +24,16 @@ def test_score_is_max_and_verdict_uses_image_threshold() -> None:
     none = inspect_map(m, (8, 8), Thresholds())
     assert none.verdict is None and none.area is None and none.boxes == []
     assert none.as_row()["n_boxes"] is None
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_map_never_passes(bad: float) -> None:
+    """NaN >= threshold is False: without the check a NaN map would be a good part."""
+    m = np.full((8, 8), 0.1, np.float32)
+    m[3, 4] = bad
+    for th in (Thresholds(0.5, 0.5), Thresholds(None, 0.5), Thresholds()):
+        with pytest.raises(OutputError, match=r"not finite \(NaN/inf in anomaly_map\)"):
+            inspect_map(m, (8, 8), th)
 
 
 def test_mask_area_and_boxes_at_original_size() -> None:

@@ -14,7 +14,7 @@ batches, a second pool post-processes and writes pictures; rows are written in i
 relative paths), so the report is deterministic. report.jsonl is appended and flushed row by row
 (a row is written only after its pictures), report.csv and summary.json are rewritten atomically,
 so a crash never leaves a half-written file, and --resume continues after the last row.
-An image whose model output is not finite is an error row.
+An image whose model output is not finite or whose pictures cannot be written is an error row.
 Inputs are only read. Exit: 0 every readable image inspected, 1 fatal error, 2 usage error.
 """
 from __future__ import annotations
@@ -69,8 +69,11 @@ class Entry:
     error: str | None = None
 
 
-def _reason(e: OSError) -> str:
-    return e.strerror or e.__class__.__name__
+def _reason(e: Exception) -> str:
+    """One short line: an OSError's strerror (its message would repeat a possibly very long path)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
 
 
 def _key(p: Path | os.DirEntry) -> tuple[int, int] | None:  # type: ignore[type-arg]
@@ -385,7 +388,7 @@ def save_image(path: Path, image: np.ndarray) -> None:
     """Atomic write; imencode + tofile because cv2.imwrite cannot write unicode paths everywhere."""
     ok, buf = cv2.imencode(path.suffix, image, ENCODE_PARAMS.get(path.suffix, []))
     if not ok:
-        raise OSError(f"{path}: {path.suffix} encoding failed")
+        raise OSError(errno.EINVAL, f"{path.suffix} encoding failed", str(path))
     atomic_write(path, lambda tmp: buf.tofile(tmp), suffix=path.suffix, durable=False)
 
 
@@ -447,7 +450,9 @@ def error_row(job: Job) -> dict[str, Any]:
 def finish_job(job: Job, outputs: dict[str, np.ndarray], infer_ms: float, batch: int, s: Settings) -> dict[str, Any]:
     """Post-process one image and write its pictures; returns its report row.
 
-    An unusable model output (OutputError) becomes this image's error row, so the run goes on."""
+    Failures of this one image become its error row, so the run goes on: an unusable model output
+    (OutputError), or pictures that cannot be written (e.g. a name too long once the picture
+    extension is added); the latter keeps the score and verdict, which were computed."""
     t0 = time.perf_counter()
     d = job.decoded
     assert d is not None
@@ -459,24 +464,30 @@ def finish_job(job: Job, outputs: dict[str, np.ndarray], infer_ms: float, batch:
         job.error = f"{job.entry.rel}: {e}"
         return error_row(job)
     saved = {}
+    unsaved = []
     for kind in s.save:
         p = picture_path(s.out, kind, job.entry.rel, s.picture_format)
-        if kind == "mask":
-            if res.mask is None:
-                continue
-            save_image(p, res.mask)
-        elif kind == "heatmap":
-            save_image(p, ov.heatmap(res.anomaly_map, pixel_threshold=s.thresholds.pixel))
-        else:
-            save_image(p, ov.render(d.image, outputs.get(s.explain_name, outputs["anomaly_map"]), res.mask,
-                                  res.verdict, res.score, s.thresholds.image))
+        try:
+            if kind == "mask":
+                if res.mask is None:
+                    continue
+                save_image(p, res.mask)
+            elif kind == "heatmap":
+                save_image(p, ov.heatmap(res.anomaly_map, pixel_threshold=s.thresholds.pixel))
+            else:
+                save_image(p, ov.render(d.image, outputs.get(s.explain_name, outputs["anomaly_map"]), res.mask,
+                                      res.verdict, res.score, s.thresholds.image))
+        except (OSError, cv2.error) as e:
+            unsaved.append(f"cannot write {kind} picture ({_reason(e)})")
+            continue
         saved[kind] = str(p.relative_to(s.out).as_posix())
     post_ms = (time.perf_counter() - t0) * 1e3
-    return {"file": job.entry.rel, "status": "ok", **res.as_row(), "score": _num(res.score, 8),
+    reason = f"{job.entry.rel}: {'; '.join(unsaved)}" if unsaved else None
+    return {"file": job.entry.rel, "status": "error" if reason else "ok", **res.as_row(), "score": _num(res.score, 8),
             "width": d.original[1], "height": d.original[0], "decode_scale": _num(d.scale, 4),
             "latency_ms": _num(job.decode_ms + infer_ms + post_ms, 3), "decode_ms": _num(job.decode_ms, 3),
             "infer_ms": _num(infer_ms, 3), "post_ms": _num(post_ms, 3), "batch": batch,
-            "pictures": saved or None, "reason": None}
+            "pictures": saved or None, "reason": reason}
 
 
 def prefetch(pool: ThreadPoolExecutor, fn: Callable[[Entry], Job], items: list[Entry],

@@ -391,3 +391,25 @@ def test_non_finite_output_is_an_error_row(tmp_path: Path, model: Path, stub_sid
     s = json.loads((out / "summary.json").read_text())
     assert s["counts"]["failed"] == 2 and s["counts"]["ok"] == 1
     assert s["failures"] == {"model output is not finite": 2}
+
+
+def test_picture_that_cannot_be_written_is_an_error_row(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    """A 253-byte input name fits the file system, its picture name (+ '.jpg') does not: that image
+    gets an error row with its score and verdict, the others are inspected, and --resume works."""
+    inp = tmp_path / "in"
+    long_name = "検" * 83 + ".png"  # 3 bytes per character: 253 bytes
+    png(inp / long_name, part(True))
+    png(inp / "a.png", part(False))
+    out = tmp_path / "out"
+    args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--save", "overlay"]
+    assert ri.main(args) == 0
+    by = {r["file"]: r for r in rows(out)}
+    r = by[long_name]
+    assert r["status"] == "error" and r["verdict"] == "NG" and r["score"] == pytest.approx(1.0, abs=0.01)
+    assert r["reason"] == f"{long_name}: cannot write overlay picture (File name too long)"
+    assert r["pictures"] is None
+    assert by["a.png"]["status"] == "ok" and (out / "overlay" / "a.png.jpg").exists()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "complete" and s["counts"]["failed"] == 1 and s["counts"]["inspected"] == 1
+    assert not list((out / "overlay").glob(".*"))  # no temporary left behind
+    assert ri.main(args + ["--resume"]) == 0 and len(rows(out)) == 2

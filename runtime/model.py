@@ -130,11 +130,13 @@ def checkpoint_from_sidecar(sidecar: dict[str, Any], model_path: Path) -> Path:
     src = sidecar.get("checkpoint") or model.get("checkpoint") or (sidecar.get("source") or {}).get("checkpoint")
     if not src:
         raise ModelError(f"{model_path}: the sidecar names no source checkpoint; pass the .pt file itself")
-    ck = Path(src)
-    if not ck.is_absolute() and not ck.exists():
-        ck = model_path.parent / ck
+    if not isinstance(src, str):
+        raise ModelError(f"{model_path}: the sidecar's source checkpoint must be a path, got {src!r}")
+    # Relative to the sidecar's folder only: a model.pt in the current directory is another model.
+    ck = Path(src) if Path(src).is_absolute() else model_path.parent / src
     if not ck.is_file():
-        raise ModelError(f"{model_path}: source checkpoint {src} not found; pass the .pt file itself")
+        raise ModelError(f"{model_path}: source checkpoint {src} not found (looked for {ck}); "
+                         f"pass the .pt file itself")
     want = model.get("checkpoint_sha256")
     if want and sha256(ck) != want:
         raise ModelError(f"{ck}: sha256 differs from the checkpoint the sidecar of {model_path} was exported from")

@@ -149,3 +149,23 @@ def test_open_model_errors(tmp_path: Path, stub_model: Path, stub_sidecars: None
         rm.open_model(odd)
     with pytest.raises(rm.ModelError, match="no .trt/.engine/.plan file beside"):
         rm.open_model(stub_model, backend="tensorrt")
+
+
+def test_relative_checkpoint_is_relative_to_the_sidecar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never the current directory's file of the same name: that is another model."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.pt").write_bytes(b"the exported checkpoint")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "model.pt").write_bytes(b"another checkpoint")
+    monkeypatch.chdir(elsewhere)
+    for side in ({"model": {"checkpoint": "model.pt"}}, {"checkpoint": "./model.pt"}):
+        assert rm.checkpoint_from_sidecar(side, export / "m.onnx") == export / "model.pt"
+    (export / "model.pt").unlink()
+    with pytest.raises(rm.ModelError, match="source checkpoint model.pt not found"):
+        rm.checkpoint_from_sidecar({"model": {"checkpoint": "model.pt"}}, export / "m.onnx")
+    absolute = elsewhere / "model.pt"
+    assert rm.checkpoint_from_sidecar({"model": {"checkpoint": str(absolute)}}, export / "m.onnx") == absolute
+    with pytest.raises(rm.ModelError, match="must be a path"):
+        rm.checkpoint_from_sidecar({"model": {"checkpoint": 3}}, export / "m.onnx")

@@ -177,9 +177,13 @@ def reduction_for(width: int, height: int, max_pixels: int) -> int:
     return 0
 
 
-_REDUCED = {(1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-            (1, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, (3, 2): cv2.IMREAD_REDUCED_COLOR_2,
-            (3, 4): cv2.IMREAD_REDUCED_COLOR_4, (3, 8): cv2.IMREAD_REDUCED_COLOR_8}
+# IMREAD_IGNORE_ORIENTATION: the full-size decode (IMREAD_UNCHANGED, as in training) ignores the
+# EXIF orientation tag, so the reduced one must too, or a tagged JPEG comes out rotated with its
+# scale computed against the wrong side.
+_REDUCED = {k: flag | cv2.IMREAD_IGNORE_ORIENTATION for k, flag in {
+    (1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    (1, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, (3, 2): cv2.IMREAD_REDUCED_COLOR_2,
+    (3, 4): cv2.IMREAD_REDUCED_COLOR_4, (3, 8): cv2.IMREAD_REDUCED_COLOR_8}.items()}
 
 
 @dataclass

@@ -413,3 +413,29 @@ def test_picture_that_cannot_be_written_is_an_error_row(tmp_path: Path, model: P
     assert s["status"] == "complete" and s["counts"]["failed"] == 1 and s["counts"]["inspected"] == 1
     assert not list((out / "overlay").glob(".*"))  # no temporary left behind
     assert ri.main(args + ["--resume"]) == 0 and len(rows(out)) == 2
+
+
+def test_reduced_decode_ignores_exif_orientation(tmp_path: Path) -> None:
+    """Like the full-size decode (IMREAD_UNCHANGED, as in training), the reduced decode of a JPEG
+    tagged orientation=6 (rotate 90 degrees) keeps the stored pixel layout."""
+    import struct
+
+    img = np.full((100, 200), 30, np.uint8)
+    img[:, :50] = 220  # bright left quarter: rotated, it would be the top
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    # EXIF APP1: big-endian TIFF header, one IFD entry: Orientation (0x0112), SHORT, count 1, value 6
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
+    data = buf.tobytes()
+    path = tmp_path / "tagged.jpg"
+    path.write_bytes(data[:2] + app1 + data[2:])  # right after SOI
+    assert cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).shape == (200, 100)  # the tag is honoured by default
+
+    full = ri.decode(path, 1)
+    assert full.image.shape == (100, 200, 1) and full.scale == 1.0
+    for channels in (1, 3):
+        d = ri.decode(path, channels, max_pixels=10_000)  # 20000 pixels: decoded at 1/2
+        assert d.image.shape == (50, 100, channels) and d.original == (100, 200) and d.scale == 2.0
+        gray = d.image[..., 0].astype(int)
+        assert gray[:, :20].mean() > 180 and gray[:, 30:].mean() < 60

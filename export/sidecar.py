@@ -33,6 +33,9 @@ from training.checkpoint import atomic_write, sha256
 
 SCHEMA = 1
 REQUIRED = ("schema", "model", "input", "outputs", "files", "thresholds")
+# The type each section must have: readers index into them, and `files: null` would otherwise
+# surface as a TypeError far from the file that holds it.
+SECTION_TYPES: dict[str, type] = {"model": dict, "input": dict, "outputs": list, "files": dict, "thresholds": dict}
 
 
 class SidecarError(RuntimeError):
@@ -62,9 +65,22 @@ def now() -> str:
 
 
 def file_entry(path: str | Path, **info: Any) -> dict[str, Any]:
-    """A `files` entry: sha256 and size of the file, plus what describes it (format, precision...)."""
+    """A `files` entry: sha256 and size of the file, plus what describes it (format, precision...).
+    The measured sha256 and size win over any in `info` (a stale entry carried over from before)."""
     p = Path(path)
-    return {"sha256": sha256(p), "bytes": p.stat().st_size, **info}
+    measured = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    return {**measured, **info, **measured}
+
+
+def check_types(data: dict[str, Any], path: Path) -> None:
+    """SidecarError naming `path` when a section, or an entry of `files`, has the wrong type."""
+    for key, kind in SECTION_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            raise SidecarError(f"{path}: '{key}' must be a {'list' if kind is list else 'mapping'}, "
+                               f"got {type(data[key]).__name__} ({str(data[key])[:60]})")
+    for name, entry in (data.get("files") or {}).items():
+        if not isinstance(entry, dict):
+            raise SidecarError(f"{path}: files entry '{name}' must be a mapping, got {type(entry).__name__}")
 
 
 def _dump(path: Path, info: dict[str, Any]) -> None:
@@ -81,10 +97,10 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
         raise SidecarError(f"{model_path}: model file not found, cannot write its sidecar")
     data: dict[str, Any] = {"schema": SCHEMA}
     data.update(copy.deepcopy(info))
-    files = dict(data.get("files") or {})
-    files[model_path.name] = file_entry(model_path, **files.get(model_path.name, {}))
-    data["files"] = files
+    data.setdefault("files", {})
     data.setdefault("thresholds", {})
+    check_types(data, sidecar_path(model_path))
+    data["files"][model_path.name] = file_entry(model_path, **data["files"].get(model_path.name, {}))
     data.setdefault("created", now())
     data.setdefault("versions", versions())
     for key in REQUIRED:
@@ -112,8 +128,9 @@ def read_sidecar(model_path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise SidecarError(f"{path}: not a model sidecar (missing {', '.join(missing)})")
     if data["schema"] != SCHEMA:
         raise SidecarError(f"{path}: sidecar schema {data['schema']} is not supported (expected {SCHEMA})")
+    check_types(data, path)
     if verify:
-        entry = (data.get("files") or {}).get(model_path.name)
+        entry = data["files"].get(model_path.name)
         if not entry or "sha256" not in entry:
             raise SidecarError(f"{path}: has no entry for {model_path.name}; it describes "
                                f"{', '.join(data['files']) or 'no file'}")
@@ -135,9 +152,7 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     path = sidecar_path(model_path)
     data = read_sidecar(model_path, verify=False)
     if files:
-        merged = dict(data.get("files") or {})
-        merged.update(copy.deepcopy(files))
-        data["files"] = merged
+        data["files"].update(copy.deepcopy(files))
     if thresholds is not None:
         data["thresholds"] = copy.deepcopy(thresholds)
     for key, value in sections.items():

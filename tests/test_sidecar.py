@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export.sidecar import SCHEMA, SidecarError, read_sidecar, sidecar_path, update_sidecar, write_sidecar
+from export.sidecar import (SCHEMA, SidecarError, file_entry, read_sidecar, sidecar_path, update_sidecar,
+                            write_sidecar)
 from training.checkpoint import sha256
 
 INFO = {"model": {"family": "resnet_vae", "latent": 32, "layer": "layer3", "score": "sum_mu",
@@ -75,6 +76,38 @@ def test_bad_sidecars(model_file: Path) -> None:
         read_sidecar(model_file)
     with pytest.raises(SidecarError, match="lacks 'outputs'"):
         write_sidecar(model_file, {k: v for k, v in INFO.items() if k != "outputs"})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("files", None, "'files' must be a mapping, got NoneType"),
+    ("files", ["screw.onnx"], "'files' must be a mapping, got list"),
+    ("files", {"screw.onnx": "abc"}, "files entry 'screw.onnx' must be a mapping, got str"),
+    ("outputs", "anomaly_map", "'outputs' must be a list, got str"),
+    ("thresholds", None, "'thresholds' must be a mapping"),
+    ("input", 64, "'input' must be a mapping, got int"),
+])
+def test_sections_of_the_wrong_type_name_the_file(model_file: Path, key: str, value: object, message: str) -> None:
+    write_sidecar(model_file, INFO)
+    path = model_file.with_suffix(".yaml")
+    data = yaml.safe_load(path.read_text())
+    data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    for verify in (True, False):
+        with pytest.raises(SidecarError, match=rf"screw\.yaml: {message}"):
+            read_sidecar(model_file, verify=verify)
+    with pytest.raises(SidecarError, match=r"screw\.yaml: "):
+        update_sidecar(model_file, thresholds={})
+    with pytest.raises(SidecarError, match=rf"screw\.yaml: {message}"):
+        write_sidecar(model_file, {**INFO, key: value})
+
+
+def test_measured_sha256_wins_over_a_stale_entry(model_file: Path) -> None:
+    stale = {"sha256": "0" * 64, "bytes": 1, "format": "onnx"}
+    entry = file_entry(model_file, **stale)
+    assert entry == {"sha256": sha256(model_file), "bytes": model_file.stat().st_size, "format": "onnx"}
+    write_sidecar(model_file, {**INFO, "files": {"screw.onnx": stale}})
+    data = read_sidecar(model_file)  # verifies: the recorded sha256 is the file's
+    assert data["files"]["screw.onnx"]["format"] == "onnx"
 
 
 def test_update_adds_the_engine_and_thresholds(model_file: Path, tmp_path: Path) -> None:

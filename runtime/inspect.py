@@ -15,7 +15,8 @@ relative paths), so the report is deterministic. report.jsonl is appended and fl
 (a row is written only after its pictures), report.csv and summary.json are rewritten atomically,
 so a crash never leaves a half-written file, and --resume continues after the last row.
 An image whose model output is not finite or whose pictures cannot be written is an error row.
-Inputs are only read. Exit: 0 every readable image inspected, 1 fatal error, 2 usage error.
+Inputs are only read. Exit: 0 every input has its row (failed ones with their reason), 1 fatal
+error (model, backend, inference), 2 usage error.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import numpy as np
 
 from runtime import overlay as ov
 from runtime.model import Model, ModelError, open_model
+from runtime.backends import BackendError
 from runtime.postprocess import OutputError, Thresholds, inspect_map
 from training.checkpoint import atomic_write, sha256
 from training.preprocess import ImageError, read_image, to_uint8_channels
@@ -628,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ModelError as e:
+    except (ModelError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

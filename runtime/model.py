@@ -173,7 +173,7 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             file = given
         try:
             be = B.create("torch", file, device=device, settings=settings)
-        except B.BackendUnavailable as e:
+        except B.BackendError as e:
             raise ModelError(str(e)) from e
         spec = InputSpec.from_mapping((sidecar or {}).get("input") or be.input_spec, str(file))  # type: ignore[attr-defined]
     else:
@@ -182,7 +182,7 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
         spec = InputSpec.from_mapping(sidecar.get("input") or {}, f"{file} sidecar")
         try:
             be = B.create(name, file, providers=providers, device=device, threads=threads)
-        except B.BackendUnavailable as e:
+        except B.BackendError as e:
             raise ModelError(str(e)) from e
     model = Model(file, be, spec, sidecar, source=given)
     if sidecar is not None:

@@ -439,3 +439,30 @@ def test_reduced_decode_ignores_exif_orientation(tmp_path: Path) -> None:
         assert d.image.shape == (50, 100, channels) and d.original == (100, 200) and d.scale == 2.0
         gray = d.image[..., 0].astype(int)
         assert gray[:, :20].mean() > 180 and gray[:, 30:].mean() < 60
+
+
+def test_inference_failure_is_one_line_error(tmp_path: Path, model: Path, stub_sidecars: None,
+                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """ONNX Runtime's own exceptions (InvalidArgument, Fail...) are not RuntimeErrors: the backend
+    turns them into BackendError, so the command ends with one `error:` line and exit 1."""
+    import onnxruntime as ort
+
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(False))
+    real = ort.InferenceSession.run
+    calls = {"n": 0}
+
+    def failing(self: ort.InferenceSession, names: object, feed: dict[str, np.ndarray], *a: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > 1:  # after the warm-up: a real ORT error (InvalidArgument: wrong input type)
+            feed = {k: v.astype(np.float32) for k, v in feed.items()}
+        return real(self, names, feed, *a)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", failing)
+    out = tmp_path / "out"
+    assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {model}: inference failed (InvalidArgument: "), err
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"

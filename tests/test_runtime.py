@@ -77,6 +77,19 @@ def test_pt_checkpoint_opens_directly(mnist_export: Path) -> None:
     assert compare(m(x), ort(x))["anomaly_map"] == 0
 
 
+def test_torch_errors_become_backend_errors(mnist_export: Path) -> None:
+    from runtime.backends import BackendError
+
+    m = open_model(mnist_export.parent / "model.pt", device="cpu")
+
+    def out_of_memory(x: torch.Tensor) -> None:
+        raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+
+    m.backend.module = out_of_memory  # type: ignore[attr-defined]
+    with pytest.raises(BackendError, match=r"model\.pt: inference failed \(RuntimeError: CUDA error: out of memory\)$"):
+        m(np.zeros((1, 28, 28, 1), np.uint8))
+
+
 def copy_model(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy(src, dst / src.name)

@@ -19,7 +19,7 @@ from torch import nn
 
 import runtime.model as rm
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers
-from runtime.backends import BackendUnavailable
+from runtime.backends import BackendError, BackendUnavailable
 
 NAMES = ("mu", "logvar", "activations", "gradients", "attention", "anomaly_map")
 
@@ -149,6 +149,19 @@ def test_open_model_errors(tmp_path: Path, stub_model: Path, stub_sidecars: None
         rm.open_model(odd)
     with pytest.raises(rm.ModelError, match="no .trt/.engine/.plan file beside"):
         rm.open_model(stub_model, backend="tensorrt")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a graph")
+    broken.with_suffix(".yaml").write_bytes(stub_model.with_suffix(".yaml").read_bytes())
+    with pytest.raises(rm.ModelError, match=r"broken\.onnx: ONNX Runtime cannot load the model"):
+        rm.open_model(broken)
+
+
+def test_onnxruntime_errors_become_backend_errors(stub_model: Path) -> None:
+    """ORT's InvalidArgument/Fail are plain Exceptions: the backend re-raises them as BackendError."""
+    be = OnnxRuntimeBackend(stub_model, providers="cpu", threads=1)
+    with pytest.raises(BackendError, match=r"stub\.onnx: inference failed \(InvalidArgument: ") as e:
+        be.run(np.zeros((1, 16, 16, 1), np.float32))  # the graph takes uint8
+    assert "\n" not in str(e.value)
 
 
 def test_relative_checkpoint_is_relative_to_the_sidecar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

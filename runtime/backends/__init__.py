@@ -21,8 +21,21 @@ EXTENSIONS: dict[str, str] = {
 BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendError(RuntimeError):
+    """A backend failed to load or run a model. Each backend turns its library's own exception
+    types (ONNX Runtime's are not even RuntimeErrors) into this one at its boundary, with one line
+    naming the model file, so callers handle one type."""
+
+
+class BackendUnavailable(BackendError):
     """The backend's library or hardware is missing; the message is one actionable line."""
+
+
+def inference_failed(path: str | Path, error: BaseException) -> BackendError:
+    """The BackendError for a failed run of `path`: the library's first message line, bounded."""
+    text = str(error).strip()
+    detail = text.splitlines()[0][:300] if text else ""
+    return BackendError(f"{path}: inference failed ({error.__class__.__name__}{': ' + detail if detail else ''})")
 
 
 class Backend(Protocol):

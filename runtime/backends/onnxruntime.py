@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.backends import BackendUnavailable
+from runtime.backends import BackendError, BackendUnavailable, inference_failed
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
@@ -38,6 +38,15 @@ def resolve_providers(requested: Sequence[str] | str | None, available: Sequence
                                      f"for CUDA/TensorRT or pick one of those")
         chosen.append(name)
     return chosen
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's exception types (Fail, InvalidArgument, EPFail...: plain Exceptions, and the
+    set varies between versions) plus RuntimeError, which pybind11 raises for other C++ errors."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = [o for o in vars(state).values() if isinstance(o, type) and issubclass(o, Exception)]
+    return (RuntimeError, *found)
 
 
 def provider_options(name: str, model_path: Path) -> dict[str, Any]:
@@ -83,10 +92,11 @@ class OnnxRuntimeBackend:
                 str(self.path), sess_options=so,
                 providers=[(p, provider_options(p, self.path)) for p in chosen])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-            raise RuntimeError(f"{self.path}: ONNX Runtime cannot load the model ({str(e)[:300]})") from e
+            raise BackendError(f"{self.path}: ONNX Runtime cannot load the model ({str(e)[:300]})") from e
+        self.errors = ort_errors()
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise RuntimeError(f"{self.path}: expected one input 'image', found {[i.name for i in inputs]}")
+            raise BackendError(f"{self.path}: expected one input 'image', found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         batch = inputs[0].shape[0]
@@ -96,7 +106,10 @@ class OnnxRuntimeBackend:
         self.threads = threads
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(image)})
+        try:
+            outs = self.session.run(None, {self.input_name: np.ascontiguousarray(image)})
+        except self.errors as e:
+            raise inference_failed(self.path, e) from e
         return dict(zip(self.output_names, outs))
 
     def close(self) -> None:

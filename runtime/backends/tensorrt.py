@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from runtime.backends import BackendUnavailable
+from runtime.backends import BackendUnavailable, inference_failed
 
 @dataclass(frozen=True)
 class IOTensor:
@@ -189,8 +189,11 @@ class TensorRTBackend:
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         # The runner's copies are queued on the current stream: make it the engine's stream so that
         # copy-in, execute_async_v3 and copy-out are ordered without extra synchronization.
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            return self.runner.run(image)
+        try:
+            with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+                return self.runner.run(image)
+        except RuntimeError as e:  # the runner's and torch.cuda's (copies, out of memory)
+            raise inference_failed(self.path, e) from e
 
     def close(self) -> None:
         self.runner = None  # type: ignore[assignment]

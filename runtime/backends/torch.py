@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.backends import BackendUnavailable
+from runtime.backends import BackendUnavailable, inference_failed
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -101,13 +101,16 @@ class TorchBackend:
         return static_out
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
-        out = self._graph(int(x.shape[0]), x) if self.use_graphs else None
-        if out is None:
-            out = self._eager(x)
-        # .cpu() copies, so a later replay cannot overwrite what the caller holds.
-        return {k: v.detach().float().cpu().numpy() if v.dtype != torch.float32 else v.detach().cpu().numpy()
-                for k, v in out.items()}
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+            out = self._graph(int(x.shape[0]), x) if self.use_graphs else None
+            if out is None:
+                out = self._eager(x)
+            # .cpu() copies, so a later replay cannot overwrite what the caller holds.
+            return {k: v.detach().float().cpu().numpy() if v.dtype != torch.float32 else v.detach().cpu().numpy()
+                    for k, v in out.items()}
+        except RuntimeError as e:  # torch's errors (CUDA, out of memory) are RuntimeErrors
+            raise inference_failed(self.path, e) from e
 
     def close(self) -> None:
         self._graphs.clear()

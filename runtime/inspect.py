@@ -13,7 +13,8 @@ Pipeline: a thread pool decodes ahead of the model (OpenCV releases the GIL), th
 batches, a second pool post-processes and writes pictures; rows are written in input order (sorted
 relative paths), so the report is deterministic. report.jsonl is appended and flushed row by row
 (a row is written only after its pictures), report.csv and summary.json are rewritten atomically,
-so a crash never leaves a half-written file, and --resume continues after the last row.
+so a crash never leaves a half-written file, and --resume continues after the last row (refused
+when the model, thresholds, input folder, --recursive, --save or --format differ from the report's).
 An image whose model output is not finite or whose pictures cannot be written is an error row.
 Inputs are only read. Exit: 0 every input has its row (failed ones with their reason), 1 fatal
 error (model, backend, inference), 2 usage error.
@@ -647,6 +648,23 @@ def model_identity(model: Model) -> str:
     return str(entry.get("sha256") or sha256(model.path))
 
 
+def resume_conflicts(old: dict[str, Any], header: dict[str, Any]) -> list[str]:
+    """The settings of this run that differ from those of the report being resumed (its
+    summary.json): mixing them would give a report whose rows answer different questions."""
+    old_th, th = old.get("thresholds") or {}, header["thresholds"]
+    checks = {
+        "model": (old.get("model") or {}).get("sha256") == header["model"]["sha256"],
+        "thresholds": (old_th.get("pixel"), old_th.get("image")) == (th["pixel"], th["image"]),
+        # resolved: the same folder given by another path (relative, via a symlink) is the same input
+        "--input": bool(old.get("input")) and Path(old["input"]).resolve() == Path(header["input"]),
+        "--recursive": old.get("recursive") == header["recursive"],
+        "--save": sorted(old.get("save") or []) == sorted(header["save"]),
+        # masks are always PNG: the format only matters for overlays and heatmaps
+        "--format": old.get("format") == header["format"] or not {"overlay", "heatmap"} & set(header["save"]),
+    }
+    return [name for name, same in checks.items() if not same]
+
+
 def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -> int:
     cv2.setNumThreads(1)  # parallelism is per image (thread pools); OpenCV's own pool would oversubscribe
     # libpng/libjpeg warnings about a broken file would interleave with the progress bar; the
@@ -672,7 +690,7 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     out.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out)
     header = {
-        "input": str(inp), "output": str(out), "recursive": bool(args.recursive), "batch": args.batch,
+        "input": str(inp.resolve()), "output": str(out), "recursive": bool(args.recursive), "batch": args.batch,
         "workers": args.workers, "model": {**model.describe(), "sha256": model_identity(model)},
         "thresholds": {"pixel": th.pixel, "image": th.image, "source": th.source,
                        **({} if th.any else {"note": "no thresholds: scores only"})},
@@ -686,13 +704,10 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
             old = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             pass
-        if previous and old:
-            same_model = (old.get("model") or {}).get("sha256") == header["model"]["sha256"]
-            old_th = old.get("thresholds") or {}
-            same_th = old_th.get("pixel") == th.pixel and old_th.get("image") == th.image
-            if not (same_model and same_th):
-                raise UsageError(f"--resume: {out} holds a report made with another model or thresholds; "
-                                 f"use a new --output or drop --resume")
+        differ = resume_conflicts(old, header) if previous and isinstance(old, dict) and old else []
+        if differ:
+            raise UsageError(f"--resume: {out} holds a report made with a different {', '.join(differ)}; "
+                             f"use a new --output or drop --resume")
     entries = discover(inp, args.recursive, exclude=out)
     done = {r["file"] for r in previous}
     todo = [e for e in entries if e.rel not in done]

@@ -441,6 +441,30 @@ def test_reduced_decode_ignores_exif_orientation(tmp_path: Path) -> None:
         assert gray[:, :20].mean() > 180 and gray[:, 30:].mean() < 60
 
 
+def test_resume_refuses_other_input_recursive_or_save(tmp_path: Path, model: Path, stub_sidecars: None,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    inp, other = tmp_path / "in", tmp_path / "other"
+    png(inp / "a.png", part(False))
+    png(other / "a.png", part(True))
+    out = tmp_path / "out"
+    base = ["--engine", str(model), "--output", str(out), "--quiet"]
+    assert ri.main(base + ["--input", str(inp), "--save", "mask,overlay"]) == 0
+    capsys.readouterr()
+    for changed, name in ((["--input", str(other), "--save", "mask,overlay"], "--input"),
+                          (["--input", str(inp), "--save", "mask,overlay", "--recursive"], "--recursive"),
+                          (["--input", str(inp), "--save", "mask"], "--save"),
+                          (["--input", str(inp), "--save", "mask,overlay", "--format", "png"], "--format"),
+                          (["--input", str(other), "--save", "mask"], "--input, --save")):
+        assert ri.main(base + changed + ["--resume"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: --resume: ") and f"made with a different {name};" in err, err
+    # the same settings, the input given by another path, and the save kinds in another order
+    monkeypatch.chdir(tmp_path)
+    assert ri.main(base + ["--input", "in", "--save", "overlay,mask", "--resume"]) == 0
+    assert len(rows(out)) == 1
+
+
 def test_inference_failure_is_one_line_error(tmp_path: Path, model: Path, stub_sidecars: None,
                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """ONNX Runtime's own exceptions (InvalidArgument, Fail...) are not RuntimeErrors: the backend

@@ -26,6 +26,7 @@ from training.config import load_config, merge
 from training.data import Split, load_split
 from training.evaluate import compute_maps, format_table, mean_gray, save_grid, score_maps
 from training.maps import GaussianBlur
+from training.stats import fusion_scales
 from training.train import pick_device, train
 
 TARGETS = {"pixel_auroc": 0.97, "best_iou": 0.17, "aupro": 0.80}
@@ -76,8 +77,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         split = match_brightness(split, load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1),
                                                    strict=False).images)
     t0 = time.time()
+    scales = fusion_scales(model, config, args.layers, args.scores)
     maps, kl = compute_maps(model, split, args.layers, args.scores, args.variants, float(inf["blur_sigma"]),
-                            per_dim=True)
+                            per_dim=True, scales=scales)
     extra_blurs(maps, args.sigmas)
     eval_s = time.time() - t0
     metrics = score_maps(maps, split, kl)

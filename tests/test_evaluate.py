@@ -60,6 +60,31 @@ def test_evaluate_cli_errors(checkpoint: Path, mvtec_dir: Path, tmp_path: Path, 
     shutil.rmtree(unlabelled / "ground_truth")
     assert evaluate_main(["--checkpoint", str(checkpoint), "--data", str(unlabelled)]) == 1
     assert "error: the test split has 0 defective" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(checkpoint), "--layer", "fc"]) == 1
+    assert "not a feature map" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_fitted_statistics_is_refused(mvtec_dir: Path, tmp_path: Path, capsys):
+    ckpt = tmp_path / "run" / "model.pt"
+    cfg = tiny_config(mvtec_dir, epochs=2)
+    train(cfg, tmp_path / "run", torch.device("cpu"), max_steps=1, progress=False)  # finishes: stats fitted
+    ck = load_checkpoint(ckpt)
+    ck["stats_ready"] = False  # what an epoch checkpoint of a killed run holds
+    torch.save(ck, ckpt)
+    assert evaluate_main(["--checkpoint", str(ckpt)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_fusion_divides_each_layer_and_score_by_its_own_scale(checkpoint: Path):
+    from training.checkpoint import load_model
+    from training.stats import attention_scale, fusion_scales
+
+    model, config = load_model(checkpoint)
+    normal = load_split(config["data"], "train", 64, 1, strict=False).images
+    scales = fusion_scales(model, config, ["layer2", "layer3"], ["sum_mu", "difference"])
+    assert scales[("layer3", "sum_mu")] == pytest.approx(float(model.map_scale[0]))  # fitted at training
+    assert scales[("layer2", "difference")] == pytest.approx(float(attention_scale(model, normal, "layer2", "difference")))
+    assert len(scales) == 4 and len({round(v, 6) for v in scales.values()}) > 1
 
 
 def test_localization_bench_on_a_checkpoint(checkpoint: Path, tmp_path: Path, capsys):

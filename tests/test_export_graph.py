@@ -163,6 +163,14 @@ def test_build_export_module_uses_the_checkpoint_inference_section(tmp_path: Pat
     assert module.output_names[-2:] == ("recon_error", "alpha")
 
 
+def test_fusion_is_refused_at_a_layer_or_score_its_scale_was_not_fitted_for() -> None:
+    cfg = merge(DEFAULTS, {"inference": {"anomaly_map": "fusion", "layer": "layer3", "score": "sum_mu"}})
+    assert inference_settings(cfg, layer="layer3")["layer"] == "layer3"
+    for over in ({"layer": "layer1"}, {"score": "difference"}):
+        with pytest.raises(ValueError, match="scale fitted at training"):
+            inference_settings(cfg, **over)
+
+
 def test_a_map_that_trusts_the_gray_warns_on_an_ssim_trained_model() -> None:
     cfg = merge(DEFAULTS, {"train": {"loss": "ssim"}, "inference": {"anomaly_map": "recon_error_blur"}})
     with pytest.warns(UserWarning, match="ssim_error"):

@@ -27,7 +27,8 @@ CONFIGS = {
     "mnist-conv1": ("mnist", {"anomaly_map": "recon_error"}, {"layer": "conv1", "score": "difference", "per_dim": True}),
     # sum_mu without an fc ReLU: the fc-head cotangent (with the per-dim rows) is folded to a constant
     "resnet-layer4": ("resnet18", {"anomaly_map": "recon_error_blur"}, {"layer": "layer4", "per_dim": True}),
-    "resnet-layer3": ("resnet18", {"anomaly_map": "fusion"}, {"layer": "layer3", "score": "difference", "per_dim": True}),
+    "resnet-layer3": ("resnet18", {"anomaly_map": "fusion", "layer": "layer3", "score": "difference"},
+                      {"layer": "layer3", "score": "difference", "per_dim": True}),
     "ucsd-conv3": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv3"}),
     "ucsd-conv2": ("ucsd", {"anomaly_map": "attention"}, {"layer": "conv2", "score": "difference"}),
     "ucsd-ssim": ("ucsd", {"anomaly_map": "ssim_error"}, {"layer": "conv3"}),

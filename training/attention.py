@@ -138,6 +138,10 @@ def layer_gradients(model: nn.Module, image: torch.Tensor, layers: list[str], sc
         with torch.enable_grad():
             out = model(image)
             acts = [st[-1] for st in stores]
+            for name, a in zip(layers, acts):
+                if a.dim() != 4:
+                    raise ValueError(f"layer '{name}' outputs {tuple(a.shape)}, not a feature map [N, K, h, w]: "
+                                     "attention needs a convolutional layer")
             grads = {}
             for i, score in enumerate(scores):
                 s = latent_score(out.mu, out.logvar, score, model.normal_mu, model.normal_var)

@@ -73,6 +73,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     """The trained model in eval mode and the config it was trained with; `arch` rejects a
     checkpoint of another family with a message naming the file."""
     ckpt = load_checkpoint(path, map_location)
+    if ckpt.get("stats_ready") is False:  # Eq. 4 and fusion would silently use placeholders
+        raise ValueError(f"{path}: training stopped before the normal-data statistics were fitted; "
+                         "finish it with python -m training.train --resume")
     config = ckpt["config"]
     found = config.get("model", {}).get("arch")
     if arch is not None and found != arch:

@@ -31,12 +31,14 @@ from training.losses import kl_divergence
 from training.maps import AnomalyMap, GaussianBlur, recon_error
 from training.metrics import localization_metrics, roc_auc
 from training.models import VAE
+from training.stats import fusion_scales
 
 
 def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str], variants: list[str],
-                 sigma: float, batch: int = 16, per_dim: bool = False,
-                 device: str | torch.device = "cpu") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """All maps [N, H, W] (float32) for the split, and the KL image score [N]."""
+                 sigma: float, batch: int = 16, per_dim: bool = False, device: str | torch.device = "cpu",
+                 scales: dict[tuple[str, str], float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """All maps [N, H, W] (float32) for the split, and the KL image score [N]. A fusion row for
+    each (layer, score) in `scales` (stats.fusion_scales), with the eq2 attention."""
     model.eval().to(device)
     blur = GaussianBlur(sigma).to(device)
     ssim_error = AnomalyMap("ssim_error", sigma).to(device)
@@ -60,8 +62,8 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
                 for v in variants:
                     att = attention_variant(acts[li].detach(), grads[score][li], size, v)
                     add(f"attention/{layer}/{score}/{v}", att)
-                    if v == "eq2":
-                        add(f"fusion/{layer}/{score}", err_blur / model.map_scale[1] + att / model.map_scale[0])
+                    if v == "eq2" and (layer, score) in (scales or {}):
+                        add(f"fusion/{layer}/{score}", err_blur / model.map_scale[1] + att / scales[(layer, score)])
             if per_dim:
                 add(f"attention/{layer}/per_dim_mean", per_dim_attention(model, x, layer)[0].mean(1, keepdim=True))
         add("trivial_darkness", 1.0 - out.target.mean(1, keepdim=True))
@@ -130,8 +132,9 @@ def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] 
     split = load_split(config["data"], "test", mcfg["size"], mcfg.get("channels", 1), strict=False, root=data)
     for f, why in split.skipped:
         print(f"skipped {f}: {why}", file=sys.stderr)
+    scales = fusion_scales(model, config, layers, scores, data, device)
     maps, kl = compute_maps(model, split, layers, scores, variants, float(inf["blur_sigma"]), per_dim=per_dim,
-                            device=device)
+                            device=device, scales=scales)
     result = {"checkpoint": str(checkpoint), "images": len(split), "anomalous": int(split.labels.sum()),
               "skipped": [{"file": f, "reason": r} for f, r in split.skipped],
               "blur_sigma": inf["blur_sigma"], "metrics": score_maps(maps, split, kl)}
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(args.checkpoint, args.data, args.layer, args.score, args.variant or ["eq2"], args.out,
                           args.per_dim, args.device)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(result["metrics"]))

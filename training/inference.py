@@ -25,6 +25,11 @@ def inference_settings(config: dict[str, Any], **override: Any) -> dict[str, Any
     """The checkpoint's `inference` section with CLI overrides (None values ignored)."""
     inf = dict(config["inference"])
     inf.update({k: v for k, v in override.items() if v is not None})
+    trained = config["inference"]
+    if inf["anomaly_map"] == "fusion" and (inf["layer"], inf["score"]) != (trained["layer"], trained["score"]):
+        raise ValueError(f"anomaly_map 'fusion' divides the attention by the scale fitted at training for layer "
+                         f"'{trained['layer']}' and score '{trained['score']}'; export fusion with those, or "
+                         "retrain with the wanted inference.layer / inference.score")
     if config.get("train", {}).get("loss") == "ssim" and inf["anomaly_map"] in INTENSITY_MAPS:
         warnings.warn(f"anomaly_map '{inf['anomaly_map']}' relies on the reconstruction's absolute gray, "
                       "which a model trained with loss 'ssim' does not learn; use ssim_error, or train "

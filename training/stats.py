@@ -2,10 +2,14 @@
 the normal images (Eq. 4's mu^x, sigma^x) and the scale of each map on normal images."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
 from training.attention import explain
+from training.data import load_split
 from training.maps import GaussianBlur, recon_error
 from training.models import VAE
 
@@ -16,21 +20,50 @@ def _batches(images: np.ndarray, batch: int):
         yield torch.from_numpy(images[i:i + batch])
 
 
-def fit_normal_stats(model: VAE, images: np.ndarray, layer: str, sigma: float, batch: int = 16,
+def attention_scale(model: VAE, images: np.ndarray, layer: str, score: str, batch: int = 16,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """The unit fusion divides an attention map by: the median over normal images of each map's
+    99th percentile. Each layer and score has its own (layer1's values are not layer3's)."""
+    model.eval()
+    q = [explain(model, x.to(device), layer, score).attention.detach().flatten(1).quantile(0.99, dim=1)
+         for x in _batches(images, batch)]
+    return torch.cat(q).median().clamp_min(1e-8)
+
+
+def fit_normal_stats(model: VAE, images: np.ndarray, layer: str, score: str, sigma: float, batch: int = 16,
                      device: str | torch.device = "cpu") -> None:
     """Fill model.normal_mu / normal_var (mixture moments of q(z|x) over the normal images) and
-    model.map_scale (99th percentile of the attention and blurred reconstruction error)."""
+    model.map_scale (99th percentile of the configured attention and the blurred reconstruction
+    error). The embedding moments come first: the Eq. 4 score's attention depends on them."""
     model.eval()
-    mus, variances, att_q, err_q = [], [], [], []
+    mus, variances, err_q = [], [], []
     blur = GaussianBlur(sigma).to(device)
-    for x in _batches(images, batch):
-        e = explain(model, x.to(device), layer, "sum_mu")
-        mus.append(e.mu.detach())
-        variances.append(e.logvar.detach().exp())
-        att_q.append(e.attention.detach().flatten(1).quantile(0.99, dim=1))
-        err_q.append(blur(recon_error(e.target, e.recon.detach())).flatten(1).quantile(0.99, dim=1))
+    with torch.no_grad():
+        for x in _batches(images, batch):
+            o = model(x.to(device))
+            mus.append(o.mu)
+            variances.append(o.logvar.exp())
+            err_q.append(blur(recon_error(o.target, o.recon)).flatten(1).quantile(0.99, dim=1))
     mu = torch.cat(mus)
     model.normal_mu.copy_(mu.mean(0))
     model.normal_var.copy_(torch.cat(variances).mean(0) + mu.var(0, unbiased=False))
-    scale = torch.stack([torch.cat(att_q).median(), torch.cat(err_q).median()])
+    scale = torch.stack([attention_scale(model, images, layer, score, batch, device), torch.cat(err_q).median()])
     model.map_scale.copy_(scale.clamp_min(1e-8))
+
+
+def fusion_scales(model: VAE, config: dict[str, Any], layers: list[str], scores: list[str],
+                  root: str | Path | None = None, device: str | torch.device = "cpu") -> dict[tuple[str, str], float]:
+    """Attention scale for each (layer, score) a benchmark fuses: the stored one for the
+    configured pair; for the others, measured on the training images (read only when needed)."""
+    inf, mcfg = config["inference"], config["model"]
+    scales, normal = {}, None
+    for layer in layers:
+        for score in scores:
+            if (layer, score) == (inf["layer"], inf["score"]):
+                scales[(layer, score)] = float(model.map_scale[0])
+                continue
+            if normal is None:
+                normal = load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1), strict=False,
+                                    root=root).images
+            scales[(layer, score)] = float(attention_scale(model, normal, layer, score, device=device))
+    return scales

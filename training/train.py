@@ -177,7 +177,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                             history=history, stats_ready=False, scaler=scaler.state_dict() if amp else None)
     if rank == 0:
         inf = config["inference"]
-        fit_normal_stats(model, split.images, inf["layer"], float(inf["blur_sigma"]), device=device)
+        fit_normal_stats(model, split.images, inf["layer"], inf["score"], float(inf["blur_sigma"]), device=device)
         save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
                         history=history, stats_ready=True, scaler=scaler.state_dict() if amp else None)
     if world > 1:

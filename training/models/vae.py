@@ -132,7 +132,7 @@ class VAE(nn.Module):
             if candidate in modules and candidate:
                 return modules[candidate]
         choices = [n for n, _ in self.encoder.named_children()]
-        raise ValueError(f"unknown layer '{name}'; choose one of {choices} (or fc)")
+        raise ValueError(f"unknown layer '{name}'; choose one of {choices}")
 
 
 ARCHS = ("mnist", "ucsd", "resnet18", "factorvae")

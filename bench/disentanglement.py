@@ -13,7 +13,6 @@ bench/results/disentanglement_<tag>.json and a fig. 9 style PNG beside it (git-i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import atomic_write, load_checkpoint
+from training.checkpoint import load_checkpoint, write_json
 from training.config import load_config, merge
 from training.data.dsprites import load_dsprites
 from training.disentanglement import evaluate, figure9, figure_inputs, load_factorvae
@@ -144,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
               "data": data.source, "rows": rows, "ordering": order, "total_seconds": round(time.time() - t0, 1),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = results / f"disentanglement_{tag}.json"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    write_json(path, report)
     print(f"wrote {path}")
     if {"factorvae", "ad_factorvae"} <= set(models):
         figs = []

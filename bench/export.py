@@ -26,7 +26,6 @@ Prints a table and writes bench/results/export.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.check import compare, ort_session, run_session
     from export.graph import build_export_module
     from export.onnx import export_onnx, trace_to_onnx
-    from training.checkpoint import atomic_write, load_model, save_checkpoint
+    from training.checkpoint import load_model, save_checkpoint, write_json
     from training.config import load_config
     from training.inference import reference_outputs
     from training.models import build_model
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
               "exports": exports, "parity": parity, "latency": rows, "cuda": gpu, "targets": targets}
     out = Path(args.results) / "export.json"
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    write_json(out, report)
     print(f"wrote {out}")
     for f in work.iterdir():  # hundreds of MB of graphs: not kept
         f.unlink()

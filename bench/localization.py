@@ -9,7 +9,6 @@ bench/results/localization_<config>.json plus a PNG grid. --checkpoint skips tra
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from training.attention import SCORES, VARIANTS
-from training.checkpoint import atomic_write, load_model
+from training.checkpoint import load_model, write_json
 from training.config import load_config, merge
 from training.data import Split, load_split
 from training.evaluate import compute_maps, format_table, mean_gray, save_grid, score_maps
@@ -96,8 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics, "best_map": ranked[0], "best_attention": best_att,
         "targets": TARGETS, "targets_met_by_best": {k: metrics[ranked[0]][k] >= v for k, v in TARGETS.items()},
     }
-    text = json.dumps(result, indent=2)
-    atomic_write(out / "localization.json", lambda tmp: Path(tmp).write_text(text))
+    write_json(out / "localization.json", result)
     save_grid(out / "grid.png", split, maps, [best_att, "recon_error", ranked[0]])
     return result
 

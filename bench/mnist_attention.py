@@ -17,7 +17,6 @@ a conv output before its ReLU, with |.| instead of ReLU).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write, load_model
+from training.checkpoint import atomic_write, load_model, write_json
 from training.config import load_config, merge
 from training.data import load_split
 from training.evaluate import compute_maps
@@ -114,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         result["top_quarter_share"][n] = {"seven": seven, "others": other}
         result["bar_lift"][n] = lift
         print(f"{n:36s} {seven:22.3f} {other:14.3f} {lift:12.2f}")
-    text = json.dumps(result, indent=2)
-    atomic_write(out / "fig4.json", lambda tmp: Path(tmp).write_text(text))
+    write_json(out / "fig4.json", result)
     print(f"wrote {out / 'fig4.png'} (train {train_s:.0f} s)")
     return 0
 

@@ -13,7 +13,6 @@ OUT/residual_attention_<checkpoint dir>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from training.attention import RESIDUAL_VARIANTS, SCORES, capture, layer_gradients, residual_attention
-from training.checkpoint import atomic_write, load_model
+from training.checkpoint import load_model, write_json
 from training.data import load_split
 from training.evaluate import compute_maps, format_table, score_maps
 from training.maps import GaussianBlur
@@ -64,8 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           key=lambda kv: kv[1]["aupro"], reverse=True))
     result = {"checkpoint": str(args.checkpoint), "blur_sigma": sigma, "metrics": metrics}
     out = Path(args.out) / f"residual_attention_{Path(args.checkpoint).parent.name}.json"
-    text = json.dumps(result, indent=2)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    write_json(out, result)
     return result
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.localization import TARGETS
-from training.checkpoint import atomic_write
+from training.checkpoint import write_json
 
 METRICS = ("pixel_auroc", "best_iou", "aupro", "image_auroc")
 
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
           "; ".join(f"{g}/{m}: {[k for k, ok in row['targets_met'].items() if ok] or 'none'}"
                     for g, rows in result.items() for m, row in rows.items()))
     if args.out:
-        text = json.dumps(result, indent=2)
-        atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return 0
 

@@ -20,7 +20,6 @@ Exit codes: 0 parity holds, 1 parity fails or the files disagree, 2 usage.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from export.graph import ExportError
 from export.onnx import read_metadata
 from export.sidecar import SidecarError, read_sidecar, sidecar_path
-from training.checkpoint import atomic_write, load_model, sha256
+from training.checkpoint import load_model, sha256, write_json
 from training.inference import reference_outputs
 from training.models import VAE
 from training.preprocess import ImageError, load_for_model
@@ -254,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_report(result))
     if args.json:
-        text = json.dumps(result.to_json(), indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        write_json(args.json, result.to_json())
     return 0 if result.ok else 1
 
 

@@ -47,7 +47,7 @@ from runtime import overlay as ov
 from runtime.model import Model, ModelError, open_model
 from runtime.backends import BackendError
 from runtime.postprocess import OutputError, Thresholds, inspect_map
-from training.checkpoint import atomic_write, sha256
+from training.checkpoint import atomic_write, json_text, sha256, write_json
 from training.preprocess import ImageError, read_image, to_uint8_channels
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
@@ -252,13 +252,8 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    data = "".join(json_text(r, indent=None) + "\n" for r in rows).encode("utf-8")
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -334,7 +329,7 @@ class Reports:
         self.flush_tables("running", force=True)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.jsonl.write(json_text(row, indent=None) + "\n")
         self.jsonl.flush()
         self.rows.append(row)
         self.run_rows.append(row)

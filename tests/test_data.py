@@ -86,6 +86,38 @@ def test_mixed_sizes_or_channels_name_the_file(mvtec_dir: Path):
         load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
 
 
+def test_evaluation_skips_the_odd_size_out_even_when_it_comes_first(mvtec_dir: Path):
+    cv2.imwrite(str(mvtec_dir / "test" / "good" / "000_aa_big.png"), np.zeros((80, 80), np.uint8))
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)
+    assert len(split) == 6 and [Path(f).name for f, _ in split.skipped] == ["000_aa_big.png"]
+    assert "differ from the split's" in split.skipped[0][1]
+
+
+def test_ucsd_test_sequence_without_masks_is_reported_not_counted_normal(tmp_path: Path):
+    for seq, gt in (("Test001", True), ("Test002", False)):
+        (tmp_path / "Test" / seq).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / "Test" / seq / f"{i:03d}.tif"), np.full((20, 20), 100, np.uint8))
+        if gt:
+            (tmp_path / "Test" / f"{seq}_gt").mkdir()
+            for i in range(2):
+                cv2.imwrite(str(tmp_path / "Test" / f"{seq}_gt" / f"{i:03d}.bmp"), np.zeros((20, 20), np.uint8))
+    cfg = {"format": "ucsd", "root": str(tmp_path)}
+    split = load_split(cfg, "test", 16, 1, strict=False)
+    assert split.names == ["Test001/000.tif", "Test001/001.tif"]
+    assert split.skipped == [(str(tmp_path / "Test" / "Test002"), "no ground truth folder Test002_gt")]
+    with pytest.raises(ImageError, match="Test002.*no ground truth"):
+        load_split(cfg, "test", 16, 1, strict=True)
+
+
+@pytest.mark.skipif(not MNIST.exists(), reason="shared MNIST absent")
+def test_mnist_refuses_color_or_another_size():
+    cfg = {"format": "mnist", "root": str(MNIST)}
+    for size, channels in ((28, 3), (32, 1)):
+        with pytest.raises(ValueError, match="28x28 grayscale"):
+            load_split(cfg, "train", size, channels, strict=True)
+
+
 def test_defect_without_mask(mvtec_dir: Path):
     (mvtec_dir / "ground_truth" / "crack" / "001_mask.png").unlink()
     split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)

@@ -119,6 +119,23 @@ def test_ddp_two_processes_match_one(mvtec_dir: Path, tmp_path: Path):
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
+def test_write_json_is_strict_json_and_readable_by_others(tmp_path: Path):
+    import json
+
+    from training.checkpoint import write_json
+
+    write_json(tmp_path / "m.json", {"auc": float("nan"), "rows": [1.5, float("inf")], "name": "é"})
+    text = (tmp_path / "m.json").read_text(encoding="utf-8")
+    assert json.loads(text) == {"auc": None, "rows": [1.5, None], "name": "é"} and "NaN" not in text
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 def test_atomic_write_keeps_the_old_file_on_crash(tmp_path: Path):
     target = tmp_path / "model.pt"
     target.write_bytes(b"old")

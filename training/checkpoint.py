@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +45,27 @@ def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp", durable: bo
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON: NaN / inf (an undefined metric) become null, which every reader accepts."""
+    return json.dumps(_finite(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """An atomic, strict JSON file: reports, metrics and benchmark results."""
+    text = json_text(obj) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def sha256(path: str | Path) -> str:

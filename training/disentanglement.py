@@ -14,7 +14,6 @@ Exit codes: 0 done, 1 failure (message names the file), 2 usage.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write, load_model
+from training.checkpoint import atomic_write, load_model, write_json
 from training.data.dsprites import SHAPES, DSprites, load_dsprites
 from training.factorvae_train import dims_attention, top_dims
 from training.losses import vae_loss
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         figure9(rows[::-1], figure_inputs(data, args.images, args.seed), png)  # baseline first, as fig. 9
         print(f"wrote {png}")
         if args.json:
-            atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+            write_json(args.json, results)
             print(f"wrote {args.json}")
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ Writes OUT/metrics.json and OUT/grid.png. Images that cannot be read are reporte
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
-from training.checkpoint import atomic_write, load_model
+from training.checkpoint import atomic_write, load_model, write_json
 from training.data import Split, load_split
 from training.losses import kl_divergence
 from training.maps import AnomalyMap, GaussianBlur, recon_error
@@ -139,8 +138,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] 
               "skipped": [{"file": f, "reason": r} for f, r in split.skipped],
               "blur_sigma": inf["blur_sigma"], "metrics": score_maps(maps, split, kl)}
     if out is not None:
-        text = json.dumps(result, indent=2)
-        atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+        write_json(out / "metrics.json", result)
         att = f"attention/{layers[0]}/{scores[0]}/{variants[0]}"
         save_grid(out / "grid.png", split, maps, [att, "recon_error", "recon_error_blur"])
     return result

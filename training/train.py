@@ -76,6 +76,9 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     seed = int(tcfg["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
+    if device.type == "cuda":  # cuDNN's autotuner picks kernels by timing: runs would differ
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
     split = load_split(dcfg, "train", mcfg["size"], mcfg.get("channels", 1), strict=True)
     aug = dcfg.get("augment") or {}

@@ -1,6 +1,7 @@
 """Plain folders of images (a factory engineer's folder of good parts), and the shared reader."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -21,19 +22,18 @@ def read_many(paths: list[Path], size: int, channels: int, strict: bool,
     """Read, check and resize images (and masks). Returns (images, masks, kept indices, skipped).
 
     Mixed source sizes or channel counts in one split are an error in strict mode: they usually
-    mean a wrong file slipped into the folder, and resizing would hide it.
+    mean a wrong file slipped into the folder, and resizing would hide it. Evaluation skips the
+    files that differ from the most common size, so one odd file first in the folder cannot
+    cost every other file.
     """
-    imgs, outs_m, kept, skipped = [], [], [], []
-    first: tuple[Path, tuple[int, ...]] | None = None
+    imgs, outs_m, kept, skipped, shapes = [], [], [], [], []
     for i, p in enumerate(paths):
         try:
             raw = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_UNCHANGED) if p.stat().st_size else None
             shape = None if raw is None else (raw.shape[0], raw.shape[1], 1 if raw.ndim == 2 else raw.shape[2])
             img = read_image(p, channels)
-            if first is None:
-                first = (p, shape)
-            elif shape != first[1]:
-                raise ImageError(f"{p}: size/channels {shape} differ from {first[0].name} {first[1]}")
+            if strict and shapes and shape != shapes[0]:
+                raise ImageError(f"{p}: size/channels {shape} differ from {paths[kept[0]].name} {shapes[0]}")
             m = None
             if masks is not None:
                 mp = masks[i]
@@ -46,10 +46,16 @@ def read_many(paths: list[Path], size: int, channels: int, strict: bool,
             imgs.append(resize_to_model(img, size, size))
             outs_m.append(m)
             kept.append(i)
+            shapes.append(shape)
         except (ImageError, OSError) as e:
             if strict:
                 raise ImageError(str(e)) from e
             skipped.append((str(p), str(e).split(": ", 1)[-1]))
+    if shapes:
+        common = Counter(shapes).most_common(1)[0][0]
+        odd = {j for j, s in enumerate(shapes) if s != common}
+        skipped += [(str(paths[kept[j]]), f"size/channels {shapes[j]} differ from the split's {common}") for j in odd]
+        imgs, outs_m, kept = ([v for j, v in enumerate(x) if j not in odd] for x in (imgs, outs_m, kept))
     if not imgs:
         raise ImageError(f"no readable images among {len(paths)} files" + (f" (first: {paths[0]})" if paths else ""))
     arr = np.stack(imgs)

@@ -23,7 +23,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load(root: Path, split: str, size: int, normal_digit: int, max_test: int) -> Split:
+def load(root: Path, split: str, size: int, channels: int, normal_digit: int, max_test: int) -> Split:
+    if size != 28 or channels != 1:
+        raise ValueError(f"MNIST is 28x28 grayscale: set model.size 28 and model.channels 1 (got {size}, {channels})")
     images = read_idx(root / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(int)
     normal = np.flatnonzero(labels == normal_digit)
@@ -34,7 +36,5 @@ def load(root: Path, split: str, size: int, normal_digit: int, max_test: int) ->
         rest = np.setdiff1d(np.arange(len(labels)), train_idx)
         idx = rest[np.linspace(0, len(rest) - 1, min(max_test, len(rest))).astype(int)]
     imgs = images[idx][:, :, :, None]
-    if size != 28:
-        raise ValueError("MNIST is 28x28")
     y = (labels[idx] != normal_digit).astype(int)
     return Split(imgs, y, None, [f"{labels[i]}/{i:05d}" for i in idx], [str(labels[i]) for i in idx])

@@ -87,7 +87,7 @@ def load_split(data_cfg: dict[str, Any], split: str, size: int, channels: int, s
     if fmt == "folder":
         return folder.load(root, size, channels, strict)
     if fmt == "mnist":
-        return mnist.load(root, split, size, data_cfg.get("normal_digit", 1), data_cfg.get("max_test", 2000))
+        return mnist.load(root, split, size, channels, data_cfg.get("normal_digit", 1), data_cfg.get("max_test", 2000))
     if fmt == "ucsd":
         return ucsd.load(root, split, size, channels, strict, data_cfg.get("sequences"))
     raise ValueError(f"unknown data format '{fmt}'; choose mvtec, folder, mnist or ucsd")

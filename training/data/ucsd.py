@@ -17,16 +17,24 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool, sequenc
     seqs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.endswith("_gt"))
     if sequences:
         seqs = [d for d in seqs if d.name in sequences]
-    paths, masks = [], []
+    paths, masks, unlabelled = [], [], []
+    labelled = split == "test" and any((d.parent / f"{d.name}_gt").is_dir() for d in seqs)
     for d in seqs:
         gt = d.parent / f"{d.name}_gt"
+        if labelled and not gt.is_dir():
+            # a sequence without masks is unlabelled, not normal: scoring it as normal would
+            # count every anomaly in it as a false positive
+            unlabelled.append((str(d), f"no ground truth folder {gt.name}"))
+            continue
         for p in list_images(d):
             paths.append(p)
-            masks.append(gt / f"{p.stem}.bmp" if gt.is_dir() else None)
+            masks.append(gt / f"{p.stem}.bmp" if labelled else None)
     if not paths:
         raise ImageError(f"{base}: no frames found")
-    has_gt = split == "test" and any(m is not None for m in masks)
-    imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if has_gt else None)
+    if unlabelled and strict:
+        raise ImageError(f"{unlabelled[0][0]}: {unlabelled[0][1]}")
+    imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if labelled else None)
+    skipped = unlabelled + skipped
     labels = m.reshape(len(m), -1).any(1).astype(int) if m is not None else np.zeros(len(imgs), int)
     names = [f"{paths[i].parent.name}/{paths[i].name}" for i in kept]
     return Split(imgs, labels, m, names, ["anomaly" if y else "good" for y in labels], skipped)

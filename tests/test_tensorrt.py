@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trt")
-    ckpt = make_checkpoint(root / "digit.pt", "mnist", anomaly_map="fusion")
+    ckpt = make_checkpoint(root / "digit.pt", "mnist", anomaly_map="fusion", score="difference")
     return export_onnx(ckpt, root / "digit.onnx", score="difference", per_dim=True)["onnx"]
 
 

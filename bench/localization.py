@@ -47,6 +47,16 @@ def extra_blurs(maps: dict[str, np.ndarray], sigmas: list[float]) -> None:
         maps[f"recon_error_blur_s{s:g}"] = GaussianBlur(s)(raw)[:, 0].numpy()
 
 
+def add_minmax(maps: dict[str, np.ndarray]) -> None:
+    """Each map also min-max normalized per image, as the paper's figures show attention: a
+    diagnostic of whether the paper's numbers need it, never a product setting (a threshold on
+    such maps would mean something different on every image, and every good image gets a 1)."""
+    for k in [k for k in maps if not k.startswith("trivial_")]:
+        m = maps[k].reshape(len(maps[k]), -1)
+        lo, hi = m.min(1, keepdims=True), m.max(1, keepdims=True)
+        maps[f"{k}/minmax"] = ((m - lo) / np.maximum(hi - lo, 1e-12)).reshape(maps[k].shape).astype(np.float32)
+
+
 def match_brightness(split: Split, reference: np.ndarray) -> Split:
     """The test images scaled so that each one's mean gray equals the training images' mean: a
     diagnostic for the shared half's lighting shift (its good images are darker), not a product
@@ -61,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     if args.epochs:
         config = merge(config, {"train": {"epochs": args.epochs}})
-    name = Path(args.config).stem + ("_matched" if args.match_brightness else "")
+    name = Path(args.config).stem + ("_matched" if args.match_brightness else "") + ("_minmax" if args.minmax else "")
     out = Path(args.out) / name
     started = time.time()
     if args.checkpoint:
@@ -80,6 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     maps, kl = compute_maps(model, split, args.layers, args.scores, args.variants, float(inf["blur_sigma"]),
                             per_dim=True, scales=scales)
     extra_blurs(maps, args.sigmas)
+    if args.minmax:
+        add_minmax(maps)
     eval_s = time.time() - t0
     metrics = score_maps(maps, split, kl)
     for k, m in maps.items():  # maps only: kl and trivial_brightness are image scores
@@ -111,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigmas", nargs="+", type=float, default=[2.0, 8.0], help="extra blur sigmas for recon error")
     p.add_argument("--match-brightness", action="store_true",
                    help="diagnostic: scale each test image to the training images' mean gray (results in <config>_matched/)")
+    p.add_argument("--minmax", action="store_true",
+                   help="diagnostic: also every map min-max normalized per image (results in <config>_minmax/)")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)

@@ -100,6 +100,21 @@ def test_localization_bench_on_a_checkpoint(checkpoint: Path, tmp_path: Path, ca
     assert "trivial_brightness" in capsys.readouterr().out
 
 
+def test_minmax_rows_span_zero_to_one_per_image():
+    from bench.localization import add_minmax
+
+    rng = np.random.default_rng(0)
+    maps = {"recon_error": rng.random((3, 8, 8)).astype(np.float32) * [[[1.0]], [[5.0]], [[0.1]]],
+            "trivial_darkness": rng.random((3, 8, 8)).astype(np.float32)}
+    add_minmax(maps)
+    assert set(maps) == {"recon_error", "recon_error/minmax", "trivial_darkness"}
+    m = maps["recon_error/minmax"].reshape(3, -1)
+    np.testing.assert_allclose(m.min(1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(m.max(1), 1.0, atol=1e-6)
+    # the order of pixels within an image is kept
+    assert (np.argsort(m[1]) == np.argsort(maps["recon_error"][1].ravel())).all()
+
+
 def test_match_brightness_equalizes_means_and_keeps_labels(mvtec_dir: Path):
     from bench.localization import match_brightness
 

@@ -142,7 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or min(args.batches) < 1:
         p.error("--runs, --threads and --batches must be >= 1, --warmup >= 0")
+    # hundreds of MB of graphs: removed however the run ends
+    with tempfile.TemporaryDirectory(prefix="bench_export_") as work:
+        return run(args, Path(work), argv)
 
+
+def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
+    """The benchmark of `main`, its files under `work`."""
     import onnxruntime as ort
 
     from export.check import compare, ort_session, run_session
@@ -159,17 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    inf = config["inference"]
-    work = Path(tempfile.mkdtemp(prefix="bench_export_"))
     if args.checkpoint:
         ckpt, trained = Path(args.checkpoint), True
-        config = load_model(ckpt)[1]
-        inf = config["inference"]
     else:
         torch.manual_seed(0)
         ckpt, trained = work / "screw_untrained.pt", False
         save_checkpoint(ckpt, build_model(config["model"]), config)
-    model, _ = load_model(ckpt)
+    try:
+        model, config = load_model(ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    inf = config["inference"]
     h = w = int(config["model"]["size"])
     c = int(config["model"].get("channels", 1))
     print(f"model: {config['model']['arch']} {h}x{w}x{c}, {'trained: ' + str(ckpt) if trained else 'untrained (random weights)'}; "
@@ -251,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results) / "export.json"
     write_json(out, report)
     print(f"wrote {out}")
-    for f in work.iterdir():  # hundreds of MB of graphs: not kept
-        f.unlink()
-    work.rmdir()
     return 0
 
 

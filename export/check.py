@@ -9,12 +9,14 @@ it reports max |err|, the output's range, and the elements whose error exceeds t
 
 Such outliers are legitimate only at a ReLU kink: a pre-activation within fp32 noise of zero
 takes the other side in one backend, its mask flips and a gradient jumps. So for the outputs the
-backward's masks make discontinuous (gradients, attention, anomaly_map, alpha) each outlier is
-re-checked against autograd evaluated at the ONNX graph's own `activations` (the reference run
-with the target layer's output replaced by them): if the ONNX value matches that, the difference
-is the forward's fp32 noise flipping a mask, and it is counted as a kink outlier (reported, never
+backward's masks make discontinuous (gradients, attention, alpha, and anomaly_map when it is the
+attention or the fusion; the reconstruction maps are continuous) each outlier is re-checked
+against autograd evaluated at the ONNX graph's own `activations` (the reference run with the
+target layer's output replaced by them): if the ONNX value matches that, the difference is the
+forward's fp32 noise flipping a mask, and it is counted as a kink outlier (reported, never
 hidden). The re-check is autograd, not the export module, so a wrong explicit backward cannot
-explain itself away. Any other outlier, and any outlier in a continuous output, fails.
+explain itself away. Any other outlier, any outlier in a continuous output, and any NaN or inf on
+either side fails.
 Exit codes: 0 parity holds, 1 parity fails or the files disagree, 2 usage.
 """
 from __future__ import annotations
@@ -28,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.graph import ExportError
+from export.graph import ExportError, load_checkpoint_hashed
 from export.onnx import read_metadata
 from export.sidecar import SidecarError, read_sidecar, sidecar_path
-from training.checkpoint import load_model, sha256, write_json
+from training.checkpoint import write_json
 from training.inference import reference_outputs
 from training.models import VAE
 from training.preprocess import ImageError, load_for_model
@@ -104,15 +106,34 @@ def run_session(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
 
 # outputs a flipped ReLU mask in the backward can make jump; the others are continuous functions
 # of the input, where fp32 noise never exceeds the tolerance
-MASK_DEPENDENT = ("gradients", "attention", "anomaly_map", "alpha")
+MASK_DEPENDENT = ("gradients", "attention", "alpha")
+# anomaly maps built from the attention (its ReLU and the backward's masks); the reconstruction
+# maps (recon_error, recon_error_blur, ssim_error) are continuous
+MASK_DEPENDENT_MAPS = ("attention", "fusion")
+
+
+def mask_dependent(anomaly_map: str | None) -> tuple[str, ...]:
+    """The outputs whose outliers may be ReLU-kink ones, for a graph with this anomaly map kind."""
+    return MASK_DEPENDENT + (("anomaly_map",) if anomaly_map in MASK_DEPENDENT_MAPS else ())
+
+
+def output_scale(ref: np.ndarray) -> tuple[float, float]:
+    """(range, scale) of a reference output's finite values: errors are measured against its
+    range, or against its magnitude when it is constant (e.g. all-zero attention). Finite only: an
+    inf would make the tolerance inf and let every error pass."""
+    finite = ref[np.isfinite(ref)]
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    return span, span if span > 0 else max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-30)
 
 
 def compare(ours: dict[str, np.ndarray], reference: dict[str, torch.Tensor], rel_tol: float, batch: int,
-            recheck: dict[str, torch.Tensor] | None = None) -> list[OutputReport]:
+            recheck: dict[str, torch.Tensor] | None = None, anomaly_map: str | None = None) -> list[OutputReport]:
     """Per-output errors of `ours` against `reference`; `recheck` (autograd at our activations)
-    marks outliers of mask-dependent outputs as ReLU-kink ones where ours agrees with it."""
+    marks outliers of mask-dependent outputs (see `mask_dependent`; `anomaly_map` is the graph's
+    map kind) as ReLU-kink ones where ours agrees with it."""
     if set(ours) != set(reference):
         raise CheckError(f"outputs differ: graph has {sorted(ours)}, reference has {sorted(reference)}")
+    excusable = mask_dependent(anomaly_map)
     reports = []
     for name, ref_t in reference.items():
         ref = ref_t.detach().cpu().numpy().astype(np.float64)
@@ -120,13 +141,11 @@ def compare(ours: dict[str, np.ndarray], reference: dict[str, torch.Tensor], rel
         if got.shape != ref.shape:
             raise CheckError(f"output {name}: shape {list(got.shape)}, reference {list(ref.shape)}")
         err = np.abs(got - ref)
-        span = float(ref.max() - ref.min()) if ref.size else 0.0
-        # an output that is constant (e.g. all-zero attention) is measured against its magnitude
-        scale = span if span > 0 else max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-30)
+        span, scale = output_scale(ref)
         tol = rel_tol * scale
-        bad = err > tol
+        bad = ~(err <= tol)  # not `err > tol`: NaN compares false both ways and must fail (inf - inf too)
         kink = 0
-        if bad.any() and recheck is not None and name in recheck and name in MASK_DEPENDENT:
+        if bad.any() and recheck is not None and name in recheck and name in excusable:
             alt = recheck[name].detach().cpu().numpy().astype(np.float64)
             kink = int((bad & (np.abs(got - alt) <= tol)).sum())
         reports.append(OutputReport(batch, name, list(ref.shape), float(err.max()) if err.size else 0.0, span,
@@ -134,11 +153,22 @@ def compare(ours: dict[str, np.ndarray], reference: dict[str, torch.Tensor], rel
     return reports
 
 
-def load_images(folder: str | Path, n: int, height: int, width: int, channels: int) -> np.ndarray:
+def load_images(folder: str | Path, height: int, width: int, channels: int, limit: int) -> np.ndarray:
+    """uint8 [n <= limit, H, W, C] from a folder (recursive, sorted), through the same host-side
+    preprocessing the runtime uses; unreadable files are skipped (and counted in the error when
+    none is left)."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CheckError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return np.stack([load_for_model(files[i % len(files)], height, width, channels) for i in range(n)])
+    images, bad = [], 0
+    for p in files:
+        if len(images) == limit:
+            break
+        try:
+            images.append(load_for_model(p, height, width, channels))
+        except ImageError:
+            bad += 1
+    if not images:
+        raise ImageError(f"{folder}: no usable images ({bad} unreadable; suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return np.stack(images)
 
 
 def reference_at(model: VAE, image: torch.Tensor, acts: np.ndarray, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -159,20 +189,28 @@ def check_parity(onnx_path: str | Path, model: VAE, meta: dict[str, Any], batche
                  rel_tol: float = DEFAULT_TOL, images: str | Path | None = None, seed: int = 0,
                  session: Any = None) -> list[OutputReport]:
     """Run ONNX Runtime and the autograd reference on the same uint8 images (random with `seed`, or
-    from `images`) for each batch size; the per-output reports."""
+    from `images`, repeated when the folder holds fewer) for each batch size; the per-output reports."""
+    # imported here: runtime builds on export, not the reverse
+    from runtime.backends import inference_failed  # noqa: PLC0415
+    from runtime.backends.onnxruntime import ort_errors  # noqa: PLC0415
+
     h, w, c = meta["input_height"], meta["input_width"], meta["input_channels"]
-    session = session or ort_session(onnx_path)
     rng = np.random.default_rng(seed)
-    pool = load_images(images, max(batches), h, w, c) if images else None
+    pool = load_images(images, h, w, c, max(batches)) if images else None
+    inputs = [np.take(pool, np.arange(n) % len(pool), axis=0) if pool is not None
+              else rng.integers(0, 256, (n, h, w, c), dtype=np.uint8) for n in batches]
+    try:
+        session = session or ort_session(onnx_path)
+        outputs = [run_session(session, img) for img in inputs]
+    except ort_errors() as e:
+        raise CheckError(str(inference_failed(onnx_path, e))) from e
     reports: list[OutputReport] = []
-    for n in batches:
-        img = pool[:n] if pool is not None else rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
-        ours = run_session(session, img)
+    for n, img, ours in zip(batches, inputs, outputs):
         timg = torch.from_numpy(img)
         ref = reference_outputs(model, timg, meta["layer"], meta["score"], meta["anomaly_map"], meta["blur_sigma"],
                                 meta["per_dim"], meta["recon"])
         recheck = reference_at(model, timg, ours["activations"], meta)
-        reports.extend(compare(ours, ref, rel_tol, n, recheck))
+        reports.extend(compare(ours, ref, rel_tol, n, recheck, meta["anomaly_map"]))
     return reports
 
 
@@ -193,14 +231,14 @@ def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...
         meta = read_metadata(onnx_path)
     except ExportError as e:
         raise CheckError(str(e)) from e
-    if sha256(checkpoint) != meta["checkpoint_sha256"]:
+    model, _, digest = load_checkpoint_hashed(checkpoint)
+    if digest != meta["checkpoint_sha256"]:
         raise CheckError(f"{checkpoint}: not the checkpoint {onnx_path.name} was exported from "
                          f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")
     if rel_tol is None:
         rel_tol = FP16_WEIGHTS_TOL if meta["weights"] == "fp16" else DEFAULT_TOL
     if meta["weights"] == "fp16":
         notes.append(f"fp16 weights: compared with the fp32 checkpoint at {rel_tol:g} x range")
-    model, _ = load_model(checkpoint)
     settings = {k: meta[k] for k in ("layer", "score", "anomaly_map", "blur_sigma", "per_dim", "recon", "weights",
                                      "opset")}
     result = CheckResult(str(onnx_path), str(checkpoint), rel_tol, settings, notes=notes)

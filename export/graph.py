@@ -23,6 +23,8 @@ for masks stay [N, ...] and broadcast over R. One backward pass gives `gradients
 """
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -32,10 +34,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from training.attention import SCORES, attention_map, channel_weights
-from training.checkpoint import load_model, sha256
 from training.inference import inference_settings
 from training.maps import AnomalyMap, recon_error
-from training.models import VAE
+from training.models import VAE, build_model
 from training.models.vae import LOGVAR_LIMIT
 
 #: Output names in graph order; recon_error and alpha only when present.
@@ -238,7 +239,9 @@ def export_layers(model: VAE) -> list[str]:
 
 
 class _ScoreCotangent(nn.Module):
-    """Named submodule so that the exported nodes carry the scope '/score/' (TensorRT keeps it fp32)."""
+    """Named submodule so that the exported nodes carry the scope '/score_grad/' (TensorRT keeps it
+    fp32): the score's exp/div and the chain through the logvar soft clamp, whose 1 - (logvar/L)^2
+    cancels to nothing in fp16 where |logvar| nears L."""
 
     def __init__(self, score: str) -> None:
         super().__init__()
@@ -246,7 +249,12 @@ class _ScoreCotangent(nn.Module):
 
     def forward(self, mu: torch.Tensor, logvar: torch.Tensor, normal_mu: torch.Tensor,
                 normal_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return score_cotangents(mu, logvar, self.score, normal_mu, normal_var)
+        """(ds/dmu, ds/draw) with raw the logvar head's output before the clamp."""
+        dmu, dlv = score_cotangents(mu, logvar, self.score, normal_mu, normal_var)
+        if dlv is None:
+            return dmu, None
+        # logvar = L tanh(raw / L) (VAE.heads): d logvar / d raw = 1 - (logvar / L)^2
+        return dmu, dlv * (1.0 - (logvar / LOGVAR_LIMIT) ** 2)
 
 
 class _Attention(nn.Module):
@@ -344,9 +352,7 @@ class ExportModule(nn.Module):
             if dlv is not None:
                 dlv = torch.cat([dlv, torch.zeros_like(eye)], 1)
         gh = torch.matmul(dmu, m.fc_mu.weight)  # [B, R, hidden]
-        if dlv is not None:
-            # logvar = L tanh(raw / L) (VAE.heads): d logvar / d raw = 1 - (logvar / L)^2
-            dlv = dlv * (1.0 - (logvar / LOGVAR_LIMIT) ** 2).unsqueeze(1)
+        if dlv is not None:  # already w.r.t. the pre-clamp head output (_ScoreCotangent)
             gh = gh + torch.matmul(dlv, m.fc_logvar.weight)
         if relu_head:
             gh = gh * (h_pre > 0).to(gh.dtype).unsqueeze(1)  # now [N, R, hidden]
@@ -373,21 +379,41 @@ class ExportModule(nn.Module):
             return self.explain(*self.features(image))
 
 
+def load_checkpoint_hashed(path: str | Path,
+                           map_location: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any], str]:
+    """(model in eval mode, config, sha256) from ONE read of the checkpoint's bytes: hashing the
+    file again after loading it would record another file's hash if training rewrote it between."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from e
+    if ckpt.get("stats_ready") is False:  # Eq. 4 and fusion would silently use placeholders
+        raise ValueError(f"{path}: training stopped before the normal-data statistics were fitted; "
+                         "finish it with python -m training.train --resume")
+    model = build_model(ckpt["config"]["model"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt["config"], hashlib.sha256(data).hexdigest()
+
+
 def build_export_module(checkpoint_path: str | Path, layer: str | None = None, score: str | None = None,
                         per_dim: bool = False, recon: bool | None = None,
                         map_location: str | torch.device = "cpu") -> tuple[ExportModule, dict[str, Any]]:
     """ExportModule for a checkpoint; defaults come from its `inference` config section.
 
     settings: layer, score, anomaly_map, blur_sigma (effective), per_dim, recon (whether the
-    decoder is in the graph), outputs, checkpoint (path), checkpoint_sha256, model (its config)."""
-    model, config = load_model(checkpoint_path, map_location)
+    decoder is in the graph), outputs, checkpoint (path), checkpoint_sha256 (of the bytes the
+    module was built from), model (its config)."""
+    model, config, digest = load_checkpoint_hashed(checkpoint_path, map_location)
     settings = inference_settings(config, layer=layer, score=score)
     module = ExportModule(model, settings["layer"], settings["score"], settings["anomaly_map"],
                           float(settings["blur_sigma"]), per_dim, recon)
     settings.update(layer=module.layer, blur_sigma=float(settings["blur_sigma"]), per_dim=module.per_dim,
                     recon=module.with_recon, outputs=list(module.output_names),
-                    checkpoint=str(checkpoint_path), checkpoint_sha256=sha256(checkpoint_path),
-                    model=dict(config["model"]))
+                    checkpoint=str(checkpoint_path), checkpoint_sha256=digest, model=dict(config["model"]))
     return module, settings
 
 
@@ -403,4 +429,4 @@ def output_shapes(module: ExportModule) -> dict[str, list[int | str]]:
 
 
 __all__ = ["BASE_OUTPUTS", "OUTPUT_DOCS", "ExportError", "ExportModule", "build_export_module", "export_layers",
-           "output_shapes", "output_type", "score_cotangents", "steps_for"]
+           "load_checkpoint_hashed", "output_shapes", "output_type", "score_cotangents", "steps_for"]

@@ -34,6 +34,10 @@ DEFAULT_OPSET = 17
 # every TensorRT 10.x parses (10.0 supports 9-20), so any file written here builds everywhere.
 OPSET_RANGE = (13, 20)
 METADATA_SCHEMA = "1"
+# what `metadata` writes; readers index every one of them
+METADATA_KEYS = ("schema", "family", "arch", "latent", "layer", "score", "anomaly_map", "blur_sigma", "per_dim",
+                 "recon", "input_name", "input_height", "input_width", "input_channels", "color", "mean", "std",
+                 "outputs", "weights", "checkpoint_sha256")
 FAMILIES = {"resnet18": "resnet_vae", "mnist": "conv_vae", "ucsd": "conv_vae"}
 # fp16 storage only for large tensors: they are the file size; small ones (biases, BN) keep fp32
 FP16_MIN_ELEMENTS = 1024
@@ -154,24 +158,41 @@ def metadata(module: ExportModule, settings: dict[str, Any], weights: str) -> di
     }
 
 
+def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
+    """onnx.load with a file that is not ONNX (protobuf's DecodeError and friends) as one
+    ExportError line naming it."""
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, onnx's own: not an ONNX file either way
+        raise ExportError(f"{path}: not a readable ONNX file ({e.__class__.__name__})") from e
+
+
+def onnx_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset a graph imports (None when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The export settings stored in an ONNX file, typed (ints, floats, bools, list of outputs)."""
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
-        raise ExportError(f"{path}: not a readable ONNX file ({e.__class__.__name__})") from e
+    m = load_onnx(path, load_external_data=False)
     raw = {p.key: p.value for p in m.metadata_props}
     if raw.get("schema") != METADATA_SCHEMA:
         raise ExportError(f"{path}: not exported by export.onnx (metadata schema {raw.get('schema')!r})")
+    missing = [k for k in METADATA_KEYS if k not in raw]
+    if missing:
+        raise ExportError(f"{path}: metadata lacks {', '.join(missing)} (re-export with python -m export.onnx)")
     out: dict[str, Any] = dict(raw)
-    for k in ("latent", "input_height", "input_width", "input_channels"):
-        out[k] = int(raw[k])
-    for k in ("blur_sigma", "mean", "std"):
-        out[k] = float(raw[k])
+    try:
+        for k in ("latent", "input_height", "input_width", "input_channels"):
+            out[k] = int(raw[k])
+        for k in ("blur_sigma", "mean", "std"):
+            out[k] = float(raw[k])
+    except ValueError as e:
+        raise ExportError(f"{path}: unreadable metadata ({e})") from None
     for k in ("per_dim", "recon"):
         out[k] = raw[k] == "true"
     out["outputs"] = raw["outputs"].split(",")
-    out["opset"] = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    out["opset"] = onnx_opset(m)
     return out
 
 
@@ -310,5 +331,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DEFAULT_OPSET", "OPSET_RANGE", "export_onnx", "fp16_weights", "metadata", "read_metadata", "simplify",
-           "trace_to_onnx", "main"]
+__all__ = ["DEFAULT_OPSET", "OPSET_RANGE", "export_onnx", "fp16_weights", "load_onnx", "metadata", "onnx_opset",
+           "read_metadata", "simplify", "trace_to_onnx", "main"]

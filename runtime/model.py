@@ -122,12 +122,9 @@ def sibling_for(path: Path, backend: str) -> Path:
 
 
 def checkpoint_from_sidecar(sidecar: dict[str, Any], model_path: Path) -> Path:
-    """The source checkpoint a sidecar names (relative to the sidecar's folder when relative),
-    checked against its recorded sha256 so the PyTorch reference is the model that was exported."""
-    from training.checkpoint import sha256
-
-    model = sidecar.get("model") or {}
-    src = sidecar.get("checkpoint") or model.get("checkpoint") or (sidecar.get("source") or {}).get("checkpoint")
+    """The source checkpoint a sidecar names (`model.checkpoint`, relative to the sidecar's folder
+    when relative). Its sha256 is checked by open_model on the bytes the backend loaded."""
+    src = (sidecar.get("model") or {}).get("checkpoint")
     if not src:
         raise ModelError(f"{model_path}: the sidecar names no source checkpoint; pass the .pt file itself")
     if not isinstance(src, str):
@@ -137,9 +134,6 @@ def checkpoint_from_sidecar(sidecar: dict[str, Any], model_path: Path) -> Path:
     if not ck.is_file():
         raise ModelError(f"{model_path}: source checkpoint {src} not found (looked for {ck}); "
                          f"pass the .pt file itself")
-    want = model.get("checkpoint_sha256")
-    if want and sha256(ck) != want:
-        raise ModelError(f"{ck}: sha256 differs from the checkpoint the sidecar of {model_path} was exported from")
     return ck
 
 
@@ -175,6 +169,12 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             be = B.create("torch", file, device=device, settings=settings)
         except B.BackendError as e:
             raise ModelError(str(e)) from e
+        # the hash of the bytes the module was built from (export.graph.load_checkpoint_hashed):
+        # hashing the file again could see a checkpoint training has rewritten since
+        want = ((sidecar or {}).get("model") or {}).get("checkpoint_sha256")
+        if want and be.settings["checkpoint_sha256"] != want:  # type: ignore[attr-defined]
+            be.close()
+            raise ModelError(f"{file}: sha256 differs from the checkpoint the sidecar of {given} was exported from")
         spec = InputSpec.from_mapping((sidecar or {}).get("input") or be.input_spec, str(file))  # type: ignore[attr-defined]
     else:
         file = given if implied == name else sibling_for(given, name)

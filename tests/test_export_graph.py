@@ -1,14 +1,15 @@
 """export.graph: the explicit backward equals autograd (training.inference.reference_outputs)."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from export.graph import (ExportError, ExportModule, build_export_module, export_layers, output_shapes,
-                          score_cotangents)
+from export.graph import (ExportError, ExportModule, build_export_module, export_layers, load_checkpoint_hashed,
+                          output_shapes, score_cotangents)
 from training.attention import latent_score
 from training.checkpoint import save_checkpoint
 from training.config import DEFAULTS, merge
@@ -181,3 +182,36 @@ def test_a_map_that_trusts_the_gray_warns_on_an_ssim_trained_model() -> None:
         warnings.simplefilter("error")
         assert inference_settings(merge(cfg, {"inference": {"anomaly_map": "ssim_error"}}))["anomaly_map"] == "ssim_error"
         inference_settings(merge(cfg, {"train": {"loss": "ssim_l1"}}))
+
+
+def test_checkpoint_is_hashed_from_the_bytes_it_was_loaded_from(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training may rewrite model.pt while an export reads it: the recorded sha256 is that of the
+    bytes the weights came from, not of the file as it is afterwards."""
+    ckpt = make_checkpoint(tmp_path / "model.pt", "mnist")
+    original = ckpt.read_bytes()
+    newer = tmp_path / "newer.pt"
+    save_checkpoint(newer, make_model("mnist", seed=1), torch.load(ckpt, weights_only=True)["config"])
+    real_load = torch.load
+
+    def load_then_rewrite(*args: object, **kwargs: object) -> object:
+        out = real_load(*args, **kwargs)
+        ckpt.write_bytes(newer.read_bytes())  # training saves its next model.pt right after our read
+        return out
+
+    monkeypatch.setattr(torch, "load", load_then_rewrite)
+    module, settings = build_export_module(ckpt)
+    assert settings["checkpoint_sha256"] == hashlib.sha256(original).hexdigest()
+    assert torch.equal(module.model.fc.weight, make_model("mnist").fc.weight)
+
+
+def test_load_checkpoint_hashed_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
+        load_checkpoint_hashed(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt: not a readable checkpoint"):
+        load_checkpoint_hashed(tmp_path / "bad.pt")
+    cfg = merge(DEFAULTS, {"model": {"arch": "mnist", "size": 28, "channels": 1, "latent": 8}})
+    save_checkpoint(tmp_path / "early.pt", make_model("mnist"), cfg, stats_ready=False)
+    with pytest.raises(ValueError, match="normal-data statistics"):
+        load_checkpoint_hashed(tmp_path / "early.pt")

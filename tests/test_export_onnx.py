@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import onnx
 import pytest
 import torch
 
+import export.check
 import export.graph
-from export.check import check, compare, format_report, main as check_main, ort_session, run_session
+from bench.export import main as bench_main
+from export.check import check, compare, format_report, load_images, main as check_main, ort_session, run_session
 from export.onnx import export_onnx, main as onnx_main, read_metadata
 from export.sidecar import SidecarError, read_sidecar
 from export.tensorrt import check_graph
@@ -211,6 +214,84 @@ def test_kink_outliers_are_counted_only_where_autograd_at_our_activations_agrees
     assert reports["mu"].outliers == 1 and reports["mu"].kink_outliers == 0 and not reports["mu"].ok
     reports = {r.name: r for r in compare(ours, ref, 1e-4, 2, {n: ref[n] for n in ref})}
     assert not reports["gradients"].ok  # autograd disagrees with us too: a real mismatch
+
+
+def test_nan_or_inf_on_either_side_fails() -> None:
+    """NaN compares false both ways: `err > tol` would let it pass."""
+    ref = {"mu": torch.tensor([[0.0, 1.0, 2.0]]), "logvar": torch.tensor([[0.0, 1.0, 2.0]])}
+    for bad in (np.nan, np.inf):
+        ours = {"mu": np.array([[0.0, bad, 2.0]], np.float32), "logvar": np.array([[0.0, 1.0, 2.0]], np.float32)}
+        reports = {r.name: r for r in compare(ours, ref, 1e-4, 1)}
+        assert reports["mu"].outliers == 1 and not reports["mu"].ok and reports["logvar"].ok
+        for value in (np.nan, np.inf):  # and in the reference
+            nan_ref = {"mu": torch.tensor([[0.0, value, 2.0]]), "logvar": ref["logvar"]}
+            clean = {"mu": np.array([[0.0, 1.0, 2.0]], np.float32), "logvar": ours["logvar"]}
+            assert not {r.name: r for r in compare(clean, nan_ref, 1e-4, 1)}["mu"].ok
+
+
+@pytest.mark.parametrize("kind,excused", [("attention", True), ("fusion", True), ("recon_error", False),
+                                          ("recon_error_blur", False), ("ssim_error", False)])
+def test_anomaly_map_outliers_are_excused_only_for_attention_maps(kind: str, excused: bool) -> None:
+    """Only the attention and the fusion carry the backward's ReLU masks; a reconstruction map is
+    continuous, so an outlier there is a real mismatch even where the recheck agrees."""
+    ref = {"anomaly_map": torch.zeros(1, 1, 2, 2)}
+    ref["anomaly_map"][0, 0, 0, 0] = 1.0
+    ours = {"anomaly_map": ref["anomaly_map"].numpy().copy()}
+    ours["anomaly_map"][0, 0, 1, 1] = 0.5
+    recheck = {"anomaly_map": torch.from_numpy(ours["anomaly_map"])}
+    (report,) = compare(ours, ref, 1e-4, 1, recheck, anomaly_map=kind)
+    assert report.outliers == 1 and report.ok is excused
+
+
+def test_check_errors_are_one_line(exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture) -> None:
+    ckpt, path, _ = exported("mnist-conv2")
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    def fail(session: object, image: np.ndarray) -> dict:
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code\nstack trace")
+
+    monkeypatch.setattr(export.check, "run_session", fail)
+    assert check_main(["--onnx", str(path), "--checkpoint", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: inference failed (Fail: ") and err.count("\n") == 1
+    monkeypatch.undo()
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key != "anomaly_map"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    assert check_main(["--onnx", str(tmp_path / "old.onnx"), "--checkpoint", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "old.onnx: metadata lacks anomaly_map" in err and err.count("\n") == 1
+
+
+def test_images_folder_is_read_once_and_repeated_to_fill_a_batch(exported, tmp_path: Path) -> None:
+    import cv2
+
+    ckpt, path, _ = exported("mnist-conv2")
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), np.full((40, 30), 60 * i + 20, np.uint8))
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
+    pool = load_images(tmp_path / "imgs", 28, 28, 1, limit=5)
+    assert pool.shape == (2, 28, 28, 1)  # the broken file skipped
+    assert load_images(tmp_path / "imgs", 28, 28, 1, limit=1).shape == (1, 28, 28, 1)
+    result = check(path, ckpt, batches=(3,), images=tmp_path / "imgs")
+    assert result.ok and {r.batch for r in result.reports} == {3}, format_report(result)
+    (tmp_path / "none").mkdir()
+    assert check_main(["--onnx", str(path), "--checkpoint", str(ckpt), "--images", str(tmp_path / "none")]) == 1
+
+
+def test_bench_without_its_checkpoint_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["--config", str(REPO / "configs" / "screw_256.yaml"), "--checkpoint", str(tmp_path / "missing.pt"),
+            "--results", str(tmp_path / "results")]
+    assert bench_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.pt: checkpoint not found" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -173,8 +173,13 @@ def test_relative_checkpoint_is_relative_to_the_sidecar(tmp_path: Path, monkeypa
     elsewhere.mkdir()
     (elsewhere / "model.pt").write_bytes(b"another checkpoint")
     monkeypatch.chdir(elsewhere)
-    for side in ({"model": {"checkpoint": "model.pt"}}, {"checkpoint": "./model.pt"}):
-        assert rm.checkpoint_from_sidecar(side, export / "m.onnx") == export / "model.pt"
+    for src in ("model.pt", "./model.pt"):
+        assert rm.checkpoint_from_sidecar({"model": {"checkpoint": src}}, export / "m.onnx") == export / "model.pt"
+    # export writes model.checkpoint only; an engine's files entry names its ONNX under `source`,
+    # never a checkpoint
+    for side in ({"checkpoint": "model.pt"}, {"source": {"checkpoint": "model.pt"}}):
+        with pytest.raises(rm.ModelError, match="names no source checkpoint"):
+            rm.checkpoint_from_sidecar(side, export / "m.onnx")
     (export / "model.pt").unlink()
     with pytest.raises(rm.ModelError, match="source checkpoint model.pt not found"):
         rm.checkpoint_from_sidecar({"model": {"checkpoint": "model.pt"}}, export / "m.onnx")
@@ -182,3 +187,30 @@ def test_relative_checkpoint_is_relative_to_the_sidecar(tmp_path: Path, monkeypa
     assert rm.checkpoint_from_sidecar({"model": {"checkpoint": str(absolute)}}, export / "m.onnx") == absolute
     with pytest.raises(rm.ModelError, match="must be a path"):
         rm.checkpoint_from_sidecar({"model": {"checkpoint": 3}}, export / "m.onnx")
+
+
+def test_torch_reference_is_the_checkpoint_whose_hash_was_checked(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--backend torch on an exported file: the sha256 checked against the sidecar is that of the
+    bytes the module is built from, so a checkpoint rewritten between the check and the load is
+    neither run unchecked nor mistaken for the exported one."""
+    from export.onnx import export_onnx
+    from test_export_graph import make_checkpoint, make_model
+    from training.checkpoint import save_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "model.pt", "mnist")
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx")["onnx"]
+    newer = tmp_path / "newer.pt"
+    save_checkpoint(newer, make_model("mnist", seed=1), torch.load(ckpt, weights_only=True)["config"])
+    real_load = torch.load
+
+    def rewrite_then_load(*args: Any, **kwargs: Any) -> Any:
+        ckpt.write_bytes(newer.read_bytes())  # training saves its next model.pt as we load
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", rewrite_then_load)
+    with rm.open_model(onnx_path, backend="torch", device="cpu") as m:
+        assert torch.equal(m.backend.module.model.fc.weight, make_model("mnist").fc.weight)
+    monkeypatch.undo()
+    with pytest.raises(rm.ModelError, match="model.pt: sha256 differs from the checkpoint the sidecar"):
+        rm.open_model(onnx_path, backend="torch", device="cpu")  # now model.pt is the newer one

@@ -8,7 +8,8 @@ It is what a runtime needs besides the graph itself, and what ties the files tog
     input: {name: image, dtype: uint8, layout: NHWC, height, width, channels, color}
     outputs: [mu, logvar, activations, gradients, attention, anomaly_map, ...]
     output_shapes: {mu: [N, 32], ...}
-    files: {X.onnx: {sha256, bytes, format, opset, weights}, X.trt: {sha256, precision, trt, ...}}
+    files: {X.onnx: {sha256, bytes, format, opset, weights}, X.trt: {sha256, precision, trt, source, ...}}
+                              # source: {file, sha256} of the ONNX the engine was built from
     thresholds: {}            # filled by calibration (update_sidecar)
     preprocessing: {...}      # host side (decode, color, resize) and in-graph (scale, normalize)
     created: ISO 8601 UTC

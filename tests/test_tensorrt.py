@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -38,8 +39,10 @@ def model_dir(onnx_file: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool = True) -> types.ModuleType:
-    """Just enough of the TensorRT 10 Python API for build_engine, recording every call."""
+def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool = True,
+                  fp16_flag: bool = True) -> types.ModuleType:
+    """Just enough of the TensorRT 10 Python API for build_engine, recording every call;
+    fp16_flag=False drops BuilderFlag.FP16 as TensorRT 11 does."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.float32, trt.float16, trt.int32, trt.int64, trt.uint8, trt.bool = (
@@ -102,8 +105,10 @@ def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool
             return self.errors[i]
 
     class Profile:
+        shape: tuple = ()
+
         def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
-            rec["profile"] = (name, lo, opt, hi)
+            self.shape = (name, lo, opt, hi)
 
     class TimingCache:
         def __init__(self, data: bytes) -> None:
@@ -119,7 +124,7 @@ def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool
             rec["workspace"] = (pool, size)
 
         def add_optimization_profile(self, p: Profile) -> None:
-            rec["profiles"] = rec.get("profiles", 0) + 1
+            rec.setdefault("profiles", []).append(p.shape)
 
         def set_flag(self, flag: str) -> None:
             rec["flags"].add(flag)
@@ -135,7 +140,7 @@ def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool
             return self.cache
 
         def set_calibration_profile(self, p: Profile) -> None:
-            rec["calibration_profile"] = True
+            rec["calibration_profile"] = p.shape
 
     class Builder:
         def __init__(self, logger: Logger) -> None:
@@ -163,7 +168,8 @@ def fake_tensorrt(version: str = "10.3.0", parse_ok: bool = True, build_ok: bool
         setattr(trt, cls.__name__, cls)
     trt.LayerType = types.SimpleNamespace(REDUCE="REDUCE")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY")
+    trt.BuilderFlag = types.SimpleNamespace(INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY",
+                                            **({"FP16": "FP16"} if fp16_flag else {}))
     return trt
 
 
@@ -235,8 +241,9 @@ def test_missing_tensorrt_is_one_actionable_line(model_dir: Path, monkeypatch: p
 def test_help_and_module_entry_point(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         et.main(["--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert e.value.code == 0 and "--timing-cache" in out and "--calib-data" in out
+    assert "deprecated since TensorRT 10.1" in out and "explicit Q/DQ" in out  # the INT8 path
     r = subprocess.run([sys.executable, "-m", "export.tensorrt", "--onnx", str(model_dir / "digit.onnx"),
                         "--out", str(model_dir / "d.trt")], cwd=REPO, capture_output=True, text=True)
     try:
@@ -250,6 +257,35 @@ def test_old_tensorrt_is_refused(model_dir: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("8.6.1"))
     assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt")]) == 1
     assert "TensorRT 8.6.1 found; this needs TensorRT 10" in capsys.readouterr().err
+
+
+def test_newer_major_is_refused(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture) -> None:
+    """TensorRT 11 removes BuilderFlag.FP16/INT8 and int8_calibrator: refused before any call."""
+    trt = fake_tensorrt("11.0.0", fp16_flag=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"), "--fp16"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: TensorRT 11.0.0 found; this needs TensorRT 10") and err.count("\n") == 1
+    assert "pip install tensorrt==10.*" in err and "config" not in trt.record
+
+
+def test_an_api_mismatch_is_one_line(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """A module that says 10.x but lacks its API (AttributeError), or calls it differently (TypeError)."""
+    argv = ["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"), "--fp16"]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(fp16_flag=False))
+    assert et.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the installed TensorRT does not have the TensorRT 10 API this code uses "
+                          "(AttributeError: ") and err.count("\n") == 1
+    trt = fake_tensorrt()
+    trt.Builder.create_network = lambda self: None  # type: ignore[attr-defined]  # no flags argument
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    assert et.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "(TypeError: " in err and err.count("\n") == 1
+    assert not (model_dir / "digit.trt").exists()
 
 
 @pytest.mark.parametrize("argv", [
@@ -277,7 +313,7 @@ def test_fp16_build_records_engine_in_the_shared_sidecar(model_dir: Path, monkey
     rec = trt.record
     assert engine.read_bytes() == b"ENGINE" and cache.read_bytes() == b"timing-cache"
     assert rec["network_flags"] == 0 and rec["workspace"] == ("WORKSPACE", 1 << 30)
-    assert rec["profile"] == ("image", (1, 28, 28, 1), (2, 28, 28, 1), (4, 28, 28, 1)) and rec["profiles"] == 1
+    assert rec["profiles"] == [("image", (1, 28, 28, 1), (2, 28, 28, 1), (4, 28, 28, 1))]
     assert {"FP16", "OBEY"} <= rec["flags"] and "INT8" not in rec["flags"] and rec["ignore_mismatch"] is False
     pinned = {l.name for l in rec["layers"] if l.precision == "float32"}
     assert pinned and all(l.output_types == {0: "float32"} for l in rec["layers"] if l.name in pinned)
@@ -354,18 +390,29 @@ def test_int8_build_calibrates_over_a_folder(model_dir: Path, monkeypatch: pytes
                     "--calib-cache", str(model_dir / "calib.cache")]) == 0
     assert seen["images"].shape == (5, 28, 28, 1) and seen["images"].dtype == np.uint8 and seen["batch"] == 2
     assert seen["cache"] == model_dir / "calib.cache"
-    assert "INT8" in trt.record["flags"] and trt.record["calibration_profile"]
+    # calibration runs at its profile's OPT shape: the calibration batch, not --opt-batch (1)
+    assert trt.record["calibration_profile"] == ("image", (2, 28, 28, 1), (2, 28, 28, 1), (2, 28, 28, 1))
+    assert trt.record["profiles"] == [("image", (1, 28, 28, 1), (1, 28, 28, 1), (8, 28, 28, 1))]
+    assert "INT8" in trt.record["flags"]
     assert trt.record["config"].int8_calibrator == "calibrator"
     assert read_sidecar(model_dir / "digit.trt")["files"]["digit.trt"]["precision"] == "int8"
 
 
-def test_calibration_images(tmp_path: Path) -> None:
-    _write_images(tmp_path / "imgs", 3)
-    imgs = et.load_calibration_images(tmp_path / "imgs", 28, 28, 1, limit=2)
-    assert imgs.shape == (2, 28, 28, 1)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(et.TensorRTError, match="no usable calibration images"):
-        et.load_calibration_images(tmp_path / "empty", 28, 28, 1)
+def test_calibration_batch_is_at_most_the_number_of_images(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    trt = fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(et, "make_calibrator", lambda trt_mod, images, batch, cache: "calibrator")
+    _write_images(model_dir / "calib", 3)
+    argv = ["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"), "--int8",
+            "--calib-data", str(model_dir / "calib")]
+    assert et.main(argv) == 0
+    assert trt.record["calibration_profile"][1:] == ((3, 28, 28, 1),) * 3
+    (model_dir / "empty").mkdir()
+    argv[-1] = str(model_dir / "empty")
+    assert et.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "empty: no usable images" in err and err.count("\n") == 1
 
 
 def test_checkpoint_path_is_relative_to_each_sidecar(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,3 +422,72 @@ def test_checkpoint_path_is_relative_to_each_sidecar(model_dir: Path, monkeypatc
     et.build_engine(model_dir / "digit.onnx", engine)
     ckpt = read_sidecar(engine)["model"]["checkpoint"]
     assert (engine.parent / ckpt).resolve() == (model_dir / shared["model"]["checkpoint"]).resolve()
+
+
+def test_same_stem_is_compared_on_resolved_paths(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--onnx digit.onnx --out $PWD/digit.trt` is one stem: one sidecar with both entries, not a
+    second sidecar written over digit.yaml without the .onnx entry."""
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    monkeypatch.chdir(model_dir)
+    r = et.build_engine(Path("digit.onnx"), model_dir / "digit.trt")
+    assert r["sidecar"].resolve() == (model_dir / "digit.yaml").resolve()
+    side = read_sidecar(model_dir / "digit.onnx")  # still opens: its entry and sha256 are there
+    assert set(side["files"]) == {"digit.onnx", "digit.trt"}
+    read_sidecar(model_dir / "digit.trt")
+
+
+def test_check_only_on_a_file_that_is_not_onnx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.onnx").write_text("these are not protobuf bytes \x00\xff")
+    assert et.main(["--onnx", str(tmp_path / "notes.onnx"), "--check-only"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'notes.onnx'}: not a readable ONNX file") and err.count("\n") == 1
+
+
+def test_logvar_clamp_backward_is_in_the_fp32_scope(onnx_file: Path) -> None:
+    """The chain through logvar = L tanh(raw / L), 1 - (logvar / L)^2, cancels in fp16 near the
+    clamp: every node reading logvar is in '/score_grad/', which the build pins to fp32."""
+    readers = [n.name for n in onnx.load(str(onnx_file)).graph.node if "logvar" in n.input]
+    assert readers and all(n.startswith("/score_grad/") for n in readers), readers
+
+
+class FakeBackend:
+    """runtime.backends.tensorrt.TensorRTBackend's interface, answering with ONNX Runtime's outputs
+    (altered by `change`), for --verify without a GPU."""
+
+    change: Any = None
+    onnx_path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        self.session = et.ort_session(self.onnx_path)
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        out = et.run_session(self.session, image)
+        return type(self).change(out) if type(self).change else out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("change,rc,message", [
+    (None, 0, None),
+    (lambda out: dict(out, anomaly_map=out["anomaly_map"] * 1.5), 1, "verification against"),
+    (lambda out: dict(out, mu=out["mu"] * np.nan), 1, "verification against"),
+    (lambda out: {k: v for k, v in out.items() if k != "alpha"}, 1, "engine has no output alpha"),
+])
+def test_verify_exits_1_when_the_engine_disagrees(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture, change: Any, rc: int,
+                                                  message: str | None) -> None:
+    import runtime.backends.tensorrt as rbt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    monkeypatch.setattr(FakeBackend, "onnx_path", model_dir / "digit.onnx", raising=False)
+    monkeypatch.setattr(FakeBackend, "change", staticmethod(change) if change else None)
+    monkeypatch.setattr(rbt, "TensorRTBackend", FakeBackend)
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"),
+                    "--verify", "2"]) == rc
+    out, err = capsys.readouterr()
+    assert "verify: anomaly_map" in out or message == "engine has no output alpha"
+    if message is None:
+        assert err == ""
+    else:
+        assert err.startswith("error:") and message in err and err.count("\n") == 1

@@ -36,10 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        root = Path(load_config(args.config)["data"]["root"])
+        data = load_config(args.config)["data"]
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # dSprites is generated arrays (root null: rendered on the fly): nothing for inspect to read
+    if data.get("format") == "dsprites" or not isinstance(data.get("root"), str):
+        print(f"error: {args.config}: the demo needs an image dataset config (data.root naming a folder of "
+              f"images, as in configs/demo.yaml), not data.format {data.get('format')!r} with root "
+              f"{data.get('root')!r}", file=sys.stderr)
+        return 2
+    root = Path(data["root"])
     out = Path(args.out)
     ckpt, onnx_path = out / "train" / "model.pt", out / "deploy" / "screw.onnx"
     train_args = ["--config", args.config, "--out", str(out / "train")]

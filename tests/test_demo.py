@@ -10,6 +10,8 @@ import yaml
 from tests.conftest import tiny_config
 from runtime.demo import main
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_demo_end_to_end(mvtec_dir: Path, tmp_path: Path, capsys):
     cfg = tmp_path / "demo.yaml"
@@ -35,3 +37,12 @@ def test_demo_errors(tmp_path: Path, capsys):
     assert main(["--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "no-data" in err and "step 'train' failed" in err
+
+
+def test_demo_refuses_a_config_without_image_data(tmp_path: Path, capsys):
+    """dSprites has no image folder (data.root null): one line naming the config, not a TypeError."""
+    config = REPO / "configs" / "dsprites_beta_vae.yaml"
+    assert main(["--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}: the demo needs an image dataset config") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.graph import ExportError, load_checkpoint_hashed
+from export.graph import ExportError
 from export.onnx import read_metadata
 from export.sidecar import SidecarError, read_sidecar, sidecar_path
-from training.checkpoint import write_json
+from training.checkpoint import load_model_hashed, write_json
 from training.inference import reference_outputs
 from training.models import VAE
 from training.preprocess import ImageError, load_for_model
@@ -231,7 +231,7 @@ def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...
         meta = read_metadata(onnx_path)
     except ExportError as e:
         raise CheckError(str(e)) from e
-    model, _, digest = load_checkpoint_hashed(checkpoint)
+    model, _, digest = load_model_hashed(checkpoint)
     if digest != meta["checkpoint_sha256"]:
         raise CheckError(f"{checkpoint}: not the checkpoint {onnx_path.name} was exported from "
                          f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")

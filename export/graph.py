@@ -23,8 +23,6 @@ for masks stay [N, ...] and broadcast over R. One backward pass gives `gradients
 """
 from __future__ import annotations
 
-import hashlib
-import io
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -34,9 +32,10 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from training.attention import SCORES, attention_map, channel_weights
+from training.checkpoint import load_model_hashed
 from training.inference import inference_settings
 from training.maps import AnomalyMap, recon_error
-from training.models import VAE, build_model
+from training.models import VAE
 from training.models.vae import LOGVAR_LIMIT
 
 #: Output names in graph order; recon_error and alpha only when present.
@@ -379,26 +378,6 @@ class ExportModule(nn.Module):
             return self.explain(*self.features(image))
 
 
-def load_checkpoint_hashed(path: str | Path,
-                           map_location: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any], str]:
-    """(model in eval mode, config, sha256) from ONE read of the checkpoint's bytes: hashing the
-    file again after loading it would record another file's hash if training rewrote it between."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    data = path.read_bytes()
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from e
-    if ckpt.get("stats_ready") is False:  # Eq. 4 and fusion would silently use placeholders
-        raise ValueError(f"{path}: training stopped before the normal-data statistics were fitted; "
-                         "finish it with python -m training.train --resume")
-    model = build_model(ckpt["config"]["model"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt["config"], hashlib.sha256(data).hexdigest()
-
-
 def build_export_module(checkpoint_path: str | Path, layer: str | None = None, score: str | None = None,
                         per_dim: bool = False, recon: bool | None = None,
                         map_location: str | torch.device = "cpu") -> tuple[ExportModule, dict[str, Any]]:
@@ -407,7 +386,7 @@ def build_export_module(checkpoint_path: str | Path, layer: str | None = None, s
     settings: layer, score, anomaly_map, blur_sigma (effective), per_dim, recon (whether the
     decoder is in the graph), outputs, checkpoint (path), checkpoint_sha256 (of the bytes the
     module was built from), model (its config)."""
-    model, config, digest = load_checkpoint_hashed(checkpoint_path, map_location)
+    model, config, digest = load_model_hashed(checkpoint_path, map_location)
     settings = inference_settings(config, layer=layer, score=score)
     module = ExportModule(model, settings["layer"], settings["score"], settings["anomaly_map"],
                           float(settings["blur_sigma"]), per_dim, recon)
@@ -429,4 +408,4 @@ def output_shapes(module: ExportModule) -> dict[str, list[int | str]]:
 
 
 __all__ = ["BASE_OUTPUTS", "OUTPUT_DOCS", "ExportError", "ExportModule", "build_export_module", "export_layers",
-           "load_checkpoint_hashed", "output_shapes", "output_type", "score_cotangents", "steps_for"]
+           "output_shapes", "output_type", "score_cotangents", "steps_for"]

@@ -169,7 +169,7 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             be = B.create("torch", file, device=device, settings=settings)
         except B.BackendError as e:
             raise ModelError(str(e)) from e
-        # the hash of the bytes the module was built from (export.graph.load_checkpoint_hashed):
+        # the hash of the bytes the module was built from (training.checkpoint.load_model_hashed):
         # hashing the file again could see a checkpoint training has rewritten since
         want = ((sidecar or {}).get("model") or {}).get("checkpoint_sha256")
         if want and be.settings["checkpoint_sha256"] != want:  # type: ignore[attr-defined]

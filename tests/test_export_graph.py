@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.graph import (ExportError, ExportModule, build_export_module, export_layers, load_checkpoint_hashed,
-                          output_shapes, score_cotangents)
+from export.graph import ExportError, ExportModule, build_export_module, export_layers, output_shapes, score_cotangents
 from training.attention import latent_score
-from training.checkpoint import save_checkpoint
+from training.checkpoint import load_model_hashed, save_checkpoint
 from training.config import DEFAULTS, merge
 from training.inference import inference_settings, reference_outputs
 from training.models import VAE, build_model
@@ -205,13 +204,13 @@ def test_checkpoint_is_hashed_from_the_bytes_it_was_loaded_from(tmp_path: Path,
     assert torch.equal(module.model.fc.weight, make_model("mnist").fc.weight)
 
 
-def test_load_checkpoint_hashed_errors(tmp_path: Path) -> None:
+def test_load_model_hashed_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
-        load_checkpoint_hashed(tmp_path / "missing.pt")
+        load_model_hashed(tmp_path / "missing.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt: not a readable checkpoint"):
-        load_checkpoint_hashed(tmp_path / "bad.pt")
+        load_model_hashed(tmp_path / "bad.pt")
     cfg = merge(DEFAULTS, {"model": {"arch": "mnist", "size": 28, "channels": 1, "latent": 8}})
     save_checkpoint(tmp_path / "early.pt", make_model("mnist"), cfg, stats_ready=False)
     with pytest.raises(ValueError, match="normal-data statistics"):
-        load_checkpoint_hashed(tmp_path / "early.pt")
+        load_model_hashed(tmp_path / "early.pt")

@@ -135,7 +135,7 @@ class EngineRunner:
 
 
 def import_tensorrt() -> Any:
-    """The tensorrt module (TensorRT 10+), or BackendUnavailable with export.tensorrt's one-line fix
+    """The tensorrt module (TensorRT 10.x), or BackendUnavailable with export.tensorrt's one-line fix
     (one definition of the lazy import and the version rule for the builder and the runtime)."""
     from export.tensorrt import TensorRTError
     from export.tensorrt import import_tensorrt as _import

@@ -92,8 +92,9 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
              extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Entry]:
     """Image files under root, sorted by relative path; problems become entries with an error.
 
-    Symlinks are followed; a directory reached twice (a symlink loop) and a link that loops on
-    itself are listed with their reason, as is a directory that cannot be listed. `exclude` (the
+    Symlinks are followed; a link back to a folder above it (a loop), a folder reached a second
+    time through another link (its images are listed once, under the first path) and a link that
+    loops on itself are listed with their reason, as is a directory that cannot be listed. `exclude` (the
     output folder when it lies inside the input) is skipped, so a run never inspects its own
     pictures. `scandir` is injectable so tests can simulate unreadable folders (tests run as root).
     """
@@ -102,15 +103,20 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
     scandir = scandir or os.scandir
     out: list[Entry] = []
     skip = _key(exclude) if exclude is not None and exclude.exists() else None
-    visited: set[tuple[int, int]] = set()
+    visited: dict[tuple[int, int], str] = {}
 
-    def walk(d: Path, rel: str) -> None:
+    def walk(d: Path, rel: str, ancestors: frozenset[tuple[int, int]] = frozenset()) -> None:
         k = _key(d)
-        if k is not None and k in visited:
-            out.append(Entry(rel, d, "symlink loop: directory already visited"))
+        if k is not None and k in ancestors:
+            out.append(Entry(rel, d, "symlink loop: a link back to a folder above it"))
+            return
+        if k is not None and k in visited:  # an alias, not a loop: say where its images are
+            out.append(Entry(rel, d, f"same folder as '{visited[k] or '.'}' (reached twice through a "
+                                     "symlink): its images are inspected there"))
             return
         if k is not None:
-            visited.add(k)
+            visited[k] = rel
+            ancestors = ancestors | {k}
         try:
             with scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -133,7 +139,7 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
                 if skip is not None and (st.st_dev, st.st_ino) == skip:
                     continue
                 if recursive:
-                    walk(p, r)
+                    walk(p, r, ancestors)
                 continue
             if Path(e.name).suffix.lower() not in extensions:
                 continue

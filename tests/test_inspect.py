@@ -315,6 +315,15 @@ def test_discover_order_and_problems(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert {e.rel: e.error for e in deep}["loop.png"] == "symlink loop"
 
 
+def test_a_folder_reached_twice_is_an_alias_not_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    png(tmp_path / "real" / "a.png", part(True, size=32))
+    os.symlink("real", tmp_path / "zlink")  # sorts after the folder it points at
+    found = {e.rel: e.error for e in ri.discover(tmp_path, recursive=True)}
+    assert found["real/a.png"] is None and "zlink/a.png" not in found
+    assert "same folder as 'real'" in found["zlink"] and "loop" not in found["zlink"]
+
+
 def test_decode_formats_and_pixel_guard(tmp_path: Path) -> None:
     img = part(True, size=64)
     p16 = png(tmp_path / "g16.png", img.astype(np.uint16) * 257)

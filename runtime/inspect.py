@@ -573,6 +573,13 @@ def inspect_folder(model: Model, entries: list[Entry], s: Settings, reports: Rep
 
 # ----------------------------------------------------------------------------- CLI
 
+def device_arg(value: str) -> str:
+    """argparse type: the device grammar every backend shares (a typo is a usage error, exit 2)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: choose cpu, cuda or cuda:N")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", "--model", dest="engine", required=True,
@@ -589,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip inputs already in OUT/report.jsonl")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu (default: TensorRT, CUDA, CPU as available)")
-    p.add_argument("--device", help="torch/tensorrt device: cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available); for .onnx, cpu means "
+                                    "the CPU provider only and cuda:N the GPU of the CUDA/TensorRT providers")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
     p.add_argument("--workers", type=int, default=2, help="decode / post-process threads each (default 2)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

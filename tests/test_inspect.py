@@ -287,6 +287,7 @@ def test_exit_codes(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
     assert ri.main(base + ["--input", str(inp), "--output", str(inp)]) == 2      # would write among inputs
     assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--save", "video"]) == 2
     assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--batch", "0"]) == 2
+    assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--device", "gpu"]) == 2
     assert ri.main(["--input", str(inp)]) == 2                                    # argparse: missing args
     assert ri.main(["--engine", str(tmp_path / "nope.onnx"), "--input", str(inp),
                     "--output", str(tmp_path / "o")]) == 1                         # fatal: no model

@@ -119,6 +119,24 @@ def test_provider_order_and_override() -> None:
         resolve_providers("cuda", ["CPUExecutionProvider"])
 
 
+def test_device_choice_for_onnxruntime(stub_model: Path) -> None:
+    from runtime.backends.onnxruntime import device_choice, provider_options
+
+    assert device_choice(None) == (None, 0) and device_choice("cpu") == ("cpu", 0)
+    assert device_choice("cuda") == (None, 0) and device_choice("cuda:1") == (None, 1)
+    for bad in ("gpu", "cuda:x", "cpu:1"):
+        with pytest.raises(ValueError, match="--device"):
+            device_choice(bad)
+    assert provider_options("CUDAExecutionProvider", stub_model, 1)["device_id"] == 1
+    assert provider_options("TensorrtExecutionProvider", stub_model, 2)["device_id"] == 2
+    assert OnnxRuntimeBackend(stub_model, device="cpu", threads=1).providers == ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendUnavailable, match="no CUDA or TensorRT provider"):
+            OnnxRuntimeBackend(stub_model, device="cuda:0")
+
+
 def test_onnxruntime_backend_named_outputs(stub_model: Path) -> None:
     be = OnnxRuntimeBackend(stub_model, providers="cpu", threads=1)
     assert be.output_names == NAMES and be.input_name == "image" and be.max_batch is None

@@ -65,7 +65,8 @@ def create(name: str, path: str | Path, **options: object) -> Backend:
     if name == "onnxruntime":
         from runtime.backends.onnxruntime import OnnxRuntimeBackend
         return OnnxRuntimeBackend(path, providers=options.get("providers"),  # type: ignore[arg-type]
-                                  threads=options.get("threads"), spin=bool(options.get("spin")))  # type: ignore[arg-type]
+                                  threads=options.get("threads"), spin=bool(options.get("spin")),  # type: ignore[arg-type]
+                                  device=options.get("device"))  # type: ignore[arg-type]
     if name == "tensorrt":
         from runtime.backends.tensorrt import TensorRTBackend
         return TensorRTBackend(path, device=options.get("device"))  # type: ignore[arg-type]

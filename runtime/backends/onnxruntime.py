@@ -49,17 +49,30 @@ def ort_errors() -> tuple[type[BaseException], ...]:
     return (RuntimeError, *found)
 
 
-def provider_options(name: str, model_path: Path) -> dict[str, Any]:
+def device_choice(device: str | None) -> tuple[str | None, int]:
+    """`--device` for ONNX Runtime: (providers it implies, GPU index). 'cpu' means the CPU
+    provider only; 'cuda' / 'cuda:N' picks the GPU of the CUDA and TensorRT providers."""
+    if device is None or device in ("", "auto"):
+        return None, 0
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind == "cuda" and (not index or index.isdigit()):
+        return None, int(index or 0)
+    raise ValueError(f"--device {device!r}: choose cpu, cuda or cuda:N")
+
+
+def provider_options(name: str, model_path: Path, device_id: int = 0) -> dict[str, Any]:
     """Per-provider options: the TensorRT EP caches its engines beside the user cache, not beside
     the model (the model folder may be read-only and is never modified)."""
     if name == "TensorrtExecutionProvider":
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vae-inspect" / "ort-trt"
         cache.mkdir(parents=True, exist_ok=True)
-        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+        return {"device_id": device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                 "trt_timing_cache_enable": True}
     if name == "CUDAExecutionProvider":
         # Shapes are static except the batch: an exhaustive search pays off once per shape.
-        return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+        return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}
     return {}
 
 
@@ -67,14 +80,19 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
-                 threads: int | None = None, spin: bool = False) -> None:
+                 threads: int | None = None, spin: bool = False, device: str | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - a declared dependency
             raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime "
                                      "(or onnxruntime-gpu)") from e
         self.path = Path(path)
-        chosen = resolve_providers(providers, ort.get_available_providers())
+        implied, device_id = device_choice(device)
+        available = ort.get_available_providers()
+        if device and device.startswith("cuda") and not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(available):
+            raise BackendUnavailable(f"--device {device}: this ONNX Runtime build has no CUDA or TensorRT provider "
+                                     f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+        chosen = resolve_providers(providers or implied, available)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -90,7 +108,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=so,
-                providers=[(p, provider_options(p, self.path)) for p in chosen])
+                providers=[(p, provider_options(p, self.path, device_id)) for p in chosen])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"{self.path}: ONNX Runtime cannot load the model ({str(e)[:300]})") from e
         self.errors = ort_errors()

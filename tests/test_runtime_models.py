@@ -43,7 +43,7 @@ class Stub(nn.Module):
 
 
 def make_stub_model(folder: Path, size: int = 16, channels: int = 1,
-                    thresholds: dict[str, Any] | None = None, name: str = "stub") -> Path:
+                    thresholds: dict[str, Any] | None = None, name: str = "stub", dynamic: bool = True) -> Path:
     """folder/name.onnx + folder/name.yaml (schema of design.md; sha not checked by the stub reader)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.onnx"
@@ -51,7 +51,8 @@ def make_stub_model(folder: Path, size: int = 16, channels: int = 1,
     with warnings.catch_warnings():  # the legacy exporter's deprecation notices: fine for a stub
         warnings.simplefilter("ignore")
         torch.onnx.export(Stub(), (x,), str(path), input_names=["image"], output_names=list(NAMES),
-                          dynamic_axes={"image": {0: "N"}, **{n: {0: "N"} for n in NAMES}}, opset_version=17,
+                          dynamic_axes={"image": {0: "N"}, **{n: {0: "N"} for n in NAMES}} if dynamic else None,
+                          opset_version=17,
                           dynamo=False)
     side = {"schema": 1, "model": {"family": "stub", "layer": "pool", "score": "sum_mu", "anomaly_map": "attention"},
             "input": {"height": size, "width": size, "channels": channels, "color": "gray" if channels == 1 else "rgb"},
@@ -135,6 +136,17 @@ def test_device_choice_for_onnxruntime(stub_model: Path) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(BackendUnavailable, match="no CUDA or TensorRT provider"):
             OnnxRuntimeBackend(stub_model, device="cuda:0")
+
+
+def test_a_fixed_batch_graph_takes_any_number_of_images(stub_model: Path, tmp_path: Path) -> None:
+    fixed = make_stub_model(tmp_path, dynamic=False)  # exported at batch 2, static
+    be = OnnxRuntimeBackend(fixed, providers="cpu", threads=1)
+    assert be.max_batch == 2
+    x = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+    ref = OnnxRuntimeBackend(stub_model, providers="cpu", threads=1).run(x)
+    for n in (1, 2):
+        out = be.run(x[:n])
+        assert all(out[k].shape[0] == n and np.allclose(out[k], ref[k][:n]) for k in NAMES)
 
 
 def test_onnxruntime_backend_named_outputs(stub_model: Path) -> None:

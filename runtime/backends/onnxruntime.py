@@ -124,11 +124,16 @@ class OnnxRuntimeBackend:
         self.threads = threads
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(image)
+        if self.max_batch is not None and n < self.max_batch:
+            # a graph exported with a fixed batch takes exactly that many images (a folder's last
+            # batch is usually short): pad with copies of the last image and drop their outputs
+            image = np.concatenate([image, np.repeat(image[-1:], self.max_batch - n, axis=0)])
         try:
             outs = self.session.run(None, {self.input_name: np.ascontiguousarray(image)})
         except self.errors as e:
             raise inference_failed(self.path, e) from e
-        return dict(zip(self.output_names, outs))
+        return {name: out[:n] for name, out in zip(self.output_names, outs)}
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

@@ -82,29 +82,30 @@ def save_checkpoint(path: str | Path, model: VAE, config: dict[str, Any], **stat
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def _torch_load(path: Path, source: str | Path | io.BytesIO, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from e
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return _torch_load(Path(path), path, map_location)
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
     """(checkpoint, sha256) from ONE read of the file's bytes: hashing the file again after
     loading it would record another file's hash if training rewrote it in between."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    data = path.read_bytes()
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from e
-    return ckpt, hashlib.sha256(data).hexdigest()
+    data = path.read_bytes() if path.is_file() else b""
+    return _torch_load(path, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return read_checkpoint(path, map_location)[0]
-
-
-def load_model_hashed(path: str | Path, map_location: str | torch.device = "cpu",
-                      arch: str | None = None) -> tuple[VAE, dict[str, Any], str]:
-    """The trained model in eval mode, the config it was trained with, and the sha256 of the
-    bytes it was built from; `arch` rejects a checkpoint of another family naming the file."""
-    ckpt, digest = read_checkpoint(path, map_location)
+def _model_from(ckpt: dict[str, Any], path: str | Path, arch: str | None) -> tuple[VAE, dict[str, Any]]:
+    """The trained model in eval mode and the config it was trained with; `arch` rejects a
+    checkpoint of another family with a message naming the file."""
     if ckpt.get("stats_ready") is False:  # Eq. 4 and fusion would silently use placeholders
         raise ValueError(f"{path}: training stopped before the normal-data statistics were fitted; "
                          "finish it with python -m training.train --resume")
@@ -114,9 +115,17 @@ def load_model_hashed(path: str | Path, map_location: str | torch.device = "cpu"
         raise ValueError(f"{path}: model.arch is {found!r}, not {arch!r}")
     model = build_model(config["model"])
     model.load_state_dict(ckpt["model"])
-    return model.eval(), config, digest
+    return model.eval(), config
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu",
                arch: str | None = None) -> tuple[VAE, dict[str, Any]]:
-    return load_model_hashed(path, map_location, arch)[:2]
+    return _model_from(load_checkpoint(path, map_location), path, arch)
+
+
+def load_model_hashed(path: str | Path, map_location: str | torch.device = "cpu",
+                      arch: str | None = None) -> tuple[VAE, dict[str, Any], str]:
+    """load_model plus the sha256 of the bytes the model was built from (export, parity check,
+    the torch backend: what they record or verify must be what they loaded)."""
+    ckpt, digest = read_checkpoint(path, map_location)
+    return (*_model_from(ckpt, path, arch), digest)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.attention import explain
+from training.attention import attention_map, layer_gradients
 from training.data import load_split
 from training.maps import GaussianBlur, recon_error
 from training.models import VAE
@@ -20,14 +20,26 @@ def _batches(images: np.ndarray, batch: int):
         yield torch.from_numpy(images[i:i + batch])
 
 
-def attention_scale(model: VAE, images: np.ndarray, layer: str, score: str, batch: int = 16,
-                    device: str | torch.device = "cpu") -> torch.Tensor:
-    """The unit fusion divides an attention map by: the median over normal images of each map's
-    99th percentile. Each layer and score has its own (layer1's values are not layer3's)."""
+def attention_scales(model: VAE, images: np.ndarray, layers: list[str], scores: list[str], batch: int = 16,
+                     device: str | torch.device = "cpu") -> dict[tuple[str, str], float]:
+    """The unit fusion divides an attention map by, for every (layer, score), from one forward
+    and one backward per score over the images: the median over normal images of each map's 99th
+    percentile. Each layer and score has its own (layer1's values are not layer3's)."""
     model.eval()
-    q = [explain(model, x.to(device), layer, score).attention.detach().flatten(1).quantile(0.99, dim=1)
-         for x in _batches(images, batch)]
-    return torch.cat(q).median().clamp_min(1e-8)
+    q: dict[tuple[str, str], list[torch.Tensor]] = {(layer, score): [] for layer in layers for score in scores}
+    for x in _batches(images, batch):
+        out, acts, grads = layer_gradients(model, x.to(device), layers, scores)
+        size = tuple(out.target.shape[-2:])
+        for i, layer in enumerate(layers):
+            for score in scores:
+                att = attention_map(acts[i].detach(), grads[score][i], size)
+                q[(layer, score)].append(att.flatten(1).quantile(0.99, dim=1))
+    return {k: float(torch.cat(v).median().clamp_min(1e-8)) for k, v in q.items()}
+
+
+def attention_scale(model: VAE, images: np.ndarray, layer: str, score: str, batch: int = 16,
+                    device: str | torch.device = "cpu") -> float:
+    return attention_scales(model, images, [layer], [score], batch, device)[(layer, score)]
 
 
 def fit_normal_stats(model: VAE, images: np.ndarray, layer: str, score: str, sigma: float, batch: int = 16,
@@ -47,23 +59,20 @@ def fit_normal_stats(model: VAE, images: np.ndarray, layer: str, score: str, sig
     mu = torch.cat(mus)
     model.normal_mu.copy_(mu.mean(0))
     model.normal_var.copy_(torch.cat(variances).mean(0) + mu.var(0, unbiased=False))
-    scale = torch.stack([attention_scale(model, images, layer, score, batch, device), torch.cat(err_q).median()])
+    att_scale = attention_scale(model, images, layer, score, batch, device)
+    scale = torch.tensor([att_scale, float(torch.cat(err_q).median())])
     model.map_scale.copy_(scale.clamp_min(1e-8))
 
 
 def fusion_scales(model: VAE, config: dict[str, Any], layers: list[str], scores: list[str],
                   root: str | Path | None = None, device: str | torch.device = "cpu") -> dict[tuple[str, str], float]:
     """Attention scale for each (layer, score) a benchmark fuses: the stored one for the
-    configured pair; for the others, measured on the training images (read only when needed)."""
+    configured pair; the others measured on the training images, read only when needed."""
     inf, mcfg = config["inference"], config["model"]
-    scales, normal = {}, None
-    for layer in layers:
-        for score in scores:
-            if (layer, score) == (inf["layer"], inf["score"]):
-                scales[(layer, score)] = float(model.map_scale[0])
-                continue
-            if normal is None:
-                normal = load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1), strict=False,
-                                    root=root).images
-            scales[(layer, score)] = float(attention_scale(model, normal, layer, score, device=device))
-    return scales
+    configured = (inf["layer"], inf["score"])
+    pairs = {(layer, score) for layer in layers for score in scores}
+    stored = {configured: float(model.map_scale[0])} if configured in pairs else {}
+    if len(stored) == len(pairs):
+        return stored
+    normal = load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1), strict=False, root=root).images
+    return {**attention_scales(model, normal, layers, scores, device=device), **stored}

@@ -161,8 +161,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
             if max_steps is not None and step >= max_steps:
                 done = True
                 break
-        if step == (epoch + 1) * len(loader):
-            epoch += 1
+        epoch = step // len(loader)  # unchanged when --max-steps stopped inside the epoch
         if world > 1:  # log the global batch's loss, not rank 0's share of it
             t = torch.tensor(sums, dtype=torch.float64)
             dist.all_reduce(t)

@@ -126,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minmax", action="store_true",
                    help="diagnostic: also every map min-max normalized per image (results in <config>_minmax/)")
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
         r = run(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(r["metrics"], extra=["darkness_corr"]))

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if any(len(g) < 2 for g in args.group):
         p.error("--group takes a name and at least one result folder")
+    names = [g[0] for g in args.group]
+    if len(set(names)) != len(names):
+        p.error(f"--group names must differ (given: {' '.join(names)})")
     try:
         result = {g[0]: summarize(load_runs(g[1:]), args.maps) for g in args.group}
     except ValueError as e:

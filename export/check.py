@@ -291,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_report(result))
     if args.json:
-        write_json(args.json, result.to_json())
+        try:
+            write_json(args.json, result.to_json())
+        except OSError as e:
+            print(f"error: {args.json}: cannot write the report ({e.strerror or e})", file=sys.stderr)
+            return 1
     return 0 if result.ok else 1
 
 

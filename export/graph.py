@@ -276,6 +276,11 @@ class ExportModule(nn.Module):
         super().__init__()
         if score not in SCORES:
             raise ExportError(f"unknown score '{score}'; choose one of {SCORES}")
+        heads = (model.fc, model.fc_mu, model.fc_logvar)
+        if type(model).heads is not VAE.heads or not all(isinstance(h, nn.Linear) for h in heads):
+            # the backward below assumes Linear fc and heads and the soft logvar clamp of VAE.heads
+            raise ExportError(f"model arch '{model.config.get('arch')}' has no export graph "
+                              "(the one-class VAEs mnist, ucsd and resnet18 do)")
         self.model = model
         super().train(False)  # eval BatchNorm: the backward below relies on it
         self.score, self.per_dim = score, bool(per_dim)

@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 
 from export.graph import OUTPUT_DOCS, ExportError, ExportModule, build_export_module, output_shapes
-from export.sidecar import SidecarError, write_sidecar
+from export.sidecar import SidecarError, check_sidecar_free, write_sidecar
 from training.attention import SCORES
 from training.checkpoint import atomic_write
 
@@ -263,6 +263,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = Non
         raise ExportError(f"opset {opset} is outside {OPSET_RANGE[0]}..{OPSET_RANGE[1]} "
                           f"(TensorRT 10 parses opsets up to 20)")
     out = Path(out)
+    check_sidecar_free(out)
     started = time.perf_counter()
     module, settings = build_export_module(checkpoint, layer, score, per_dim, recon)
     names = list(module.output_names)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,28 @@ def _dump(path: Path, info: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def listed_files(model_path: str | Path) -> list[str]:
+    """The files the sidecar at X.yaml lists today ([] when there is none or it is unreadable)."""
+    path = sidecar_path(model_path)
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []
+    files = data.get("files") if isinstance(data, dict) else None
+    return [str(f) for f in files] if isinstance(files, dict) else []
+
+
+def check_sidecar_free(model_path: str | Path) -> None:
+    """SidecarError when X.yaml already describes other files and not X: X.onnx and X.trt share
+    one sidecar, so writing X's would destroy another model's (its thresholds included). Called
+    before a long export or build, so nothing is written when the name is taken."""
+    model_path = Path(model_path)
+    listed = listed_files(model_path)
+    if listed and model_path.name not in listed:
+        raise SidecarError(f"{sidecar_path(model_path)}: already the sidecar of {', '.join(listed)} (another "
+                           f"model); writing {model_path.name} there would replace it: choose another name")
+
+
 def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
     """Write X.yaml for X.onnx/X.trt: `info` holds model/input/outputs/preprocessing (and optionally
     files, thresholds); the model file's entry (sha256, size) is added from the file itself,
@@ -108,6 +131,11 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
         if key not in data:
             raise SidecarError(f"{sidecar_path(model_path)}: sidecar info lacks '{key}'")
     path = sidecar_path(model_path)
+    check_sidecar_free(model_path)
+    dropped = [f for f in listed_files(model_path) if f not in data["files"]]
+    if dropped:  # a re-export: what was built from the previous model no longer matches it
+        warnings.warn(f"{path}: no longer lists {', '.join(dropped)} (made from the previous "
+                      f"{model_path.name}); rebuild or re-calibrate it", stacklevel=2)
     _dump(path, data)
     return path
 
@@ -164,5 +192,5 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     return data
 
 
-__all__ = ["SCHEMA", "SidecarError", "file_entry", "read_sidecar", "sidecar_path", "update_sidecar",
+__all__ = ["SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "listed_files", "read_sidecar", "sidecar_path", "update_sidecar",
            "versions", "write_sidecar"]

@@ -34,7 +34,7 @@ from onnx import shape_inference
 
 from export.check import load_images, ort_session, output_scale, run_session
 from export.onnx import load_onnx, onnx_opset, read_metadata, relative_to
-from export.sidecar import SidecarError, file_entry, read_sidecar, update_sidecar, write_sidecar
+from export.sidecar import SidecarError, check_sidecar_free, file_entry, read_sidecar, update_sidecar, write_sidecar
 from training.checkpoint import atomic_write
 
 # TensorRT 10.0's ONNX parser accepts opsets 9..20 (later 10.x accept more; 20 builds on all).
@@ -250,6 +250,11 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
     """Check the graph, build and write the engine atomically, record it in the sidecar."""
     onnx_path, out = Path(onnx_path), Path(out)
     sidecar = read_sidecar(onnx_path, verify=True)  # the ONNX must be the one its sidecar describes
+    # resolved: `screw.onnx` and `$PWD/screw.trt` share screw.yaml, and a second sidecar written
+    # there would drop the .onnx entry
+    shared = out.resolve().with_suffix("") == onnx_path.resolve().with_suffix("")
+    if not shared:
+        check_sidecar_free(out)  # before the build: a frozen copy must not take another model's sidecar
     meta = read_metadata(onnx_path)
     report = check_graph(onnx_path)
     if not report.ok:
@@ -280,9 +285,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
             "opt_batch": opt_batch, "fp32_layers": kept, "device": _device_name(),
             "source": {"file": onnx_path.name, "sha256": sidecar["files"][onnx_path.name]["sha256"]},
             "seconds": round(seconds, 1)}
-    # resolved: `screw.onnx` and `$PWD/screw.trt` share screw.yaml, and a second sidecar written
-    # there would drop the .onnx entry
-    if out.resolve().with_suffix("") == onnx_path.resolve().with_suffix(""):
+    if shared:
         update_sidecar(onnx_path, files={out.name: file_entry(out, **info)})
         sidecar_file = onnx_path.with_suffix(".yaml")
     else:

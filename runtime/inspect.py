@@ -48,7 +48,7 @@ from runtime.model import Model, ModelError, open_model
 from runtime.backends import BackendError
 from runtime.postprocess import OutputError, Thresholds, inspect_map
 from training.checkpoint import atomic_write, json_text, sha256, write_json
-from training.preprocess import ImageError, read_image, to_uint8_channels
+from training.preprocess import ImageError, decode_file, read_image, to_uint8_channels
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                               ".pnm", ".pbm", ".jp2", ".dib", ".jpe"})
@@ -224,14 +224,7 @@ def decode(path: Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> D
     if f == 0:
         raise ImageError(f"{path}: image too large ({w}x{h}; over {max_pixels} pixels even at 1/8, see --max-pixels)")
     with _huge_lock:
-        try:
-            data = np.fromfile(str(path), dtype=np.uint8)
-        except OSError as e:
-            raise ImageError(f"{path}: cannot read ({_reason(e)})") from e
-        img = cv2.imdecode(data, _REDUCED[(channels, f)])
-        del data
-    if img is None:
-        raise ImageError(f"{path}: not a decodable image (corrupt, truncated or not an image)")
+        img = decode_file(path, _REDUCED[(channels, f)])
     img = to_uint8_channels(img, channels, source=str(path))
     return Decoded(img, (h, w), w / img.shape[1])
 

@@ -137,3 +137,53 @@ def test_read_image_channel_conversions(tmp_path: Path):
     cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8), np.uint8))
     (tmp_path / "x.png").rename(uni)
     assert read_image(uni, 3).shape == (8, 8, 3)
+
+
+def _huge_header_png(path: Path) -> None:
+    """A valid 2x2 PNG whose IHDR claims 100000x100000 pixels: OpenCV raises instead of returning None."""
+    import struct
+    import zlib
+
+    ok, buf = cv2.imencode(".png", np.zeros((2, 2), np.uint8))
+    data = bytearray(buf.tobytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", 100000, 100000)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_header_opencv_refuses_is_named_in_training_and_skipped_in_evaluation(mvtec_dir: Path):
+    _huge_header_png(mvtec_dir / "train" / "good" / "zz_huge.png")
+    with pytest.raises(ImageError, match="zz_huge.png: OpenCV refuses"):
+        load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
+    _huge_header_png(mvtec_dir / "test" / "good" / "zz_huge.png")
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)
+    assert len(split) == 6 and [Path(f).name for f, _ in split.skipped] == ["zz_huge.png"]
+
+
+def test_training_reads_train_good_only_and_reports_other_folders(mvtec_dir: Path):
+    (mvtec_dir / "train" / "crack").mkdir()
+    cv2.imwrite(str(mvtec_dir / "train" / "crack" / "000.png"), np.zeros((64, 64), np.uint8))
+    (mvtec_dir / "train" / ".ipynb_checkpoints").mkdir()
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "train", 32, 1, strict=True)
+    assert len(split) == 16 and set(split.kinds) == {"good"} and not split.labels.any()
+    assert split.skipped == [(str(mvtec_dir / "train" / "crack"), "folder ignored: training reads train/good only")]
+
+
+def test_a_mask_of_another_size_is_not_stretched(mvtec_dir: Path):
+    cv2.imwrite(str(mvtec_dir / "ground_truth" / "crack" / "001_mask.png"), np.zeros((64, 32), np.uint8))
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)
+    assert "crack/001.png" not in split.names and len(split) == 5
+    assert "its mask" in split.skipped[0][1] and "32x64, the image 64x64" in split.skipped[0][1]
+
+
+def test_a_broken_mask_is_reported_as_the_mask(mvtec_dir: Path):
+    mask = mvtec_dir / "ground_truth" / "crack" / "001_mask.png"
+    mask.write_bytes(b"")
+    split = load_split({"format": "mvtec", "root": str(mvtec_dir)}, "test", 32, 1, strict=False)
+    assert split.skipped[0][1] == f"its mask {mask}: empty file (0 bytes)"
+
+
+def test_config_without_data_root_is_one_clear_error():
+    with pytest.raises(ValueError, match="data.root is not set"):
+        load_split({"format": "mvtec"}, "train", 32, 1, strict=True)

@@ -62,6 +62,9 @@ def test_evaluate_cli_errors(checkpoint: Path, mvtec_dir: Path, tmp_path: Path, 
     assert "error: the test split has 0 defective" in capsys.readouterr().err
     assert evaluate_main(["--checkpoint", str(checkpoint), "--layer", "fc"]) == 1
     assert "not a feature map" in capsys.readouterr().err
+    # a layer named twice is scored once (it used to double the map's rows against the masks)
+    assert evaluate_main(["--checkpoint", str(checkpoint), "--layer", "layer3", "--layer", "layer3"]) == 0
+    assert capsys.readouterr().out.count("attention/layer3/sum_mu/eq2") == 1
 
 
 def test_a_checkpoint_without_fitted_statistics_is_refused(mvtec_dir: Path, tmp_path: Path, capsys):
@@ -162,6 +165,9 @@ def test_seed_summary_means_spread_and_errors(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as e:
         seeds_main(["--group", "C"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:  # a second group of the same name would replace the first
+        seeds_main(["--group", "C", str(tmp_path / "s0"), "--group", "C", str(tmp_path / "s1")])
+    assert e.value.code == 2 and "names must differ" in capsys.readouterr().err
 
 
 def test_residual_attention_bench_on_a_checkpoint(checkpoint: Path, tmp_path: Path, capsys):

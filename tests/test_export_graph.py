@@ -214,3 +214,11 @@ def test_load_model_hashed_errors(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "early.pt", make_model("mnist"), cfg, stats_ready=False)
     with pytest.raises(ValueError, match="normal-data statistics"):
         load_model_hashed(tmp_path / "early.pt")
+
+
+def test_a_model_without_the_one_class_heads_has_no_export_graph() -> None:
+    from training.models import build_model
+
+    model = build_model({"arch": "factorvae", "size": 64, "channels": 1, "latent": 10})
+    with pytest.raises(ExportError, match="model arch 'factorvae' has no export graph"):
+        ExportModule(model, "conv4", "sum_mu", "attention", 1.0)

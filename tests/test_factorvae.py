@@ -152,3 +152,15 @@ def test_train_cli_dispatches_dsprites_configs(tmp_path: Path, monkeypatch: pyte
                                "--max-steps", "1", "--quiet"]) == 0
         ck = torch.load(out / "model.pt", weights_only=True)
         assert ck["step"] == 1 and ck["config"]["model"]["arch"] == "factorvae"
+
+
+def test_a_dsprites_config_missing_train_keys_gets_the_family_defaults(tmp_path: Path) -> None:
+    from training.config import load_config
+    from training.factorvae_train import TRAIN_DEFAULTS, train_settings
+
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("model: {arch: factorvae, latent: 10}\ntrain: {steps: 100, gamma: 40}\n")
+    t = train_settings(load_config(cfg))
+    assert t["steps"] == 100 and t["gamma"] == 40
+    assert {k: t[k] for k in ("batch_size", "loss", "lr", "beta", "seed")} == \
+        {k: TRAIN_DEFAULTS[k] for k in ("batch_size", "loss", "lr", "beta", "seed")}

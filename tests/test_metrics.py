@@ -51,3 +51,16 @@ def test_localization_metrics_keys_and_image_score():
     r = localization_metrics(masks, maps, np.array([0, 0, 1, 1]))
     assert r["pixel_auroc"] == pytest.approx(1.0) and r["image_auroc"] == pytest.approx(1.0)
     assert r["best_iou"] == pytest.approx(1.0)
+
+
+def test_aupro_when_tied_normal_scores_straddle_the_fpr_limit():
+    # 100 normal pixels: 20 at 3, 30 at 2, 50 at 0; one 10-pixel region: 5 at 3, 5 at 2.
+    # MVTec's PRO curve: (0, 0), (0.2, 0.5) at >= 3, (0.5, 1) at >= 2: at FPR 0.3 the PRO is
+    # 0.5 + 0.5 * (0.1 / 0.3), interpolated towards (0.5, 1), not towards (1, 1).
+    maps = np.zeros((1, 10, 11))
+    masks = np.zeros((1, 10, 11), bool)
+    masks[0, :, 10] = True
+    maps[0, :, :10] = np.array([3.0] * 20 + [2.0] * 30 + [0.0] * 50).reshape(10, 10)
+    maps[0, :5, 10], maps[0, 5:, 10] = 3.0, 2.0
+    exact = (0.5 * 0.2 * 0.5 + 0.5 * (0.5 + 0.5 + 0.5 / 3) * 0.1) / 0.3
+    assert aupro(masks, maps) == pytest.approx(exact, abs=1e-9)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.backends import BackendUnavailable
+from runtime.backends import BackendError, BackendUnavailable
 from runtime.backends import tensorrt as rt
 
 H, W, C = 6, 5, 1
@@ -202,4 +202,31 @@ def test_old_tensorrt_and_missing_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendUnavailable, match="needs a CUDA GPU") as e:
         rt.TensorRTBackend(tmp_path / "m.trt")
+    assert "\n" not in str(e.value)
+
+
+def test_an_engine_tensorrt_cannot_load_is_one_backend_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    class Runtime:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> None:  # TensorRT 10: None for a foreign engine
+            return None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    fake = types.SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=Runtime)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    engine = tmp_path / "m.trt"
+    engine.write_bytes(b"an engine of another TensorRT")
+    with pytest.raises(BackendError, match="m.trt: TensorRT could not deserialize"):
+        rt.TensorRTBackend(engine)
+    with pytest.raises(BackendError, match="gone.trt: cannot load the TensorRT engine") as e:
+        rt.TensorRTBackend(tmp_path / "gone.trt")
     assert "\n" not in str(e.value)

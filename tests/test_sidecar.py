@@ -126,3 +126,23 @@ def test_update_adds_the_engine_and_thresholds(model_file: Path, tmp_path: Path)
         update_sidecar(model_file, schema=2)
     with pytest.raises(SidecarError, match="sidecar missing"):
         update_sidecar(tmp_path / "other.onnx", thresholds={})
+
+
+def test_a_sidecar_of_another_file_is_never_overwritten(model_file: Path) -> None:
+    engine = model_file.with_suffix(".trt")
+    engine.write_bytes(b"an engine built from another onnx")
+    write_sidecar(engine, INFO)  # screw.yaml now describes screw.trt only (a frozen copy)
+    before = sidecar_path(model_file).read_bytes()
+    with pytest.raises(SidecarError, match="already the sidecar of screw.trt"):
+        write_sidecar(model_file, INFO)
+    assert sidecar_path(model_file).read_bytes() == before
+
+
+def test_a_re_export_says_which_entries_it_drops(model_file: Path) -> None:
+    write_sidecar(model_file, INFO)
+    engine = model_file.with_suffix(".trt")
+    engine.write_bytes(b"engine")
+    update_sidecar(model_file, files={engine.name: file_entry(engine, format="tensorrt")})
+    with pytest.warns(UserWarning, match="no longer lists screw.trt"):
+        write_sidecar(model_file, INFO)
+    assert list(read_sidecar(model_file)["files"]) == ["screw.onnx"]

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 import export.tensorrt as et
 from export.onnx import export_onnx
-from export.sidecar import read_sidecar
+from export.sidecar import SidecarError, read_sidecar
 from test_export_graph import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -491,3 +491,20 @@ def test_verify_exits_1_when_the_engine_disagrees(model_dir: Path, monkeypatch: 
         assert err == ""
     else:
         assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_a_frozen_copy_never_takes_another_models_sidecar(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # other.onnx has its own sidecar (thresholds and all): an engine named other.trt built from
+    # digit.onnx would overwrite it, so the build is refused before anything is written
+    for suffix in (".onnx", ".yaml"):
+        shutil.copy(model_dir / f"digit{suffix}", model_dir / f"other{suffix}")
+    text = (model_dir / "other.yaml").read_text().replace("digit.onnx", "other.onnx")
+    (model_dir / "other.yaml").write_text(text)
+    before = (model_dir / "other.yaml").read_bytes()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    with pytest.raises(SidecarError, match="other.yaml: already the sidecar of other.onnx"):
+        et.build_engine(model_dir / "digit.onnx", model_dir / "other.trt")
+    assert not (model_dir / "other.trt").exists() and (model_dir / "other.yaml").read_bytes() == before
+    assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "other.trt")]) == 1
+    assert "choose another name" in capsys.readouterr().err

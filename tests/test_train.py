@@ -164,3 +164,11 @@ def test_cli_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(bad)
+    foreign = tmp_path / "state_dict.pt"  # loads under weights_only, but says nothing of its model
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="state_dict.pt: not a checkpoint of this project"):
+        load_model(foreign)
+    for flag, value in (("--max-steps", "0"), ("--max-steps", "-5"), ("--epochs", "0")):
+        with pytest.raises(SystemExit) as e:
+            train_main(["--config", str(cfg), flag, value])
+        assert e.value.code == 2 and f"{flag} {value}: must be at least 1" in capsys.readouterr().err

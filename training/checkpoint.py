@@ -106,6 +106,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _model_from(ckpt: dict[str, Any], path: str | Path, arch: str | None) -> tuple[VAE, dict[str, Any]]:
     """The trained model in eval mode and the config it was trained with; `arch` rejects a
     checkpoint of another family with a message naming the file."""
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("model"), dict)):
+        raise ValueError(f"{path}: not a checkpoint of this project (no config and model state; "
+                         "a bare state_dict or tensor cannot say which model it is)")
     if ckpt.get("stats_ready") is False:  # Eq. 4 and fusion would silently use placeholders
         raise ValueError(f"{path}: training stopped before the normal-data statistics were fitted; "
                          "finish it with python -m training.train --resume")

@@ -35,4 +35,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid YAML ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config is a mapping with model/data/train/inference sections")
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("arch") == "factorvae":
+        # the dSprites family has its own `train` keys and defaults (factorvae_train.TRAIN_DEFAULTS);
+        # the one-class defaults above would silently replace them
+        return merge({**DEFAULTS, "train": {}}, raw)
     return merge(DEFAULTS, raw)

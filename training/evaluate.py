@@ -38,6 +38,8 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
                  scales: dict[tuple[str, str], float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """All maps [N, H, W] (float32) for the split, and the KL image score [N]. A fusion row for
     each (layer, score) in `scales` (stats.fusion_scales), with the eq2 attention."""
+    # a name given twice would add its map twice per batch (twice the rows of the masks)
+    layers, scores, variants = (list(dict.fromkeys(x)) for x in (layers, scores, variants))
     model.eval().to(device)
     blur = GaussianBlur(sigma).to(device)
     ssim_error = AnomalyMap("ssim_error", sigma).to(device)

@@ -19,11 +19,11 @@ class ImageError(ValueError):
     """An input image that cannot be used; the message names the file and the reason."""
 
 
-def read_image(path: str | Path, channels: int) -> np.ndarray:
-    """Decode an image file to uint8 [H, W, C] with C = channels (1 gray, 3 RGB).
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode an image file as stored (any depth and channel count, OpenCV's BGR order).
 
-    16-bit images are scaled to 8 bit, RGBA drops alpha, gray is replicated to RGB when asked.
-    Raises ImageError naming the file for zero-byte, corrupt or non-image files.
+    Raises ImageError naming the file for unreadable, zero-byte, corrupt or non-image files, and
+    for headers OpenCV refuses to allocate (it raises cv2.error, e.g. a PNG claiming 100000^2 pixels).
     """
     p = Path(path)
     try:
@@ -32,10 +32,22 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from e
     if data.size == 0:
         raise ImageError(f"{p}: empty file (0 bytes)")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error as e:
+        raise ImageError(f"{p}: OpenCV refuses to decode it ({getattr(e, 'err', '') or str(e).strip()[:200]})") from e
     if img is None:
         raise ImageError(f"{p}: not a decodable image (corrupt, truncated or not an image)")
-    return to_uint8_channels(img, channels, source=str(p))
+    return img
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """Decode an image file to uint8 [H, W, C] with C = channels (1 gray, 3 RGB).
+
+    16-bit images are scaled to 8 bit, RGBA drops alpha, gray is replicated to RGB when asked.
+    Raises ImageError naming the file for zero-byte, corrupt or non-image files.
+    """
+    return to_uint8_channels(decode_file(path), channels, source=str(path))
 
 
 def to_uint8_channels(img: np.ndarray, channels: int, source: str = "image") -> np.ndarray:

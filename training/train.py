@@ -81,6 +81,8 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         torch.backends.cudnn.deterministic = True
 
     split = load_split(dcfg, "train", mcfg["size"], mcfg.get("channels", 1), strict=True)
+    for f, why in split.skipped if rank == 0 else ():
+        print(f"note: {f}: {why}", file=sys.stderr)
     aug = dcfg.get("augment") or {}
     data = AugmentedImages(split.images, float(aug.get("rotate", 0)), bool(aug.get("hflip")),
                            bool(aug.get("vflip")), seed)
@@ -201,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps {args.max_steps}: must be at least 1")
     try:
         config = load_config(args.config)
         over: dict[str, Any] = {}

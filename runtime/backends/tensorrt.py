@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from runtime.backends import BackendUnavailable, inference_failed
+from runtime.backends import BackendError, BackendUnavailable, inference_failed
 
 @dataclass(frozen=True)
 class IOTensor:
@@ -161,16 +161,27 @@ class TensorRTBackend:
         if dev.type != "cuda":
             raise BackendUnavailable(f"TensorRT backend runs on a CUDA device, not '{device}'")
         torch.cuda.set_device(dev)
+        try:  # the engine's and the runner's failures become one BackendError line naming the file
+            self._load(trt, dev)
+        except BackendError:
+            raise
+        except (RuntimeError, OSError) as e:
+            raise BackendError(f"{self.path}: cannot load the TensorRT engine ({e.__class__.__name__}: "
+                               f"{(str(e).strip().splitlines() or [''])[0][:300]})") from e
+
+    def _load(self, trt: Any, dev: torch.device) -> None:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
-            raise RuntimeError(f"{self.path}: TensorRT could not deserialize the engine (built by another "
+            raise BackendError(f"{self.path}: TensorRT could not deserialize the engine (built by another "
                                f"TensorRT version or for another GPU?); rebuild it with python -m export.tensorrt")
         self.engine = engine
         self.context = engine.create_execution_context()
         tensors = describe_io(engine, lambda m: m == trt.TensorIOMode.INPUT, trt.nptype)
-        inp = next(t for t in tensors if t.is_input)
+        inp = next((t for t in tensors if t.is_input), None)
+        if inp is None:
+            raise BackendError(f"{self.path}: the engine has no input tensor; not an engine of this project")
         lo, hi = batch_range(engine, inp)
         self.stream = torch.cuda.Stream(device=dev)
 

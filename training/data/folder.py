@@ -4,11 +4,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from training.data.split import Split
-from training.preprocess import ImageError, read_image, resize_to_model
+from training.preprocess import ImageError, decode_file, read_image, resize_to_model, to_uint8_channels
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -29,9 +28,9 @@ def read_many(paths: list[Path], size: int, channels: int, strict: bool,
     imgs, outs_m, kept, skipped, shapes = [], [], [], [], []
     for i, p in enumerate(paths):
         try:
-            raw = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_UNCHANGED) if p.stat().st_size else None
-            shape = None if raw is None else (raw.shape[0], raw.shape[1], 1 if raw.ndim == 2 else raw.shape[2])
-            img = read_image(p, channels)
+            raw = decode_file(p)
+            shape = (raw.shape[0], raw.shape[1], 1 if raw.ndim == 2 else raw.shape[2])
+            img = to_uint8_channels(raw, channels, source=str(p))
             if strict and shapes and shape != shapes[0]:
                 raise ImageError(f"{p}: size/channels {shape} differ from {paths[kept[0]].name} {shapes[0]}")
             m = None
@@ -42,7 +41,15 @@ def read_many(paths: list[Path], size: int, channels: int, strict: bool,
                 elif not mp.exists():
                     raise ImageError(f"{p}: defect image has no mask (expected {mp})")
                 else:
-                    m = resize_to_model(read_image(mp, 1), size, size)[:, :, 0] > 127
+                    try:
+                        mask = read_image(mp, 1)
+                    except ImageError as e:
+                        raise ImageError(f"{p}: its mask {e}") from e
+                    if mask.shape[:2] != shape[:2]:
+                        # a mask of another size is another image's mask: stretching it would score garbage
+                        raise ImageError(f"{p}: its mask {mp} is {mask.shape[1]}x{mask.shape[0]}, "
+                                         f"the image {shape[1]}x{shape[0]}")
+                    m = resize_to_model(mask, size, size)[:, :, 0] > 127
             imgs.append(resize_to_model(img, size, size))
             outs_m.append(m)
             kept.append(i)
@@ -50,7 +57,7 @@ def read_many(paths: list[Path], size: int, channels: int, strict: bool,
         except (ImageError, OSError) as e:
             if strict:
                 raise ImageError(str(e)) from e
-            skipped.append((str(p), str(e).split(": ", 1)[-1]))
+            skipped.append((str(p), str(e).removeprefix(f"{p}: ")))
     if shapes:
         common = Counter(shapes).most_common(1)[0][0]
         odd = {j for j, s in enumerate(shapes) if s != common}

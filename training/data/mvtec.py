@@ -15,7 +15,13 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool) -> Spli
     if not base.is_dir():
         raise ImageError(f"{base}: missing (MVTec layout needs {split}/good, test/<type>, ground_truth/<type>)")
     paths, labels, kinds, masks = [], [], [], []
-    for kind_dir in sorted(d for d in base.iterdir() if d.is_dir()):
+    folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    ignored = []
+    if split == "train":
+        # one-class training: only train/good; a stray train/<defect> folder must not be learnt as normal
+        ignored = [(str(d), "folder ignored: training reads train/good only") for d in folders if d.name != "good"]
+        folders = [d for d in folders if d.name == "good"]
+    for kind_dir in folders:
         for p in list_images(kind_dir):
             paths.append(p)
             good = kind_dir.name == "good"
@@ -27,4 +33,4 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool) -> Spli
     want_masks = split == "test"
     imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if want_masks else None)
     return Split(imgs, np.asarray(labels)[kept], m, [f"{kinds[i]}/{paths[i].name}" for i in kept],
-                 [kinds[i] for i in kept], skipped)
+                 [kinds[i] for i in kept], ignored + skipped)

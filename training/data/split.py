@@ -79,7 +79,10 @@ def load_split(data_cfg: dict[str, Any], split: str, size: int, channels: int, s
     from training.data import folder, mnist, mvtec, ucsd
 
     fmt = data_cfg.get("format", "mvtec")
-    root = Path(root or data_cfg["root"])
+    root = root or data_cfg.get("root")
+    if not root:
+        raise ValueError("data.root is not set: give it in the config's data section or with --data")
+    root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: data folder does not exist")
     if fmt == "mvtec":

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{data.get('root')!r}", file=sys.stderr)
         return 2
     root = Path(data["root"])
+    if args.input and not Path(args.input).exists():  # a typo must not cost the training run first
+        print(f"error: --input {args.input}: no such file or folder", file=sys.stderr)
+        return 2
     out = Path(args.out)
     ckpt, onnx_path = out / "train" / "model.pt", out / "deploy" / "screw.onnx"
     train_args = ["--config", args.config, "--out", str(out / "train")]

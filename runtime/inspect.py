@@ -26,6 +26,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -76,7 +77,14 @@ def _reason(e: Exception) -> str:
     """One short line: an OSError's strerror (its message would repeat a possibly very long path)."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+    return report_name(str(e).strip().splitlines()[0][:200]) if str(e).strip() else e.__class__.__name__
+
+
+def report_name(name: str) -> str:
+    """A file name as the report writes it: bytes that are not UTF-8 (Python keeps them as lone
+    surrogates, which no UTF-8 writer accepts) become backslash escapes, e.g. caf\\xe9.png. The
+    report key, error texts and picture names all use it; reading uses the real path."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _key(p: Path | os.DirEntry) -> tuple[int, int] | None:  # type: ignore[type-arg]
@@ -85,6 +93,14 @@ def _key(p: Path | os.DirEntry) -> tuple[int, int] | None:  # type: ignore[type-
         return st.st_dev, st.st_ino
     except OSError:
         return None
+
+
+def _is_dir(e: os.DirEntry) -> bool:  # type: ignore[type-arg]
+    """From the directory listing itself (d_type): works where stat() of the entry fails."""
+    try:
+        return e.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
@@ -99,7 +115,7 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
     pictures. `scandir` is injectable so tests can simulate unreadable folders (tests run as root).
     """
     if root.is_file():
-        return [Entry(root.name, root)]
+        return [Entry(report_name(root.name), root)]
     scandir = scandir or os.scandir
     out: list[Entry] = []
     skip = _key(exclude) if exclude is not None and exclude.exists() else None
@@ -125,13 +141,14 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
             return
         for e in entries:
             p = Path(e.path)
-            r = f"{rel}/{e.name}" if rel else e.name
+            name = report_name(e.name)
+            r = f"{rel}/{name}" if rel else name
             try:
                 st = os.stat(p)  # follows symlinks
             except OSError as err:
                 if err.errno == errno.ELOOP:
                     out.append(Entry(r, p, "symlink loop"))
-                elif Path(e.name).suffix.lower() in extensions:
+                elif Path(e.name).suffix.lower() in extensions or _is_dir(e):
                     out.append(Entry(r, p, f"cannot access ({_reason(err)}; broken symlink?)"
                                      if os.path.islink(p) else f"cannot access ({_reason(err)})"))
                 continue
@@ -251,8 +268,21 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+# Line breaks to Python's str.splitlines (and to many editors) that JSON leaves unescaped; json
+# escapes every other control character itself.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One report row as one JSON line that every line reader splits where we do."""
+    text = json_text(row, indent=None)
+    for ch, esc in _LINE_BREAKS.items():
+        text = text.replace(ch, esc)
+    return text + "\n"
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    data = "".join(json_text(r, indent=None) + "\n" for r in rows).encode("utf-8")
+    data = "".join(jsonl_line(r) for r in rows).encode("utf-8")
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -262,7 +292,8 @@ def read_report(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    # "\n" only: splitlines() also splits at U+2028 / U+0085, which a file name may contain
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
@@ -283,26 +314,30 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
             "p99": round(float(np.percentile(a, 99)), 3), "mean": round(float(a.mean()), 3)}
 
 
-def failure_kind(reason: str) -> str:
-    """A short class of a failure reason for the summary (the path removed)."""
-    r = reason.split(": ", 1)[-1] if ": " in reason else reason
+def failure_kind(reason: str, file: str = "") -> str:
+    """A short class of a failure reason for the summary: the row's own file name removed (it
+    may contain ': ' itself), then any parenthesized detail."""
+    r = reason.removeprefix(f"{file}: ") if file else reason
     return r.split(" (")[0].strip()
 
 
 def summarize(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], wall_s: float,
               header: dict[str, Any], status: str, cpu_s: float | None = None) -> dict[str, Any]:
-    ok_rows = [r for r in rows if r.get("status") == "ok"]
-    ng = sum(r.get("verdict") == "NG" for r in ok_rows)
-    good = sum(r.get("verdict") == "OK" for r in ok_rows)
+    # inspected = judged by the model (it has a score), even when its pictures could not be
+    # written: that row also counts as failed, but its verdict still counts, an NG part included
+    inspected = [r for r in rows if r.get("score") is not None]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    ng = sum(r.get("verdict") == "NG" for r in inspected)
+    good = sum(r.get("verdict") == "OK" for r in inspected)
     judged = ng + good
     run_ok = [r for r in run_rows if r.get("status") == "ok"]
     return {
         **header,
         "status": status,
-        "counts": {"total": len(rows), "inspected": len(ok_rows), "failed": len(rows) - len(ok_rows),
-                   "ok": good, "ng": ng, "no_verdict": len(ok_rows) - judged},
+        "counts": {"total": len(rows), "inspected": len(inspected), "failed": len(failed),
+                   "ok": good, "ng": ng, "no_verdict": len(inspected) - judged},
         "ng_rate": round(ng / judged, 6) if judged else None,
-        "failures": dict(Counter(failure_kind(r.get("reason") or "") for r in rows if r.get("status") != "ok")),
+        "failures": dict(Counter(failure_kind(r.get("reason") or "", r.get("file", "")) for r in failed)),
         "this_run": {"rows": len(run_rows), "inspected": len(run_ok), "wall_s": round(wall_s, 3),
                      "cpu_s": None if cpu_s is None else round(cpu_s, 3),
                      "images_per_s": round(len(run_ok) / wall_s, 3) if wall_s > 0 and run_ok else None},
@@ -328,7 +363,7 @@ class Reports:
         self.flush_tables("running", force=True)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.jsonl.write(json_text(row, indent=None) + "\n")
+        self.jsonl.write(jsonl_line(row))
         self.jsonl.flush()
         self.rows.append(row)
         self.run_rows.append(row)
@@ -437,9 +472,9 @@ def prepare_job(entry: Entry, model: Model, s: Settings) -> Job:
         if "overlay" not in s.save:
             d.image = d.image[:0, :0]  # only the overlay needs the pixels: free them early
     except ImageError as e:
-        job.error = str(e).replace(str(entry.path), entry.rel, 1)
+        job.error = report_name(str(e).replace(str(entry.path), entry.rel, 1))
     except (OSError, cv2.error, MemoryError) as e:
-        job.error = f"{entry.rel}: cannot decode ({str(e).splitlines()[0][:200]})"
+        job.error = f"{entry.rel}: cannot decode ({report_name(str(e).splitlines()[0][:200])})"
     job.decode_ms = (time.perf_counter() - t0) * 1e3
     return job
 
@@ -573,6 +608,14 @@ def device_arg(value: str) -> str:
     return value
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a threshold of nan or inf would make every comparison False or True."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", "--model", dest="engine", required=True,
@@ -584,8 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default="", help=f"pictures to write, comma list of {','.join(SAVE_KINDS)}")
     p.add_argument("--format", choices=["jpg", "png"], default="jpg",
                    help="overlay/heatmap file format (default jpg: ~20x faster to encode; masks are always png)")
-    p.add_argument("--threshold-pixel", type=float, help="pixel threshold on anomaly_map (default: sidecar)")
-    p.add_argument("--threshold-image", type=float, help="image-score threshold for NG (default: sidecar)")
+    p.add_argument("--threshold-pixel", type=finite_float, help="pixel threshold on anomaly_map (default: sidecar)")
+    p.add_argument("--threshold-image", type=finite_float, help="image-score threshold for NG (default: sidecar)")
     p.add_argument("--resume", action="store_true", help="skip inputs already in OUT/report.jsonl")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu (default: TensorRT, CUDA, CPU as available)")
@@ -677,7 +720,10 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     if "anomaly_map" not in model.output_names:
         raise ModelError(f"{model.path}: the model has no 'anomaly_map' output (outputs: {list(model.output_names)}); "
                          f"re-export it with python -m export.onnx")
-    th = Thresholds.resolve(model.thresholds, args.threshold_pixel, args.threshold_image)
+    try:
+        th = Thresholds.resolve(model.thresholds, args.threshold_pixel, args.threshold_image)
+    except ValueError as e:
+        raise ModelError(f"{model.path}: sidecar thresholds: {e}") from e
     if not th.any:
         print("note: no thresholds in the sidecar and none given (--threshold-pixel/--threshold-image): "
               "reporting scores only, no verdicts, masks or areas", file=sys.stderr)
@@ -711,6 +757,15 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
             raise UsageError(f"--resume: {out} holds a report made with a different {', '.join(differ)}; "
                              f"use a new --output or drop --resume")
     entries = discover(inp, args.recursive, exclude=out)
+    if previous:
+        # a failure of an input that is gone (a loop since fixed, a bad file since removed) would
+        # stay in the report for ever; rows with a score are results and stay
+        current = {e.rel for e in entries}
+        kept = [r for r in previous if r["file"] in current or r.get("score") is not None]
+        if len(kept) < len(previous):
+            print(f"resume: dropped {len(previous) - len(kept)} failure row(s) of inputs no longer there",
+                  file=sys.stderr)
+        previous = kept
     done = {r["file"] for r in previous}
     todo = [e for e in entries if e.rel not in done]
     if args.resume and previous:

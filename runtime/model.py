@@ -177,7 +177,8 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             raise ModelError(f"{file}: sha256 differs from the checkpoint the sidecar of {given} was exported from")
         spec = InputSpec.from_mapping((sidecar or {}).get("input") or be.input_spec, str(file))  # type: ignore[attr-defined]
     else:
-        file = given if implied == name else sibling_for(given, name)
+        # an extension that implies no backend: the named backend opens the given file itself
+        file = given if implied in (name, None) else sibling_for(given, name)
         sidecar = read_sidecar(file, verify)
         spec = InputSpec.from_mapping(sidecar.get("input") or {}, f"{file} sidecar")
         try:

@@ -13,6 +13,7 @@ runtime.inspect): maps live at the decoded size and boxes/area are scaled to ori
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,10 @@ class Thresholds:
         sp, si = side.get("pixel"), side.get("image")
         p = pixel if pixel is not None else (float(sp) if sp is not None else None)
         i = image if image is not None else (float(si) if si is not None else None)
+        for kind, value in (("pixel", p), ("image", i)):
+            # every comparison with NaN is False: a NaN threshold would pass every part as OK
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{kind} threshold {value} is not a finite number")
         used = set()
         for given, from_side in ((pixel, sp), (image, si)):
             if given is not None:

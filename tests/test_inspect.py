@@ -420,7 +420,10 @@ def test_picture_that_cannot_be_written_is_an_error_row(tmp_path: Path, model: P
     assert r["pictures"] is None
     assert by["a.png"]["status"] == "ok" and (out / "overlay" / "a.png.jpg").exists()
     s = json.loads((out / "summary.json").read_text())
-    assert s["status"] == "complete" and s["counts"]["failed"] == 1 and s["counts"]["inspected"] == 1
+    # failed (no picture) and inspected (it has a verdict): the NG part is not lost from the NG count
+    assert s["status"] == "complete" and s["counts"]["failed"] == 1 and s["counts"]["inspected"] == 2
+    assert s["counts"]["ng"] == 1 and s["counts"]["ok"] == 1 and s["ng_rate"] == 0.5
+    assert s["failures"] == {"cannot write overlay picture": 1}
     assert not list((out / "overlay").glob(".*"))  # no temporary left behind
     assert ri.main(args + ["--resume"]) == 0 and len(rows(out)) == 2
 
@@ -500,3 +503,74 @@ def test_inference_failure_is_one_line_error(tmp_path: Path, model: Path, stub_s
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {model}: inference failed (InvalidArgument: "), err
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_names_that_are_not_utf8_or_hold_line_separators(tmp_path: Path, model: Path, stub_sidecars: None,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A Latin-1 name (copied from an old Windows share) used to stop the run before any row was
+    written; a name with U+2028 was re-inspected on every --resume."""
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(False))
+    ok, buf = cv2.imencode(".png", part(True))
+    with open(os.path.join(os.fsencode(inp), b"caf\xe9.png"), "wb") as f:  # not UTF-8
+        f.write(buf.tobytes())
+    png(inp / "line\u2028sep.png", part(False))
+    out = tmp_path / "out"
+    args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--save", "overlay"]
+    assert ri.main(args) == 0
+    by = {r["file"]: r for r in rows(out)}
+    assert set(by) == {"a.png", "caf\\xe9.png", "line\u2028sep.png"}
+    assert by["caf\\xe9.png"]["verdict"] == "NG" and (out / "overlay" / "caf\\xe9.png.jpg").exists()
+    assert "caf\\xe9.png" in (out / "report.csv").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert ri.main(args + ["--resume"]) == 0
+    assert "3 inputs already in the report, 0 to go" in capsys.readouterr().err and len(rows(out)) == 3
+
+
+def test_non_finite_thresholds_are_refused(tmp_path: Path, stub_sidecars: None, capsys: pytest.CaptureFixture) -> None:
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(True))
+    m = make_stub_model(tmp_path / "m", thresholds={})
+    for flag in ("--threshold-image", "--threshold-pixel"):
+        for value in ("nan", "inf"):
+            assert ri.main(["--engine", str(m), "--input", str(inp), "--output", str(tmp_path / "o"), flag, value]) == 2
+    assert "is not a finite number" in capsys.readouterr().err
+    bad = make_stub_model(tmp_path / "bad", thresholds={"pixel": 0.5, "image": float("nan")})
+    assert ri.main(["--engine", str(bad), "--input", str(inp), "--output", str(tmp_path / "o2"), "--quiet"]) == 1
+    assert "image threshold nan is not a finite number" in capsys.readouterr().err
+
+
+def test_resume_drops_failures_of_inputs_that_are_gone(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(False))
+    (inp / "broken.png").write_bytes(b"")
+    png(inp / "b.png", part(True))
+    out = tmp_path / "out"
+    args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]
+    assert ri.main(args) == 0 and {r["file"]: r["status"] for r in rows(out)}["broken.png"] == "error"
+    (inp / "broken.png").unlink()  # the bad file was removed: its failure row goes
+    (inp / "b.png").unlink()       # an inspected image moved away: its result stays
+    png(inp / "c.png", part(False))
+    assert ri.main(args + ["--resume"]) == 0
+    assert [r["file"] for r in rows(out)] == ["a.png", "c.png", "b.png"]
+
+
+def test_a_folder_that_cannot_be_stat_ed_gets_a_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    png(tmp_path / "top" / "batch2" / "x.png", part(False))
+    png(tmp_path / "top" / "y.png", part(False))
+    real = os.stat
+
+    def stat(p: object, *a: object, **k: object) -> os.stat_result:
+        if str(p).endswith("batch2"):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real(p, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ri.os, "stat", stat)
+    found = {e.rel: e.error for e in ri.discover(tmp_path / "top", recursive=True)}
+    assert found == {"batch2": "cannot access (Permission denied)", "y.png": None}
+
+
+def test_failure_kind_removes_the_rows_own_name() -> None:
+    assert ri.failure_kind("lot 7: part 3.png: empty file (0 bytes)", "lot 7: part 3.png") == "empty file"
+    assert ri.failure_kind("symlink loop: a link back to a folder above it", "sub") == \
+        "symlink loop: a link back to a folder above it"

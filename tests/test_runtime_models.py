@@ -177,6 +177,13 @@ def test_open_model_errors(tmp_path: Path, stub_model: Path, stub_sidecars: None
     odd.write_bytes(b"x")
     with pytest.raises(rm.ModelError, match="unknown model extension"):
         rm.open_model(odd)
+    renamed = tmp_path / "renamed.bin"  # as the message says: --backend opens the given file itself
+    renamed.write_bytes(stub_model.read_bytes())
+    side = yaml.safe_load(stub_model.with_suffix(".yaml").read_text())
+    side["files"] = {"renamed.bin": {"sha256": "stub"}}
+    renamed.with_suffix(".yaml").write_text(yaml.safe_dump(side))
+    with rm.open_model(renamed, backend="onnxruntime", providers="cpu") as m:
+        assert m.path == renamed
     with pytest.raises(rm.ModelError, match="no .trt/.engine/.plan file beside"):
         rm.open_model(stub_model, backend="tensorrt")
     broken = tmp_path / "broken.onnx"

@@ -88,7 +88,25 @@ def _same_run(ckpt: dict[str, Any], cfg: dict[str, Any], steps: int) -> bool:
             and old.get("train") == cfg["train"])
 
 
-def run(args: argparse.Namespace) -> int:
+def merged_rows(path: Path, rows: list[dict[str, Any]], protocol: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's rows plus the rows of other models already in `path` when they were measured
+    with the same metric protocol: a seed run as several invocations (--models a, then b) keeps
+    every model's row instead of the last invocation's."""
+    import json
+
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        old = {}
+    if not isinstance(old, dict) or old.get("metric_protocol") != protocol:
+        return rows
+    ran = {r["model"] for r in rows}
+    kept = [r for r in old.get("rows") or [] if isinstance(r, dict) and r.get("model") not in ran]
+    order = {m: i for i, m in enumerate(VARIANTS)}
+    return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -134,21 +152,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nordering AD-FactorVAE > FactorVAE > beta-VAE (eval accuracy): {'holds' if order['holds'] else 'does NOT hold'}"
               f" (AD > FV: {order['ad_gt_factorvae']}, FV > beta: {order['factorvae_gt_beta_vae']})")
     results = Path(args.results)
-    report = {"command": "python -m bench.disentanglement " + " ".join(sys.argv[1:]), "tag": tag,
-              "budget": {"steps": args.steps, "batch_size": 64, "threads": args.threads, "seed": args.seed},
-              "metric_protocol": {"num_train": args.num_train, "num_eval": args.num_eval,
-                                  "num_variance": args.num_variance, "batch_size": 64, "prune_std": 0.05},
+    path = results / f"disentanglement_{tag}.json"
+    protocol = {"num_train": args.num_train, "num_eval": args.num_eval, "num_variance": args.num_variance,
+                "batch_size": 64, "prune_std": 0.05}
+    rows = merged_rows(path, rows, protocol)
+    order = ordering(rows)
+    report = {"command": "python -m bench.disentanglement " + " ".join(sys.argv[1:] if argv is None else argv),
+              "tag": tag, "budget": {"steps": args.steps, "batch_size": 64, "threads": args.threads, "seed": args.seed},
+              "metric_protocol": protocol,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "device": str(device)},
               "data": data.source, "rows": rows, "ordering": order, "total_seconds": round(time.time() - t0, 1),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = results / f"disentanglement_{tag}.json"
     write_json(path, report)
     print(f"wrote {path}")
-    if {"factorvae", "ad_factorvae"} <= set(models):
-        figs = []
+    ckpts = {r["model"]: Path(r["checkpoint"]) for r in rows}
+    if {"factorvae", "ad_factorvae"} <= set(ckpts) and all(ckpts[n].is_file() for n in ("factorvae", "ad_factorvae")):
+        figs = []  # redrawn whenever either model ran, from the checkpoints the JSON's rows name
         for n in ("factorvae", "ad_factorvae"):
-            model, cfg = load_factorvae(Path(args.out) / tag / n / "model.pt", device)
+            model, cfg = load_factorvae(ckpts[n], device)
             figs.append((LABELS[n], model, cfg["inference"]["layer"]))
         png = results / f"disentanglement_{tag}_fig9.png"
         figure9(figs, figure_inputs(data, 5, args.seed), png)
@@ -163,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in args.models.split(",") if m.strip() and m.strip() not in VARIANTS]
     if bad:
         parser.error(f"unknown model(s) {bad}; choose from {','.join(VARIANTS)}")
+    if not any(m.strip() for m in args.models.split(",")):
+        parser.error(f"--models names no model; choose from {','.join(VARIANTS)}")
     if min(args.steps, args.latent - 1, args.num_train, args.num_eval, args.num_variance - 1, args.recon_images, args.threads) < 1:
         parser.error("--steps, --num-train, --num-eval, --recon-images, --threads must be >= 1, --latent and --num-variance >= 2")
     try:
-        return run(args)
+        return run(args, argv)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

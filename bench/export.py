@@ -165,6 +165,12 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if config["model"].get("arch") != "resnet18" or config["inference"]["anomaly_map"] == "attention":
+        # its cases are the ResNet's layer3 / layer4 graphs against a forward-only graph with the decoder
+        print(f"error: {args.config}: bench.export measures the ResNet18 screw model with a decoder map "
+              f"(arch resnet18, anomaly_map not 'attention'), not arch {config['model'].get('arch')!r} / "
+              f"{config['inference']['anomaly_map']!r}", file=sys.stderr)
+        return 1
     if args.checkpoint:
         ckpt, trained = Path(args.checkpoint), True
     else:

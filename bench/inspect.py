@@ -6,8 +6,8 @@
 The model: --checkpoint, or the config trained for --steps optimizer steps (default: the paper's
 256x256 ResNet18 VAE, configs/screw_256.yaml, 10 steps; throughput does not depend on how well it is
 trained), exported with export.onnx on every run; all under bench/results/inspect/.
-Crude thresholds (pixel: 99.9th percentile of the anomaly map on test/good, image: the max good
-score) make the mask / area / box path run as it would after calibration.
+Crude thresholds (pixel: 99.9th percentile of the anomaly map on <data>/good, or on every image
+when there is no good/ folder; image: the max of those scores) make the mask / area / box path run as it would after calibration.
 
 Every measurement is a fresh child process (so each one's peak RSS is its own), run one after the
 other, `--rounds` times interleaved; the best images/s of each configuration is kept, because the
@@ -117,21 +117,26 @@ def prepare_model(args: argparse.Namespace, cache: Path) -> tuple[Path, Path, di
 
     info: dict[str, Any] = {}
     if args.checkpoint:
-        ckpt = Path(args.checkpoint)
+        ckpt = Path(args.checkpoint).resolve()
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--checkpoint {ckpt}: not found")
         info["model"] = f"checkpoint {ckpt}"
     else:
         name = Path(args.config).stem
         folder = cache / f"{name}_{args.steps}steps"
         ckpt = folder / "model.pt"
-        ready = ckpt.exists() and bool(load_checkpoint(ckpt).get("stats_ready"))
+        cfg = merge(load_config(args.config), {"train": {"epochs": 1}})
+        ready = False
+        if ckpt.exists():  # the cache is keyed by the config's name: the model must be the config's
+            old = load_checkpoint(ckpt)
+            ready = bool(old.get("stats_ready")) and all(old["config"].get(k) == cfg[k] for k in ("model", "train"))
         if not ready:
-            cfg = merge(load_config(args.config), {"train": {"epochs": 1}})
             t0 = time.perf_counter()
             train(cfg, folder, torch.device("cpu"), max_steps=args.steps, progress=False)
             info["train_s"] = round(time.perf_counter() - t0, 1)
         info["model"] = f"{args.config} trained for {args.steps} steps (throughput only, not accuracy)"
     # exported on every run (seconds): a cached file could come from an older export.graph
-    onnx_path = cache / f"{ckpt.parent.name}.onnx"
+    onnx_path = cache / f"{ckpt.parent.name or 'model'}.onnx"
     t0 = time.perf_counter()
     res = export_onnx(ckpt, onnx_path)
     info.update(export_s=round(time.perf_counter() - t0, 1), onnx_mb=round(res["bytes"] / 2**20, 1))
@@ -144,7 +149,9 @@ def crude_thresholds(onnx_path: Path, data: Path) -> dict[str, float]:
     from runtime.model import open_model
 
     m = open_model(onnx_path, providers="cpu")
-    good = [e.path for e in discover(data / "good") if e.error is None]
+    # the good images when the folder has MVTec's good/ (the bench's default), else every image
+    good = [e.path for e in discover(data / "good" if (data / "good").is_dir() else data, recursive=True)
+            if e.error is None]
     maps = np.concatenate([m(np.stack([m.load(p) for p in good[i:i + 8]]))["anomaly_map"]
                            for i in range(0, len(good), 8)])
     return {"pixel": float(np.percentile(maps, 99.9)), "image": float(maps.reshape(len(maps), -1).max(1).max())}
@@ -164,16 +171,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default="bench/results/inspect")
     args = p.parse_args(argv)
-    data = Path(args.data)
+    for flag in ("steps", "rounds", "repeats"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    if min(args.batches) < 1:
+        p.error("--batches must be at least 1")
+    # absolute: the measurements run in child processes whose working folder is the repository
+    data = Path(args.data).resolve()
     if not data.is_dir():
         print(f"error: --data {data}: not a folder", file=sys.stderr)
         return 2
-    cache = Path(args.out)
-    cache.mkdir(parents=True, exist_ok=True)
-    onnx_path, ckpt, info = prepare_model(args, cache)
-    th = crude_thresholds(onnx_path, data)
     from runtime.inspect import discover
     n_files = sum(1 for e in discover(data, recursive=True) if e.error is None)
+    if not n_files:
+        print(f"error: --data {data}: no readable images", file=sys.stderr)
+        return 2
+    cache = Path(args.out).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        return measure(args, data, cache, n_files, argv)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {str(e).strip()}", file=sys.stderr)  # a child's message ends with its stderr
+        return 1
+
+
+def measure(args: argparse.Namespace, data: Path, cache: Path, n_files: int, argv: list[str] | None) -> int:
+    onnx_path, ckpt, info = prepare_model(args, cache)
+    th = crude_thresholds(onnx_path, data)
 
     if args.device == "cpu":
         model, backend, dev = str(onnx_path), None, "cpu"

@@ -4,7 +4,8 @@
 
 Prints one table (pixel AUROC, best IoU, AUPRO, image AUROC, and the mean per-image correlation
 of each map with the trivial darkness map, i.e. how much a map only traces the part) and writes
-bench/results/localization_<config>.json plus a PNG grid. --checkpoint skips training.
+OUT/<config>[_matched][_minmax]/localization.json and grid.png (OUT: --out, default bench/results).
+--checkpoint skips training.
 """
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
     try:
         r = run(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -85,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="use this checkpoint instead of training")
     p.add_argument("--out", default="bench/results/mnist_one_class")
     args = p.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
     out = Path(args.out)
     config = load_config(args.config)

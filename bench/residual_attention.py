@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
     try:
         r = run(args)
     except (FileNotFoundError, ValueError) as e:

@@ -45,6 +45,8 @@ def summarize(runs: list[dict[str, Any]], maps: list[str]) -> dict[str, dict[str
         missing = [r.get("config", "?") for r in runs if name not in r["metrics"]]
         if missing:
             raise ValueError(f"map '{name}' is missing from the run(s) of {', '.join(missing)}")
+        if any(k not in r["metrics"][name] for r in runs for k in METRICS):
+            raise ValueError(f"'{name}' has no pixel metrics (an image score such as kl is not a map)")
         row: dict[str, Any] = {}
         for k in METRICS:
             v = np.array([r["metrics"][name][k] for r in runs], dtype=np.float64)

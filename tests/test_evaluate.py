@@ -165,6 +165,11 @@ def test_seed_summary_means_spread_and_errors(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as e:
         seeds_main(["--group", "C"])
     assert e.value.code == 2
+    kl = tmp_path / "kl"
+    kl.mkdir()
+    (kl / "localization.json").write_text(json.dumps({"config": "kl", "metrics": {"kl": {"image_auroc": 0.6}}}))
+    assert seeds_main(["--group", "K", str(kl), "--maps", "kl"]) == 1
+    assert "'kl' has no pixel metrics" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # a second group of the same name would replace the first
         seeds_main(["--group", "C", str(tmp_path / "s0"), "--group", "C", str(tmp_path / "s1")])
     assert e.value.code == 2 and "names must differ" in capsys.readouterr().err

@@ -22,6 +22,7 @@ Exit codes: 0 parity holds, 1 parity fails or the files disagree, 2 usage.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from export.graph import ExportError
-from export.onnx import read_metadata
+from export.onnx import fp16_storable, read_metadata
 from export.sidecar import SidecarError, read_sidecar, sidecar_path
 from training.checkpoint import load_model_hashed, write_json
 from training.inference import reference_outputs
@@ -39,9 +40,12 @@ from training.models import VAE
 from training.preprocess import ImageError, load_for_model
 
 DEFAULT_TOL = 1e-4
-# fp16-stored weights differ from the checkpoint by rounding (2^-11 relative): parity is then
-# checked at this looser default, and the report says so.
-FP16_WEIGHTS_TOL = 2e-2
+# A graph with fp16-stored weights is compared with autograd on the checkpoint's weights rounded
+# the same way (`rounded_to_fp16`): mu, activations and the reconstruction maps then agree to
+# ~1e-6 of their range; gradients and attention to ~1e-4 and ~5e-4 (measured on the demo and
+# screw models), because constants the exporter folds from several weights are rounded once,
+# after folding. What the rounding itself moves (against the fp32 checkpoint) is reported apart.
+FP16_WEIGHTS_TOL = 1e-3
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
@@ -171,6 +175,28 @@ def load_images(folder: str | Path, height: int, width: int, channels: int, limi
     return np.stack(images)
 
 
+def rounded_to_fp16(model: VAE) -> VAE:
+    """A copy whose weights are rounded to fp16 and back exactly where `export.onnx.fp16_weights`
+    stores them as fp16: the function an fp16-weights graph computes."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in [*rounded.parameters(), *rounded.buffers()]:
+            if t.is_floating_point() and fp16_storable(t.detach().cpu().numpy()):
+                t.copy_(t.half().float())
+    return rounded
+
+
+def rounding_effect(model: VAE, rounded: VAE, meta: dict[str, Any], n: int, seed: int) -> float:
+    """max |anomaly_map(fp16-rounded) - anomaly_map(fp32)| / range on `n` random images: what
+    storing the weights as fp16 costs the scores."""
+    img = torch.from_numpy(np.random.default_rng(seed).integers(
+        0, 256, (n, meta["input_height"], meta["input_width"], meta["input_channels"]), dtype=np.uint8))
+    args = (meta["layer"], meta["score"], meta["anomaly_map"], meta["blur_sigma"])
+    full = reference_outputs(model, img, *args)["anomaly_map"].numpy().astype(np.float64)
+    half = reference_outputs(rounded, img, *args)["anomaly_map"].numpy().astype(np.float64)
+    return float(np.abs(half - full).max() / output_scale(full)[1])
+
+
 def reference_at(model: VAE, image: torch.Tensor, acts: np.ndarray, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The autograd reference with the target layer's output replaced by `acts` (another backend's
     activations): what that backend should output given its own forward noise up to the target."""
@@ -237,12 +263,16 @@ def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...
                          f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")
     if rel_tol is None:
         rel_tol = FP16_WEIGHTS_TOL if meta["weights"] == "fp16" else DEFAULT_TOL
+    reference = model
     if meta["weights"] == "fp16":
-        notes.append(f"fp16 weights: compared with the fp32 checkpoint at {rel_tol:g} x range")
+        reference = rounded_to_fp16(model)
+        notes.append(f"fp16 weights: compared with the checkpoint's weights rounded to fp16 at {rel_tol:g} x range; "
+                     f"the rounding moves anomaly_map by {rounding_effect(model, reference, meta, max(batches), seed):.1e}"
+                     " x range from the fp32 checkpoint")
     settings = {k: meta[k] for k in ("layer", "score", "anomaly_map", "blur_sigma", "per_dim", "recon", "weights",
                                      "opset")}
     result = CheckResult(str(onnx_path), str(checkpoint), rel_tol, settings, notes=notes)
-    result.reports = check_parity(onnx_path, model, meta, batches, rel_tol, images, seed)
+    result.reports = check_parity(onnx_path, reference, meta, batches, rel_tol, images, seed)
     return result
 
 

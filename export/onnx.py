@@ -119,6 +119,12 @@ def simplify(model: onnx.ModelProto, max_elements: int = 1 << 21) -> int:
     return removed
 
 
+def fp16_storable(w: np.ndarray, min_elements: int = FP16_MIN_ELEMENTS) -> bool:
+    """Whether `fp16_weights` stores this float tensor as fp16: large enough to matter, and no
+    value that fp16 would turn into inf. export.check rounds the reference's weights by the same rule."""
+    return w.size >= min_elements and bool(np.abs(w).max() <= np.finfo(np.float16).max)
+
+
 def fp16_weights(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS) -> int:
     """Store large float initializers as float16, each followed by a Cast back to float32 under the
     original name (consumers unchanged; ONNX Runtime folds the casts at load, TensorRT too).
@@ -129,7 +135,7 @@ def fp16_weights(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS) 
         if init.data_type != onnx.TensorProto.FLOAT or math.prod(init.dims) < min_elements:
             continue
         w = numpy_helper.to_array(init)
-        if np.abs(w).max() > np.finfo(np.float16).max:  # would become inf: keep fp32
+        if not fp16_storable(w, min_elements):
             continue
         name = init.name
         init.CopyFrom(numpy_helper.from_array(w.astype(np.float16), f"{name}__fp16"))

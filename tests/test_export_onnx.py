@@ -132,8 +132,10 @@ def test_fp16_weights_halve_the_file(exported, tmp_path: Path) -> None:
     assert r16["bytes"] < 0.6 * r32["bytes"]
     assert read_metadata(r16["onnx"])["weights"] == "fp16"
     result = check(r16["onnx"], ckpt, batches=(2,))  # default tolerance for fp16 weights
-    assert result.ok and result.rel_tol == 2e-2, format_report(result)
-    assert any("fp16 weights" in n for n in result.notes)
+    assert result.ok and result.rel_tol == 1e-3, format_report(result)
+    assert any("fp16 weights" in n and "the rounding moves anomaly_map by" in n for n in result.notes)
+    # the graph computes the rounded weights' function: mu to fp32 precision, not to rounding error
+    assert next(r for r in result.reports if r.name == "mu").max_abs_err < 1e-5 * next(r for r in result.reports if r.name == "mu").range
     assert check_graph(r16["onnx"]).ok
 
 

@@ -395,9 +395,15 @@ def build_export_module(checkpoint_path: str | Path, layer: str | None = None, s
     settings = inference_settings(config, layer=layer, score=score)
     module = ExportModule(model, settings["layer"], settings["score"], settings["anomaly_map"],
                           float(settings["blur_sigma"]), per_dim, recon)
+    trained = config["inference"]
+    fitted = (module.layer, module.score) == (trained["layer"].removeprefix("encoder."), trained["score"])
     settings.update(layer=module.layer, blur_sigma=float(settings["blur_sigma"]), per_dim=module.per_dim,
                     recon=module.with_recon, outputs=list(module.output_names),
-                    checkpoint=str(checkpoint_path), checkpoint_sha256=digest, model=dict(config["model"]))
+                    checkpoint=str(checkpoint_path), checkpoint_sha256=digest, model=dict(config["model"]),
+                    # the attention's 99th percentile on the normal training images (training.stats),
+                    # fitted for the trained layer and score only: overlays draw the attention on a
+                    # fixed scale with it, so a good part does not light up as a bad one does
+                    attention_scale=float(model.map_scale[0]) if fitted else None)
     return module, settings
 
 

@@ -456,6 +456,8 @@ class Settings:
     max_pixels: int
     explain_name: str
     picture_format: str = "jpg"
+    explain_range: tuple[float, float] | None = None  # fixed color scale of the overlay (None: per image)
+    legend: str | None = None
 
 
 def prepare_job(entry: Entry, model: Model, s: Settings) -> Job:
@@ -511,8 +513,10 @@ def finish_job(job: Job, outputs: dict[str, np.ndarray], infer_ms: float, batch:
             elif kind == "heatmap":
                 save_image(p, ov.heatmap(res.anomaly_map, pixel_threshold=s.thresholds.pixel))
             else:
+                lo, hi = s.explain_range or (None, None)
                 save_image(p, ov.render(d.image, outputs.get(s.explain_name, outputs["anomaly_map"]), res.mask,
-                                      res.verdict, res.score, s.thresholds.image))
+                                      res.verdict, res.score, s.thresholds.image, vmin=lo, vmax=hi,
+                                      legend=s.legend))
         except (OSError, cv2.error) as e:
             unsaved.append(f"cannot write {kind} picture ({_reason(e)})")
             continue
@@ -606,6 +610,16 @@ def device_arg(value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         raise argparse.ArgumentTypeError(f"{value!r}: choose cpu, cuda or cuda:N")
     return value
+
+
+def explanation_range(model: Model, explain: str, th: Thresholds) -> tuple[float, float] | None:
+    """The overlay's fixed color scale (runtime.overlay): the attention over 0 .. 2 x its normal
+    99th percentile from the sidecar, the anomaly map over 0 .. 2 x the pixel threshold; None
+    (per image) when the model does not say what normal is."""
+    if explain == "attention":
+        scale = ((model.sidecar or {}).get("model") or {}).get("attention_scale")
+        return (0.0, 2.0 * float(scale)) if isinstance(scale, (int, float)) and scale > 0 else None
+    return (0.0, 2.0 * th.pixel) if th.pixel is not None and th.pixel > 0 else None
 
 
 def finite_float(text: str) -> float:
@@ -734,6 +748,7 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     if "mask" in save and th.pixel is None:
         print("note: --save mask needs a pixel threshold; masks are not written", file=sys.stderr)
     explain = "attention" if "attention" in model.output_names else "anomaly_map"
+    explain_range = explanation_range(model, explain, th)
 
     out.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out)
@@ -776,7 +791,8 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     model(np.zeros((min(args.batch, model.backend.max_batch or args.batch), model.spec.height, model.spec.width,
                     model.spec.channels), np.uint8))
     header["warmup_s"] = round(time.perf_counter() - t0, 3)
-    s = Settings(out, th, save, args.max_pixels, explain, args.format)
+    s = Settings(out, th, save, args.max_pixels, explain, args.format, explain_range,
+                 ov.legend_text(explain, explain_range is not None, th.pixel))
     reports = Reports(out, previous, header)
     status = "failed"
     try:

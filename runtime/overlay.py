@@ -6,10 +6,12 @@ Everything returns BGR uint8 images ready for cv2.imwrite / cv2.imshow:
   heatmap()    a map alone in color
   to_bgr()     a decoded RGB / gray model-space image to BGR
 
-Color scales: the explanation (attention) is shown per image (min..max), as Grad-CAM-style
-pictures are, because its job is to say *where* the model looked; a map that thresholds apply to
-(anomaly_map) is drawn on a fixed scale (0 .. 2 x pixel threshold, the threshold in the middle of
-the colormap) so that the same color means the same score on every image.
+Color scales are fixed wherever the model says what "normal" is, so that the same color means
+the same value on every image and a good part does not light up as a bad one does: a map that
+thresholds apply to (anomaly_map) over 0 .. 2 x pixel threshold, the attention over 0 .. 2 x its
+99th percentile on the normal training images (the sidecar's model.attention_scale); the
+threshold or the percentile sits in the middle of the colormap. Only without either is a map
+stretched per image (min..max), and the picture's legend then says "per image".
 """
 from __future__ import annotations
 
@@ -75,30 +77,38 @@ def label_text(verdict: str | None, score: float, image_threshold: float | None 
     return f"{verdict}  {score:.4g}{thr}"
 
 
-def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int]) -> np.ndarray:
-    """Text on a dark band at the top-left, sized to the image, in place."""
+def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: bool = False,
+               size: float = 1.0) -> np.ndarray:
+    """Text on a dark band at the top-left (or bottom-left), sized to the image, in place."""
     h, w = img.shape[:2]
-    scale = max(0.35, min(w, h) / 500.0)
+    scale = max(0.35, min(w, h) / 500.0) * size
     thick = max(1, round(scale * 2))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     pad = max(2, round(4 * scale))
-    x1, y1 = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)
-    band = img[:y1, :x1]
+    x1, bh = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)
+    y0 = h - bh if bottom else 0
+    band = img[y0:y0 + bh, :x1]
     band[:] = (band * 0.35).astype(np.uint8)  # darken so the text reads on any heatmap
-    cv2.putText(img, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+    cv2.putText(img, text, (pad, y0 + pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
     return img
+
+
+def legend_text(explain: str, fixed: bool, pixel_threshold: float | None) -> str:
+    """What the overlay's colors and outlines are, for the bottom band."""
+    text = f"color: {explain}" + ("" if fixed else " (per image)")
+    return text + (f"  outline: anomaly_map >= {pixel_threshold:.4g}" if pixel_threshold is not None else "")
 
 
 def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.ndarray | None = None,
            verdict: str | None = None, score: float | None = None, image_threshold: float | None = None,
            alpha: float = 0.45, vmin: float | None = None, vmax: float | None = None,
-           colormap: int = cv2.COLORMAP_JET, bgr: bool = False) -> np.ndarray:
+           colormap: int = cv2.COLORMAP_JET, bgr: bool = False, legend: str | None = None) -> np.ndarray:
     """The overlay picture at the image's size.
 
     image: uint8 [H, W, C] RGB or gray as the runtime decodes it (bgr=True: a 3-channel BGR frame
     as a camera delivers it); explanation: a map at any size ([1, h, w] or [h, w]), drawn per
     image unless vmin/vmax are given; mask: uint8 mask at any size, outlined; verdict/score: the
-    label (omitted when score is None).
+    label (omitted when score is None); legend: a smaller line at the bottom (`legend_text`).
     """
     out = image.copy() if bgr and image.ndim == 3 and image.shape[2] == 3 else to_bgr(image)
     h, w = out.shape[:2]
@@ -115,4 +125,6 @@ def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.nd
     if score is not None:
         color = NG_COLOR if verdict == "NG" else OK_COLOR if verdict == "OK" else NONE_COLOR
         draw_label(out, label_text(verdict, score, image_threshold), color)
+    if legend:
+        draw_label(out, legend, NONE_COLOR, bottom=True, size=0.6)
     return out

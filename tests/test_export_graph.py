@@ -222,3 +222,11 @@ def test_a_model_without_the_one_class_heads_has_no_export_graph() -> None:
     model = build_model({"arch": "factorvae", "size": 64, "channels": 1, "latent": 10})
     with pytest.raises(ExportError, match="model arch 'factorvae' has no export graph"):
         ExportModule(model, "conv4", "sum_mu", "attention", 1.0)
+
+
+def test_the_attention_scale_travels_only_for_the_fitted_layer_and_score(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", "resnet18")
+    module, settings = build_export_module(ckpt)
+    assert settings["attention_scale"] == pytest.approx(float(module.model.map_scale[0])) and settings["attention_scale"] > 0
+    other = "layer2" if settings["layer"] != "layer2" else "layer1"
+    assert build_export_module(ckpt, layer=other)[1]["attention_scale"] is None  # fitted for another layer

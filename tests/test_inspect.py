@@ -574,3 +574,17 @@ def test_failure_kind_removes_the_rows_own_name() -> None:
     assert ri.failure_kind("lot 7: part 3.png: empty file (0 bytes)", "lot 7: part 3.png") == "empty file"
     assert ri.failure_kind("symlink loop: a link back to a folder above it", "sub") == \
         "symlink loop: a link back to a folder above it"
+
+
+def test_overlay_color_scale_comes_from_the_model_or_the_threshold() -> None:
+    from types import SimpleNamespace
+
+    from runtime.postprocess import Thresholds
+
+    fitted = SimpleNamespace(sidecar={"model": {"attention_scale": 0.05}})
+    older = SimpleNamespace(sidecar={"model": {}})
+    th = Thresholds(0.2, 0.3)
+    assert ri.explanation_range(fitted, "attention", th) == (0.0, 0.1)
+    assert ri.explanation_range(older, "attention", th) is None          # drawn per image, legend says so
+    assert ri.explanation_range(older, "anomaly_map", th) == (0.0, 0.4)  # the threshold mid-colormap
+    assert ri.explanation_range(older, "anomaly_map", Thresholds()) is None

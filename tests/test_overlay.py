@@ -49,3 +49,24 @@ def test_heatmap_fixed_scale_with_threshold() -> None:
     h = ov.heatmap(m, size=(20, 30))
     assert h.shape == (20, 30, 3)
     assert ov.scale_range(np.zeros((3, 3))) [1] > 0  # flat maps do not divide by zero
+
+
+def test_legend_says_what_the_colors_are_and_sits_at_the_bottom() -> None:
+    img = np.full((200, 200, 1), 100, np.uint8)
+    text = ov.legend_text("attention", True, 0.25)
+    assert text == "color: attention  outline: anomaly_map >= 0.25"
+    assert ov.legend_text("attention", False, None) == "color: attention (per image)"
+    base, drawn = ov.render(img), ov.render(img, legend=text)
+    changed = (drawn != base).any(axis=2)
+    assert changed[180:].any() and not changed[:150].any()
+
+
+def test_a_fixed_explanation_scale_keeps_a_flat_low_map_cold() -> None:
+    # per image, a map of tiny values still spans the whole colormap; on the model's fixed scale
+    # (0 .. 2 x its normal 99th percentile) the same map stays at the cold end, like a good part
+    img = np.full((32, 32, 1), 100, np.uint8)
+    m = np.linspace(0.0, 0.01, 32 * 32, dtype=np.float32).reshape(32, 32)
+    stretched = ov.render(img, m, alpha=1.0)
+    fixed = ov.render(img, m, alpha=1.0, vmin=0.0, vmax=2.0)
+    red = lambda x: int(x[..., 2].max())  # noqa: E731 - BGR: JET's hot end is red
+    assert red(stretched) > 200 and red(fixed) < 50

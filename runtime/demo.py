@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         ("export", export_onnx.main, ["--checkpoint", str(ckpt), "--out", str(onnx_path)]),
         ("parity", export_check.main, ["--onnx", str(onnx_path), "--checkpoint", str(ckpt)]),
         ("inspect", runtime_inspect.main, ["--engine", str(onnx_path), "--input", args.input or str(root / "test"),
-                                           "--recursive", "--output", str(out / "inspect"),
+                                           "--recursive", "--output", str(out / "inspect"), "--overwrite",
                                            "--save", "overlay"]),  # masks need thresholds: calibration, later
     ]
     for name, step, step_args in steps:

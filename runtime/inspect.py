@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import sys
 import threading
@@ -54,6 +55,7 @@ from training.preprocess import ImageError, decode_file, read_image, to_uint8_ch
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                               ".pnm", ".pbm", ".jp2", ".dib", ".jpe"})
 SAVE_KINDS = ("overlay", "mask", "heatmap")
+REPORT_FILES = ("report.jsonl", "report.csv", "summary.json")
 CSV_FIELDS = ("file", "status", "verdict", "score", "area", "n_boxes", "boxes", "width", "height",
               "decode_scale", "latency_ms", "decode_ms", "infer_ms", "post_ms", "batch", "reason")
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -398,6 +400,16 @@ class Reports:
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp|\.png|\.jpg)$")
 
 
+def remove_previous(out: Path) -> None:
+    """What a run writes into OUT (reports and picture folders), nothing else: OUT may hold other files."""
+
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    for kind in SAVE_KINDS:
+        if (out / kind).is_dir() and not (out / kind).is_symlink():
+            shutil.rmtree(out / kind)
+
+
 def clean_temporaries(out: Path) -> int:
     """Remove temporary files a killed run left behind: never real output, which is only ever
     replaced whole. Looks only at the report files' folder and the picture folders."""
@@ -644,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-pixel", type=finite_float, help="pixel threshold on anomaly_map (default: sidecar)")
     p.add_argument("--threshold-image", type=finite_float, help="image-score threshold for NG (default: sidecar)")
     p.add_argument("--resume", action="store_true", help="skip inputs already in OUT/report.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous report in OUT, and its pictures (without it, or --resume, a folder "
+                        "holding a report is refused)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu (default: TensorRT, CUDA, CPU as available)")
     p.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available); for .onnx, cpu means "
@@ -682,6 +697,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--batch, --workers and --max-pixels must be positive")
         inp, out = Path(args.input), Path(args.output)
         check_paths(inp, out)
+        if args.resume and args.overwrite:
+            raise UsageError("--resume continues the report in --output, --overwrite replaces it: choose one")
+        if not (args.resume or args.overwrite) and (out / "report.jsonl").exists():
+            # a new report beside the old run's pictures would contradict them
+            raise UsageError(f"--output {out} holds a previous report: --resume continues it, --overwrite "
+                             f"replaces it and its pictures, or choose another --output")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -750,6 +771,8 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     explain = "attention" if "attention" in model.output_names else "anomaly_map"
     explain_range = explanation_range(model, explain, th)
 
+    if args.overwrite:  # only now that the model opened: a fatal error must not cost the old report
+        remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out)
     header = {
@@ -769,8 +792,9 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
             pass
         differ = resume_conflicts(old, header) if previous and isinstance(old, dict) and old else []
         if differ:
-            raise UsageError(f"--resume: {out} holds a report made with a different {', '.join(differ)}; "
-                             f"use a new --output or drop --resume")
+            raise UsageError(f"--resume: {out} holds a report whose {', '.join(differ)} "
+                             f"{'differs' if len(differ) == 1 else 'differ'} from this run's; use a new --output "
+                             f"or --overwrite")
     entries = discover(inp, args.recursive, exclude=out)
     if previous:
         # a failure of an input that is gone (a loop since fixed, a bad file since removed) would

@@ -187,3 +187,9 @@ def test_a_broken_mask_is_reported_as_the_mask(mvtec_dir: Path):
 def test_config_without_data_root_is_one_clear_error():
     with pytest.raises(ValueError, match="data.root is not set"):
         load_split({"format": "mvtec"}, "train", 32, 1, strict=True)
+
+
+def test_a_relative_data_root_that_is_missing_says_where_it_was_looked_for(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"relative to the current folder .*run from the repository root or pass --data"):
+        load_split({"format": "mvtec", "root": "../shared/data/nowhere"}, "train", 32, 1, strict=True)

@@ -471,7 +471,8 @@ def test_resume_refuses_other_input_recursive_or_save(tmp_path: Path, model: Pat
                           (["--input", str(other), "--save", "mask"], "--input, --save")):
         assert ri.main(base + changed + ["--resume"]) == 2, name
         err = capsys.readouterr().err
-        assert err.startswith("error: --resume: ") and f"made with a different {name};" in err, err
+        verb = "differ" if ", " in name else "differs"
+        assert err.startswith("error: --resume: ") and f"whose {name} {verb} from this run's;" in err, err
     # the same settings, the input given by another path, and the save kinds in another order
     monkeypatch.chdir(tmp_path)
     assert ri.main(base + ["--input", "in", "--save", "overlay,mask", "--resume"]) == 0
@@ -588,3 +589,27 @@ def test_overlay_color_scale_comes_from_the_model_or_the_threshold() -> None:
     assert ri.explanation_range(older, "attention", th) is None          # drawn per image, legend says so
     assert ri.explanation_range(older, "anomaly_map", th) == (0.0, 0.4)  # the threshold mid-colormap
     assert ri.explanation_range(older, "anomaly_map", Thresholds()) is None
+
+
+def test_a_folder_holding_a_report_needs_resume_or_overwrite(tmp_path: Path, model: Path, stub_sidecars: None,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A second run into the same folder used to replace the report and leave the first run's
+    pictures (NG overlays of another threshold) beside it."""
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(True))
+    out = tmp_path / "out"
+    base = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]
+    assert ri.main(base + ["--save", "overlay,mask"]) == 0
+    (out / "notes.txt").write_text("the inspector's own file")
+    capsys.readouterr()
+    assert ri.main(base) == 2
+    assert "holds a previous report: --resume continues it, --overwrite replaces it" in capsys.readouterr().err
+    assert ri.main(base + ["--resume", "--overwrite"]) == 2
+    assert (out / "overlay" / "a.png.jpg").exists()
+    assert ri.main(base + ["--overwrite"]) == 0
+    assert not (out / "overlay").exists() and not (out / "mask").exists() and len(rows(out)) == 1
+    assert (out / "notes.txt").read_text() == "the inspector's own file"
+    # a fatal error (no model) keeps the old report
+    assert ri.main(["--engine", str(tmp_path / "nope.onnx"), "--input", str(inp), "--output", str(out),
+                    "--overwrite"]) == 1
+    assert len(rows(out)) == 1

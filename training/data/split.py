@@ -84,7 +84,9 @@ def load_split(data_cfg: dict[str, Any], split: str, size: int, channels: int, s
         raise ValueError("data.root is not set: give it in the config's data section or with --data")
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: data folder does not exist")
+        where = "" if root.is_absolute() else (f" (relative to the current folder {Path.cwd()}: run from the "
+                                                "repository root or pass --data)")
+        raise FileNotFoundError(f"{root}: data folder does not exist{where}")
     if fmt == "mvtec":
         return mvtec.load(root, split, size, channels, strict)
     if fmt == "folder":

@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="exported model (.onnx from export.onnx)")
     p.add_argument("--checkpoint", required=True, help="the checkpoint it was exported from")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 3], help="batch sizes to check (default 1 3)")
-    p.add_argument("--images", help="folder of images to use instead of random uint8 images")
+    p.add_argument("--images", help="folder of images to use instead of random uint8 images (the first "
+                                    "max(--batch) of them, sorted, repeated when fewer)")
     p.add_argument("--tol", type=float, help=f"relative tolerance (x range; default {DEFAULT_TOL:g}, "
                                              f"{FP16_WEIGHTS_TOL:g} for fp16 weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images")

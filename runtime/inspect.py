@@ -831,7 +831,8 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     c = summary["counts"]
     rate = summary["this_run"]["images_per_s"]
     print(f"{c['inspected']} inspected ({c['ng']} NG, {c['ok']} OK, {c['no_verdict']} without verdict), "
-          f"{c['failed']} failed; {rate or 0:.1f} images/s; report: {out / 'report.csv'}", file=sys.stderr)
+          f"{c['failed']} failed; {f'{rate:.1f} images/s' if rate else 'nothing inspected in this run'}; "
+          f"report: {out / 'report.csv'}", file=sys.stderr)
     return 0
 
 

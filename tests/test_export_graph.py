@@ -34,6 +34,9 @@ def make_model(arch: str, latent: int = 8, seed: int = 0) -> VAE:
                 mod.running_var.uniform_(0.5, 2.0, generator=g)
                 mod.weight.uniform_(0.5, 1.5, generator=g)
                 mod.bias.uniform_(-0.1, 0.1, generator=g)
+        bns = [mod for mod in m.encoder.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+        if bns:  # one near-dead channel, as trained models have, where eps = 1e-5 matters (a factor sqrt(2))
+            bns[-1].running_var[0] = 1e-5
         m.normal_mu.normal_(generator=g)
         m.normal_var.uniform_(0.5, 2.0, generator=g)
         m.map_scale.uniform_(0.5, 2.0, generator=g)

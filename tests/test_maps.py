@@ -1,9 +1,10 @@
 """The SSIM-weighted reconstruction error against hand-computed cases (export parity: test_export_onnx)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from training.maps import SSIM_C1, SSIM_SIGMA, AnomalyMap, GaussianBlur, structural_error
+from training.maps import SSIM_C1, SSIM_SIGMA, AnomalyMap, GaussianBlur, gaussian_kernel, structural_error
 
 
 def test_identical_images_have_no_structural_error() -> None:
@@ -54,3 +55,18 @@ def test_ssim_l1_loss_sees_an_intensity_offset_on_a_bright_flat_region_that_ssim
     assert ssim_only < 0.01 * 24 * 24            # per pixel 1 - SSIM ~ 0.007: SSIM barely sees it
     assert mixed > 0.016 * 24 * 24 * 0.9         # the L1 term (0.16 x 0.1 per pixel) does
     assert float(vae_loss(x.clone(), x, mu, logvar, "ssim_l1").recon) < 1e-3
+
+
+def test_gaussian_kernel_is_the_normal_density_to_three_sigma() -> None:
+    k = gaussian_kernel(2.0)
+    x = torch.arange(-6, 7, dtype=torch.float32)
+    want = torch.exp(-x * x / 8.0)
+    torch.testing.assert_close(k, want / want.sum())
+    assert len(k) == 13 and float((k * x * x).sum()) == pytest.approx(3.951, abs=1e-3)  # truncated variance
+
+
+def test_fusion_divides_each_term_by_its_own_scale() -> None:
+    amap = AnomalyMap("fusion", 2.0)
+    target, recon = torch.full((1, 1, 8, 8), 0.5), torch.full((1, 1, 8, 8), 0.1)
+    out = amap(torch.ones(1, 1, 8, 8), target, recon, torch.tensor([2.0, 4.0]))  # [attention, error] scales
+    torch.testing.assert_close(out, torch.full((1, 1, 8, 8), 1 / 2 + 0.4 / 4))

@@ -17,10 +17,10 @@ def test_thresholds_cli_overrides_sidecar_each_independently() -> None:
 
 def test_score_is_max_and_verdict_uses_image_threshold() -> None:
     m = np.zeros((1, 8, 8), np.float32)
-    m[0, 2, 3] = 0.8
-    ng = inspect_map(m, (8, 8), Thresholds(None, 0.8))
-    assert ng.score == pytest.approx(0.8) and ng.verdict == "NG"  # >= threshold is NG
-    assert inspect_map(m, (8, 8), Thresholds(None, 0.81)).verdict == "OK"
+    m[0, 2, 3] = 0.75  # exact in float32: a score equal to the threshold is tested, not 0.8000000119
+    ng = inspect_map(m, (8, 8), Thresholds(None, 0.75))
+    assert ng.score == 0.75 and ng.verdict == "NG"  # >= threshold is NG
+    assert inspect_map(m, (8, 8), Thresholds(None, 0.76)).verdict == "OK"
     none = inspect_map(m, (8, 8), Thresholds())
     assert none.verdict is None and none.area is None and none.boxes == []
     assert none.as_row()["n_boxes"] is None
@@ -104,3 +104,10 @@ def test_more_components_than_16_bit_labels() -> None:
     dots = np.zeros((520, 520), np.uint8)
     dots[::2, ::2] = 255  # 67600 isolated pixels: past the 16-bit label range, labelled anyway
     assert len(boxes_of(dots)) == 260 * 260
+
+
+def test_a_map_whose_maximum_equals_the_pixel_threshold_has_a_mask() -> None:
+    m = np.zeros((8, 8), np.float32)
+    m[2:4, 2:4] = 0.5  # exact in float32
+    r = inspect_map(m, (8, 8), Thresholds(0.5, None))
+    assert r.area == 4 and r.boxes == [(2, 2, 2, 2)]

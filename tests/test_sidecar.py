@@ -146,3 +146,12 @@ def test_a_re_export_says_which_entries_it_drops(model_file: Path) -> None:
     with pytest.warns(UserWarning, match="no longer lists screw.trt"):
         write_sidecar(model_file, INFO)
     assert list(read_sidecar(model_file)["files"]) == ["screw.onnx"]
+
+
+def test_a_files_entry_without_sha256_is_no_entry(model_file: Path) -> None:
+    write_sidecar(model_file, INFO)
+    data = yaml.safe_load(sidecar_path(model_file).read_text())
+    data["files"][model_file.name] = {"bytes": 3}
+    sidecar_path(model_file).write_text(yaml.safe_dump(data))
+    with pytest.raises(SidecarError, match="has no entry for screw.onnx"):
+        read_sidecar(model_file)

@@ -31,8 +31,40 @@ def test_checkpoint_round_trip_and_stats(mvtec_dir: Path, tmp_path: Path):
     assert config == cfg
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, ck["model"][k], rtol=0, atol=0)
-    assert (model.normal_var > 0).all() and (model.map_scale > 0).all()
-    assert not torch.equal(model.normal_mu, torch.zeros_like(model.normal_mu))
+    # the statistics, recomputed independently from the training images with the loaded model
+    from training.attention import explain
+    from training.data import load_split
+    from training.maps import GaussianBlur, recon_error
+
+    split = load_split(cfg["data"], "train", 64, 1, strict=True)
+    x = torch.from_numpy(split.images)
+    with torch.no_grad():
+        o = model(x)
+        err_q = GaussianBlur(cfg["inference"]["blur_sigma"])(recon_error(o.target, o.recon)).flatten(1).quantile(0.99, 1)
+    torch.testing.assert_close(model.normal_mu, o.mu.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.normal_var, o.logvar.exp().mean(0) + o.mu.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
+    att = explain(model, x, cfg["inference"]["layer"], cfg["inference"]["score"]).attention.detach()
+    torch.testing.assert_close(model.map_scale[0], att.flatten(1).quantile(0.99, 1).median(), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(model.map_scale[1], err_q.median(), rtol=1e-5, atol=1e-8)
+
+
+def test_noise_is_drawn_per_step_and_sliced_per_rank():
+    from training.train import step_noise
+
+    assert not torch.equal(step_noise(7, 0, 8, 4, slice(None)), step_noise(7, 1, 8, 4, slice(None)))
+    assert not torch.equal(step_noise(7, 0, 8, 4, slice(None)), step_noise(8, 0, 8, 4, slice(None)))
+    torch.testing.assert_close(step_noise(7, 3, 8, 4, slice(1, 8, 2)), step_noise(7, 3, 8, 4, slice(None))[1::2])
+
+
+def test_beta_weighs_the_kl_term():
+    from training.losses import kl_divergence, vae_loss
+
+    target = torch.full((1, 1, 4, 4), 0.5)
+    mu, logvar = torch.ones(1, 2), torch.zeros(1, 2)
+    assert float(kl_divergence(mu, logvar)) == pytest.approx(1.0)       # 0.5 * sum(mu^2) with unit variance
+    assert float(kl_divergence(torch.zeros(1, 2), logvar)) == 0.0
+    terms = vae_loss(target, target, mu, logvar, "mse", beta=4.0)
+    assert float(terms.total.mean()) == pytest.approx(4.0) and float(terms.recon.mean()) == 0.0
 
 
 @pytest.mark.parametrize("decay,stop", [(0.0, "epoch end"), (0.5, "epoch end"), (0.5, "mid-epoch")])

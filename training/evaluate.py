@@ -27,7 +27,7 @@ from training.attention import VARIANTS, attention_variant, layer_gradients, per
 from training.checkpoint import atomic_write, load_model, write_json
 from training.data import Split, load_split
 from training.losses import kl_divergence
-from training.maps import AnomalyMap, GaussianBlur, recon_error
+from training.maps import AnomalyMap, GaussianBlur, fuse, recon_error
 from training.metrics import localization_metrics, roc_auc
 from training.models import VAE
 from training.stats import fusion_scales
@@ -64,7 +64,7 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
                     att = attention_variant(acts[li].detach(), grads[score][li], size, v)
                     add(f"attention/{layer}/{score}/{v}", att)
                     if v == "eq2" and (layer, score) in (scales or {}):
-                        add(f"fusion/{layer}/{score}", err_blur / model.map_scale[1] + att / scales[(layer, score)])
+                        add(f"fusion/{layer}/{score}", fuse(err_blur, att, model.map_scale[1], scales[(layer, score)]))
             if per_dim:
                 add(f"attention/{layer}/per_dim_mean", per_dim_attention(model, x, layer)[0].mean(1, keepdim=True))
         add("trivial_darkness", 1.0 - out.target.mean(1, keepdim=True))

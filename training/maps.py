@@ -70,6 +70,13 @@ def structural_error(target: torch.Tensor, recon: torch.Tensor, window: Gaussian
     return ((1 - ssim(target, recon, window)) * (target - recon).abs()).mean(1, keepdim=True)
 
 
+def fuse(blurred_error: torch.Tensor, attention: torch.Tensor, error_scale: torch.Tensor | float,
+         attention_scale: torch.Tensor | float) -> torch.Tensor:
+    """The fusion map: each term divided by its 99th percentile on normal training images, so both
+    share one unit (used by AnomalyMap and by evaluation's per-layer fusion rows)."""
+    return blurred_error / error_scale + attention / attention_scale
+
+
 class AnomalyMap(nn.Module):
     """(attention, target, recon) -> the anomaly map of the chosen kind, [N, 1, H, W]."""
 
@@ -98,4 +105,4 @@ class AnomalyMap(nn.Module):
         blurred = self.blur(error)
         if self.kind == "recon_error_blur":
             return blurred
-        return blurred / map_scale[1] + attention / map_scale[0]
+        return fuse(blurred, attention, map_scale[1], map_scale[0])

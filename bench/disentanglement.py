@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     results = Path(args.results)
     path = results / f"disentanglement_{tag}.json"
     protocol = {"num_train": args.num_train, "num_eval": args.num_eval, "num_variance": args.num_variance,
-                "batch_size": 64, "prune_std": 0.05}
+                "batch_size": 64, "prune_std": 0.05, "recon_images": args.recon_images, "data": data.source}
     rows = merged_rows(path, rows, protocol)
     order = ordering(rows)
     report = {"command": "python -m bench.disentanglement " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -84,9 +84,23 @@ def _reason(e: Exception) -> str:
 
 def report_name(name: str) -> str:
     """A file name as the report writes it: bytes that are not UTF-8 (Python keeps them as lone
-    surrogates, which no UTF-8 writer accepts) become backslash escapes, e.g. caf\\xe9.png. The
-    report key, error texts and picture names all use it; reading uses the real path."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    surrogates, which no UTF-8 writer accepts) become backslash escapes, e.g. caf\\xe9.png, and a
+    backslash in a name is doubled first, so that the escaping is reversible (a file literally
+    named caf\\xe9.png gets another key). The report key, error texts and picture names all use
+    it; reading uses the real path."""
+    return report_safe(name.replace("\\", "\\\\"))
+
+
+def report_safe(obj: Any) -> Any:
+    """Every string of a JSON-able value with bytes that are not UTF-8 as backslash escapes
+    (paths given on the command line, for the summary's header and the console)."""
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {k: report_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [report_safe(v) for v in obj]
+    return obj
 
 
 def _key(p: Path | os.DirEntry) -> tuple[int, int] | None:  # type: ignore[type-arg]
@@ -150,7 +164,7 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
             except OSError as err:
                 if err.errno == errno.ELOOP:
                     out.append(Entry(r, p, "symlink loop"))
-                elif Path(e.name).suffix.lower() in extensions or _is_dir(e):
+                elif Path(e.name).suffix.lower() in extensions or (recursive and _is_dir(e)):
                     out.append(Entry(r, p, f"cannot access ({_reason(err)}; broken symlink?)"
                                      if os.path.islink(p) else f"cannot access ({_reason(err)})"))
                 continue
@@ -332,7 +346,7 @@ def summarize(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], wall_s
     ng = sum(r.get("verdict") == "NG" for r in inspected)
     good = sum(r.get("verdict") == "OK" for r in inspected)
     judged = ng + good
-    run_ok = [r for r in run_rows if r.get("status") == "ok"]
+    run_ok = [r for r in run_rows if r.get("score") is not None]  # as counts.inspected
     return {
         **header,
         "status": status,
@@ -629,7 +643,9 @@ def explanation_range(model: Model, explain: str, th: Thresholds) -> tuple[float
     99th percentile from the sidecar, the anomaly map over 0 .. 2 x the pixel threshold; None
     (per image) when the model does not say what normal is."""
     if explain == "attention":
-        scale = ((model.sidecar or {}).get("model") or {}).get("attention_scale")
+        # an exported model's sidecar, or a checkpoint's own export settings (the torch backend)
+        scale = (((model.sidecar or {}).get("model") or {}).get("attention_scale")
+                 or (getattr(model.backend, "settings", None) or {}).get("attention_scale"))
         return (0.0, 2.0 * float(scale)) if isinstance(scale, (int, float)) and scale > 0 else None
     return (0.0, 2.0 * th.pixel) if th.pixel is not None and th.pixel > 0 else None
 
@@ -699,26 +715,28 @@ def main(argv: list[str] | None = None) -> int:
         check_paths(inp, out)
         if args.resume and args.overwrite:
             raise UsageError("--resume continues the report in --output, --overwrite replaces it: choose one")
+        if args.overwrite and any(inp.resolve().is_relative_to((out / kind).resolve()) for kind in SAVE_KINDS):
+            raise UsageError(f"--overwrite would delete the input {inp}: it lies in a picture folder of {out}")
         if not (args.resume or args.overwrite) and (out / "report.jsonl").exists():
             # a new report beside the old run's pictures would contradict them
             raise UsageError(f"--output {out} holds a previous report: --resume continues it, --overwrite "
                              f"replaces it and its pictures, or choose another --output")
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {report_safe(str(e))}", file=sys.stderr)
         return 2
     try:
         return run(args, inp, out, save)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {report_safe(str(e))}", file=sys.stderr)
         return 2
     except (ModelError, BackendError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {report_safe(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
         return 1
     except (OSError, RuntimeError, ValueError) as e:
-        print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
+        print(f"error: {e.__class__.__name__}: {report_safe(str(e))}", file=sys.stderr)
         return 1
 
 
@@ -775,13 +793,13 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
         remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out)
-    header = {
+    header = report_safe({  # paths from the command line may hold bytes that are not UTF-8 too
         "input": str(inp.resolve()), "output": str(out), "recursive": bool(args.recursive), "batch": args.batch,
         "workers": args.workers, "model": {**model.describe(), "sha256": model_identity(model)},
         "thresholds": {"pixel": th.pixel, "image": th.image, "source": th.source,
                        **({} if th.any else {"note": "no thresholds: scores only"})},
         "save": list(save), "format": args.format, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    })
     previous: list[dict[str, Any]] = []
     if args.resume:
         previous = read_report(out / "report.jsonl")
@@ -832,7 +850,7 @@ def run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str, ...]) -
     rate = summary["this_run"]["images_per_s"]
     print(f"{c['inspected']} inspected ({c['ng']} NG, {c['ok']} OK, {c['no_verdict']} without verdict), "
           f"{c['failed']} failed; {f'{rate:.1f} images/s' if rate else 'nothing inspected in this run'}; "
-          f"report: {out / 'report.csv'}", file=sys.stderr)
+          f"report: {report_safe(str(out / 'report.csv'))}", file=sys.stderr)
     return 0
 
 

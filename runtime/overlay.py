@@ -22,6 +22,7 @@ OK_COLOR = (80, 200, 60)      # BGR green
 NG_COLOR = (40, 40, 230)      # BGR red
 NONE_COLOR = (220, 220, 220)  # no verdict: light gray
 CONTOUR_COLOR = (255, 255, 255)
+LEGEND_MIN_WIDTH = 200  # pixels: the legend line needs ~170 at the smallest readable font
 
 
 def to_bgr(image: np.ndarray) -> np.ndarray:
@@ -125,6 +126,6 @@ def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.nd
     if score is not None:
         color = NG_COLOR if verdict == "NG" else OK_COLOR if verdict == "OK" else NONE_COLOR
         draw_label(out, label_text(verdict, score, image_threshold), color)
-    if legend:
+    if legend and w >= LEGEND_MIN_WIDTH:  # narrower, the line would be clipped and unreadable
         draw_label(out, legend, NONE_COLOR, bottom=True, size=0.6)
     return out

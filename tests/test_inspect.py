@@ -423,6 +423,7 @@ def test_picture_that_cannot_be_written_is_an_error_row(tmp_path: Path, model: P
     # failed (no picture) and inspected (it has a verdict): the NG part is not lost from the NG count
     assert s["status"] == "complete" and s["counts"]["failed"] == 1 and s["counts"]["inspected"] == 2
     assert s["counts"]["ng"] == 1 and s["counts"]["ok"] == 1 and s["ng_rate"] == 0.5
+    assert s["this_run"]["inspected"] == 2  # the same meaning as counts.inspected
     assert s["failures"] == {"cannot write overlay picture": 1}
     assert not list((out / "overlay").glob(".*"))  # no temporary left behind
     assert ri.main(args + ["--resume"]) == 0 and len(rows(out)) == 2
@@ -516,16 +517,24 @@ def test_names_that_are_not_utf8_or_hold_line_separators(tmp_path: Path, model: 
     with open(os.path.join(os.fsencode(inp), b"caf\xe9.png"), "wb") as f:  # not UTF-8
         f.write(buf.tobytes())
     png(inp / "line\u2028sep.png", part(False))
+    png(inp / "caf\\xe9.png", part(False))  # literally a backslash: must not share the escaped name's key
     out = tmp_path / "out"
     args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--save", "overlay"]
     assert ri.main(args) == 0
     by = {r["file"]: r for r in rows(out)}
-    assert set(by) == {"a.png", "caf\\xe9.png", "line\u2028sep.png"}
+    assert set(by) == {"a.png", "caf\\xe9.png", "line\u2028sep.png", "caf\\\\xe9.png"}
+    assert by["caf\\\\xe9.png"]["verdict"] == "OK" and (out / "overlay" / "caf\\\\xe9.png.jpg").exists()
     assert by["caf\\xe9.png"]["verdict"] == "NG" and (out / "overlay" / "caf\\xe9.png.jpg").exists()
     assert "caf\\xe9.png" in (out / "report.csv").read_text(encoding="utf-8")
     capsys.readouterr()
     assert ri.main(args + ["--resume"]) == 0
-    assert "3 inputs already in the report, 0 to go" in capsys.readouterr().err and len(rows(out)) == 3
+    assert "4 inputs already in the report, 0 to go" in capsys.readouterr().err and len(rows(out)) == 4
+    # a folder and an output whose own names are not UTF-8 (the summary's header)
+    weird = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"lot\xe9")))
+    png(weird / "a.png", part(False))
+    assert ri.main(["--engine", str(model), "--input", str(weird), "--output", str(weird.with_name(weird.name + "_out")),
+                    "--quiet"]) == 0
+    assert json.loads((weird.with_name(weird.name + "_out") / "summary.json").read_text())["input"].endswith("lot\\xe9")
 
 
 def test_non_finite_thresholds_are_refused(tmp_path: Path, stub_sidecars: None, capsys: pytest.CaptureFixture) -> None:
@@ -569,6 +578,7 @@ def test_a_folder_that_cannot_be_stat_ed_gets_a_row(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(ri.os, "stat", stat)
     found = {e.rel: e.error for e in ri.discover(tmp_path / "top", recursive=True)}
     assert found == {"batch2": "cannot access (Permission denied)", "y.png": None}
+    assert {e.rel for e in ri.discover(tmp_path / "top")} == {"y.png"}  # not recursive: the folder is not an input
 
 
 def test_failure_kind_removes_the_rows_own_name() -> None:
@@ -582,13 +592,16 @@ def test_overlay_color_scale_comes_from_the_model_or_the_threshold() -> None:
 
     from runtime.postprocess import Thresholds
 
-    fitted = SimpleNamespace(sidecar={"model": {"attention_scale": 0.05}})
-    older = SimpleNamespace(sidecar={"model": {}})
+    onnx = SimpleNamespace()  # ONNX Runtime's backend: no export settings of its own
+    fitted = SimpleNamespace(sidecar={"model": {"attention_scale": 0.05}}, backend=onnx)
+    older = SimpleNamespace(sidecar={"model": {}}, backend=onnx)
     th = Thresholds(0.2, 0.3)
     assert ri.explanation_range(fitted, "attention", th) == (0.0, 0.1)
     assert ri.explanation_range(older, "attention", th) is None          # drawn per image, legend says so
     assert ri.explanation_range(older, "anomaly_map", th) == (0.0, 0.4)  # the threshold mid-colormap
     assert ri.explanation_range(older, "anomaly_map", Thresholds()) is None
+    checkpoint = SimpleNamespace(sidecar=None, backend=SimpleNamespace(settings={"attention_scale": 0.5}))
+    assert ri.explanation_range(checkpoint, "attention", th) == (0.0, 1.0)  # a .pt opened directly
 
 
 def test_a_folder_holding_a_report_needs_resume_or_overwrite(tmp_path: Path, model: Path, stub_sidecars: None,
@@ -605,6 +618,9 @@ def test_a_folder_holding_a_report_needs_resume_or_overwrite(tmp_path: Path, mod
     assert ri.main(base) == 2
     assert "holds a previous report: --resume continues it, --overwrite replaces it" in capsys.readouterr().err
     assert ri.main(base + ["--resume", "--overwrite"]) == 2
+    assert ri.main(["--engine", str(model), "--input", str(out / "overlay"), "--output", str(out), "--quiet",
+                    "--overwrite"]) == 2  # it would delete its own input
+    assert "would delete the input" in capsys.readouterr().err
     assert (out / "overlay" / "a.png.jpg").exists()
     assert ri.main(base + ["--overwrite"]) == 0
     assert not (out / "overlay").exists() and not (out / "mask").exists() and len(rows(out)) == 1

@@ -64,3 +64,13 @@ def test_aupro_when_tied_normal_scores_straddle_the_fpr_limit():
     maps[0, :5, 10], maps[0, 5:, 10] = 3.0, 2.0
     exact = (0.5 * 0.2 * 0.5 + 0.5 * (0.5 + 0.5 + 0.5 / 3) * 0.1) / 0.3
     assert aupro(masks, maps) == pytest.approx(exact, abs=1e-9)
+
+
+def test_aupro_past_the_limit_counts_the_tie_not_the_region_pixels_below_it():
+    # normal: 45 at 0, 36 at 0.5, 9 at 1.0 (the 0.5 tie spans FPR 0.1 .. 0.5); region: 5 at 2, 5 at 0.25.
+    # MVTec's full curve: (0, 0.5) .. (0.1, 0.5) .. (0.5, 0.5) at >= 0.5, so AUPRO to 0.3 is 0.5; a
+    # point at the next lower normal score (0) would count the region's 0.25 pixels too early (0.583).
+    maps = np.array([0.0] * 45 + [0.5] * 36 + [1.0] * 9 + [2.0] * 5 + [0.25] * 5).reshape(1, 1, 100)
+    masks = np.zeros((1, 1, 100), bool)
+    masks[0, 0, 90:] = True
+    assert aupro(masks, maps) == pytest.approx(0.5, abs=1e-9)

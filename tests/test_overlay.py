@@ -59,6 +59,8 @@ def test_legend_says_what_the_colors_are_and_sits_at_the_bottom() -> None:
     base, drawn = ov.render(img), ov.render(img, legend=text)
     changed = (drawn != base).any(axis=2)
     assert changed[180:].any() and not changed[:150].any()
+    small = np.full((64, 64, 1), 100, np.uint8)  # too narrow to read: no clipped legend
+    assert (ov.render(small, legend=text) == ov.render(small)).all()
 
 
 def test_a_fixed_explanation_scale_keeps_a_flat_low_map_cold() -> None:

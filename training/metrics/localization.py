@@ -53,11 +53,13 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, steps: in
     # Ties among normal scores make the real FPR jump; the curve is then interpolated linearly
     # between the points actually reached, closed by (0, pro at the top) and (1, 1).
     q = np.quantile(normal, 1.0 - fprs)
-    # When tied normal scores straddle the limit, the curve's next point lies beyond it: the
-    # largest normal score below the limit's threshold, needed to interpolate at the limit
+    # When tied normal scores straddle the limit, the curve's next point lies beyond it: the tie
+    # itself counted as positive (threshold just below it), needed to interpolate at the limit
     # (MVTec's reference computes the whole curve; this is the one point past the limit it uses).
-    below = normal[: np.searchsorted(normal, q[-1], side="left")]
-    thr = np.concatenate([[max(normal[-1], max(r[-1] for r in regions))], q, below[-1:]])
+    # Just below the tie, not at the next lower normal score: region pixels between the two are
+    # reached later on the true curve.
+    past = [np.nextafter(q[-1], -np.inf)] if normal[0] < q[-1] else []
+    thr = np.concatenate([[max(normal[-1], max(r[-1] for r in regions))], q, past])
     actual_fpr = 1.0 - np.searchsorted(normal, thr, side="right") / normal.size
     pro = np.zeros_like(thr)
     for reg in regions:

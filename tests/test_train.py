@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -204,3 +205,49 @@ def test_cli_errors_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
         with pytest.raises(SystemExit) as e:
             train_main(["--config", str(cfg), flag, value])
         assert e.value.code == 2 and f"{flag} {value}: must be at least 1" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_experiment_and_a_missing_checkpoint(mvtec_dir: Path, tmp_path: Path):
+    cfg = tiny_config(mvtec_dir, epochs=2)
+    train(cfg, tmp_path / "run", torch.device("cpu"), max_steps=2, progress=False)
+    for change in ({"train": {"batch_size": 8}}, {"train": {"lr": 0.5, "beta": 7.0}}, {"model": {"latent": 8}},
+                   {"train": {"weight_decay": 0.5}}):
+        with pytest.raises(ValueError, match="--resume with another experiment") as e:
+            train(merge(cfg, change), tmp_path / "run", torch.device("cpu"), resume=True, progress=False)
+        section, values = next(iter(change.items()))
+        assert all(f"{section}.{k}:" in str(e.value) for k in values)
+    # more epochs, another data root (moved to another machine): the same experiment, resumed
+    moved = tmp_path / "moved"
+    shutil.copytree(mvtec_dir, moved)
+    train(merge(cfg, {"train": {"epochs": 3}, "data": {"root": str(moved)}}), tmp_path / "run", torch.device("cpu"),
+          resume=True, max_steps=3, progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(cfg, tmp_path / "typo", torch.device("cpu"), resume=True, progress=False)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(mvtec_dir: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    import training.train as tt
+
+    cfg = tiny_config(mvtec_dir, epochs=3)
+    train(cfg, tmp_path / "run", torch.device("cpu"), max_steps=4, progress=False)  # one epoch of 4 steps
+    good = _weights(tmp_path / "run" / "model.pt")
+    real = tt.vae_loss
+
+    def poisoned(*a, **k):
+        t = real(*a, **k)
+        return t._replace(total=t.total * float("nan"))
+
+    monkeypatch.setattr(tt, "vae_loss", poisoned)
+    with pytest.raises(RuntimeError, match=r"non-finite loss at step 4 \(epoch 2\)"):
+        train(cfg, tmp_path / "run", torch.device("cpu"), resume=True, progress=False)
+    after = _weights(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_out_that_is_a_file_fails_before_training(mvtec_dir: Path, tmp_path: Path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(mvtec_dir)))
+    (tmp_path / "afile").write_text("x")
+    assert train_main(["--config", str(cfg), "--out", str(tmp_path / "afile"), "--quiet"]) == 1
+    assert "afile" in capsys.readouterr().err

@@ -103,6 +103,39 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return _torch_load(path, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
 
 
+# `train` keys a resumed run may change: how long it runs and how it logs, not what it trains
+RESUMABLE_TRAIN_KEYS = frozenset({"epochs", "steps", "workers", "log_every", "checkpoint_every"})
+
+
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What a --resume would silently change in the experiment: 'section.key: old -> new' for every
+    model setting, every train setting outside RESUMABLE_TRAIN_KEYS, and the data's format and
+    augmentation (the data root may move between machines: not a conflict)."""
+    diffs = []
+    sections = {"model": set(), "train": RESUMABLE_TRAIN_KEYS, "data": {"root", "cache_dir"}}
+    for section, free in sections.items():
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for k in sorted((set(a) | set(b)) - free):
+            if a.get(k) != b.get(k):
+                diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return diffs
+
+
+def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | torch.device) -> dict[str, Any]:
+    """The checkpoint --resume continues, after checking that it is there and was trained with the
+    same experiment as `config` (ValueError listing every difference otherwise)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to resume (drop --resume to start a new run there)")
+    ck = load_checkpoint(path, map_location)
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
+        raise ValueError(f"{path}: not a checkpoint of this project")
+    diffs = resume_conflicts(ck["config"], config)
+    if diffs:
+        raise ValueError(f"{path}: --resume with another experiment than the checkpoint's ({'; '.join(diffs)}); "
+                         "resume with its config, or train into another --out")
+    return ck
+
+
 def _model_from(ckpt: dict[str, Any], path: str | Path, arch: str | None) -> tuple[VAE, dict[str, Any]]:
     """The trained model in eval mode and the config it was trained with; `arch` rejects a
     checkpoint of another family with a message naming the file."""

@@ -130,7 +130,12 @@ def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] 
     layers = layers or [inf["layer"]]
     scores = scores or [inf["score"]]
     mcfg = config["model"]
-    split = load_split(config["data"], "test", mcfg["size"], mcfg.get("channels", 1), strict=False, root=data)
+    try:
+        split = load_split(config["data"], "test", mcfg["size"], mcfg.get("channels", 1), strict=False, root=data)
+    except FileNotFoundError as e:
+        if data is not None:
+            raise
+        raise FileNotFoundError(f"{e} (data.root as recorded in {checkpoint}; pass --data DIR)") from e
     for f, why in split.skipped:
         print(f"skipped {f}: {why}", file=sys.stderr)
     scales = fusion_scales(model, config, layers, scores, data, device)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.attention import attention_map
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import resume_checkpoint, save_checkpoint
 from training.data.dsprites import NUM_IMAGES, DSprites, load_dsprites
 from training.losses import vae_loss
 from training.models.factorvae import Discriminator, FactorVAEModel, build_factorvae, permute_dims
@@ -189,16 +189,18 @@ class Trainer:
 def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool = False,
           max_steps: int | None = None, progress: bool = True, data: DSprites | None = None) -> Path:
     """Train and return OUT/model.pt (written atomically every `checkpoint_every` steps and at the end)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "model.pt"
+    ck = resume_checkpoint(ckpt_path, config, device) if resume else None  # before the dataset is rendered
     tr = Trainer(config, device)
     t = tr.t
     steps = int(t["steps"]) if max_steps is None else min(int(t["steps"]), int(max_steps))
     if data is None:
         dcfg = config.get("data") or {}
         data = load_dsprites(dcfg.get("root"), dcfg.get("cache_dir"))
-    ckpt_path = out / "model.pt"
     history: list[dict[str, float]] = []
-    if resume and ckpt_path.exists():
-        history = tr.load(load_checkpoint(ckpt_path, device))
+    if ck is not None:
+        history = tr.load(ck)
     started = time.time() - (history[-1]["seconds"] if history else 0.0)
     sums: dict[str, float] = {}
     count = 0

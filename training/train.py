@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import resume_checkpoint, save_checkpoint
 from training.config import load_config, merge
 from training.data import AugmentedImages, load_split
 from training.losses import vae_loss
@@ -80,6 +80,10 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 
+    # before the data and the first epoch: a bad --out or a resume of another experiment fails now
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "model.pt"
+    ck = resume_checkpoint(ckpt_path, config, device) if resume else None
     split = load_split(dcfg, "train", mcfg["size"], mcfg.get("channels", 1), strict=True)
     for f, why in split.skipped if rank == 0 else ():
         print(f"note: {f}: {why}", file=sys.stderr)
@@ -103,13 +107,11 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         # on CPU (gloo) a BatchNorm model's N-process run is close to, not equal to, one process.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0)))
-    ckpt_path = out / "model.pt"
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     epoch, step = 0, 0
     history: list[dict[str, float]] = []
-    if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -124,6 +126,17 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"train.lr_decay {decay} must lie in [0, 1] (the decayed fraction of the steps)")
     total_steps = epochs * len(loader)
+    if rank == 0 and ck is not None and epoch >= epochs:
+        print(f"note: {ckpt_path} already has {epoch} epochs >= train.epochs {epochs}: only refitting the "
+              "statistics", file=sys.stderr)
+
+    def save(stats_ready: bool) -> None:
+        try:
+            save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
+                            history=history, stats_ready=stats_ready, scaler=scaler.state_dict() if amp else None)
+        except OSError as e:  # atomic_write kept the previous file
+            raise OSError(e.errno, f"cannot write {ckpt_path} ({e.strerror or e}); the previous checkpoint, if "
+                                   "any, is kept: free space, then --resume") from e
     # DistributedSampler deals global positions round-robin (rank r holds r, r+world, ...), so
     # that is also the stride of this rank's rows of the global noise: image and noise stay paired
     # exactly as in one process.
@@ -149,6 +162,14 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                 o = ddp(image.to(device), eps)
             terms = vae_loss(o.recon.float(), o.target, o.mu.float(), o.logvar.float(), tcfg["loss"],
                              float(tcfg["beta"]))
+            # one step on a NaN/inf loss ruins every weight, and each later epoch would overwrite the
+            # last good checkpoint; all processes stop together (one alone would hang the others)
+            bad = (~torch.isfinite(terms.total.detach())).float().reshape(1)
+            if world > 1:
+                dist.all_reduce(bad)
+            if bad.item():
+                raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}); {ckpt_path} keeps the last "
+                                   "completed epoch: lower train.lr or check the data, then --resume")
             for group in opt.param_groups:
                 group["lr"] = learning_rate(base_lr, step, total_steps, decay)
             opt.zero_grad(set_to_none=True)
@@ -177,13 +198,11 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                 h = history[-1]
                 print(f"epoch {epoch}/{epochs} step {step} loss {h['loss']:.2f} recon {h['recon']:.2f} "
                       f"kl {h['kl']:.2f} ({count / (time.time() - t_epoch):.2f} it/s)", file=sys.stderr)
-            save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
-                            history=history, stats_ready=False, scaler=scaler.state_dict() if amp else None)
+            save(stats_ready=False)
     if rank == 0:
         inf = config["inference"]
         fit_normal_stats(model, split.images, inf["layer"], inf["score"], float(inf["blur_sigma"]), device=device)
-        save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
-                        history=history, stats_ready=True, scaler=scaler.state_dict() if amp else None)
+        save(stats_ready=True)
     if world > 1:
         dist.barrier()
     return ckpt_path
@@ -219,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         config = merge(config, over)
         out = Path(args.out or Path("runs") / Path(args.config).stem)
         path = train(config, out, pick_device(args.device), args.resume, args.max_steps, not args.quiet)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # OSError: FileNotFoundError, a full disk, --out a file
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

@@ -38,8 +38,8 @@ def test_demo_errors(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "no-data" in err and "step 'train' failed" in err
     # a mistyped --input is a usage error found before the training run, not after it
-    assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--input", str(tmp_path / "typo")]) == 2
-    assert "--input" in capsys.readouterr().err and not (tmp_path / "o" / "train").exists()
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o2"), "--input", str(tmp_path / "typo")]) == 2
+    assert "--input" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_demo_refuses_a_config_without_image_data(tmp_path: Path, capsys):

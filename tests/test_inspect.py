@@ -629,3 +629,102 @@ def test_a_folder_holding_a_report_needs_resume_or_overwrite(tmp_path: Path, mod
     assert ri.main(["--engine", str(tmp_path / "nope.onnx"), "--input", str(inp), "--output", str(out),
                     "--overwrite"]) == 1
     assert len(rows(out)) == 1
+
+
+def test_a_full_output_disk_stops_the_run_and_resume_writes_what_is_missing(
+        tmp_path: Path, model: Path, stub_sidecars: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """ENOSPC used to become one error row per later image, the run 'complete', and --resume
+    skipped them all: the pictures were never written."""
+    import errno as _errno
+
+    inp = tmp_path / "in"
+    for i in range(6):
+        png(inp / f"{i}.png", part(i % 2 == 1))
+    out = tmp_path / "out"
+    args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--save", "overlay",
+            "--batch", "2", "--workers", "1"]
+    real, calls = ri.save_image, []
+
+    def full(path: Path, image: np.ndarray) -> None:
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(_errno.ENOSPC, "No space left on device", str(path))
+        real(path, image)
+
+    monkeypatch.setattr(ri, "save_image", full)
+    assert ri.main(args) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device: free space on the output, then rerun with --resume" in err
+    done = rows(out)
+    assert all(r["status"] == "ok" for r in done) and len(done) < 6
+    monkeypatch.setattr(ri, "save_image", real)  # space freed
+    assert ri.main(args + ["--resume"]) == 0
+    assert len(rows(out)) == 6 and len(list((out / "overlay").glob("*.jpg"))) == 6
+
+
+def test_a_fatal_backend_error_keeps_the_rows_already_finished(tmp_path: Path, model: Path, stub_sidecars: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.backends import BackendError
+    from runtime.model import Model
+
+    inp = tmp_path / "in"
+    for i in range(6):
+        png(inp / f"{i}.png", part(False))
+    real, calls = Model.__call__, []
+
+    def failing(self: Model, images: np.ndarray) -> dict:
+        calls.append(len(images))
+        if len(calls) == 3:  # warm-up, first batch, then the second batch fails
+            raise BackendError("stub.onnx: inference failed (out of memory)")
+        return real(self, images)
+
+    monkeypatch.setattr(Model, "__call__", failing)
+    out = tmp_path / "out"
+    assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--batch", "2",
+                    "--workers", "1"]) == 1
+    assert [r["file"] for r in rows(out)] == ["0.png", "1.png"]
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_post_processing_out_of_memory_is_that_images_row(tmp_path: Path, model: Path, stub_sidecars: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = tmp_path / "in"
+    png(inp / "a.png", part(False))
+    png(inp / "b.png", part(True))
+    real = ri.inspect_map
+
+    def oom(m: np.ndarray, *a: object, **k: object) -> object:
+        if float(np.max(m)) > 0.9:  # the bright defect image
+            raise MemoryError
+        return real(m, *a, **k)
+
+    monkeypatch.setattr(ri, "inspect_map", oom)
+    out = tmp_path / "out"
+    assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]) == 0
+    by = {r["file"]: r for r in rows(out)}
+    assert by["a.png"]["status"] == "ok" and by["b.png"]["reason"] == "b.png: out of memory in post-processing"
+
+
+def test_decoded_pixels_are_freed_when_no_overlay_needs_them(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    from runtime.model import open_model
+
+    png(tmp_path / "a.png", part(False, size=300))
+    m = open_model(model)
+    s = ri.Settings(tmp_path / "out", ri.Thresholds(), ("mask",), ri.DEFAULT_MAX_PIXELS, "attention")
+    job = ri.prepare_job(ri.Entry("a.png", tmp_path / "a.png"), m, s)
+    assert job.decoded.image.size == 0 and job.decoded.image.base is None  # not a view of the 300x300 image
+    assert job.size == (300, 300)
+
+
+def test_sigterm_takes_the_interrupt_path_and_the_handler_is_restored(tmp_path: Path, model: Path,
+                                                                      stub_sidecars: None) -> None:
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        ri._terminate(signal.SIGTERM, None)
+    before = signal.getsignal(signal.SIGTERM)
+    png(tmp_path / "in" / "a.png", part(False))
+    assert ri.main(["--engine", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                    "--quiet"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

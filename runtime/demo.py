@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, onnx_path = out / "train" / "model.pt", out / "deploy" / "screw.onnx"
     train_args = ["--config", args.config, "--out", str(out / "train")]
     train_args += ["--epochs", str(args.epochs)] if args.epochs else []
-    train_args += ["--resume"] if args.resume else []
+    # a run interrupted in its first epoch left nothing to resume: it starts again
+    train_args += ["--resume"] if args.resume and ckpt.is_file() else []
     steps: list[tuple[str, Callable[[list[str]], int], list[str]]] = [
         ("train", training_train.main, train_args),
         ("export", export_onnx.main, ["--checkpoint", str(ckpt), "--out", str(onnx_path)]),

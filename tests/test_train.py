@@ -251,3 +251,54 @@ def test_out_that_is_a_file_fails_before_training(mvtec_dir: Path, tmp_path: Pat
     (tmp_path / "afile").write_text("x")
     assert train_main(["--config", str(cfg), "--out", str(tmp_path / "afile"), "--quiet"]) == 1
     assert "afile" in capsys.readouterr().err
+
+
+def test_nan_gradients_behind_a_finite_loss_never_reach_the_checkpoint(mvtec_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    import training.train as tt
+
+    cfg = tiny_config(mvtec_dir, epochs=3)
+    train(cfg, tmp_path / "run", torch.device("cpu"), max_steps=4, progress=False)
+    good = _weights(tmp_path / "run" / "model.pt")
+    real, calls = tt.vae_loss, []
+
+    def nan_grads(*a, **k):  # the last step of epoch 2: loss finite, d sqrt(0) = inf, times 0 = NaN
+        calls.append(1)
+        t = real(*a, **k)
+        return t._replace(total=t.total + (a[2] * 0).sum().sqrt()) if len(calls) == 4 else t
+
+    monkeypatch.setattr(tt, "vae_loss", nan_grads)
+    with pytest.raises(RuntimeError, match="non-finite weights after step 8, not saved; .* keeps the last good"):
+        train(cfg, tmp_path / "run", torch.device("cpu"), resume=True, progress=False)
+    after = _weights(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_resume_fills_defaults_and_allows_a_decay_on_a_constant_run(mvtec_dir: Path, tmp_path: Path):
+    from training.checkpoint import resume_conflicts
+
+    cfg = tiny_config(mvtec_dir, epochs=2)
+    old = merge(cfg, {})
+    del old["train"]["lr_decay"], old["train"]["weight_decay"]  # a checkpoint older than these defaults
+    old["model"].pop("fc_relu", None)
+    assert resume_conflicts(old, merge(cfg, {"model": {"fc_relu": False}, "train": {"lr_decay": 0.5}})) == []
+    assert resume_conflicts(old, merge(cfg, {"model": {"fc_relu": True}})) == ["model.fc_relu: False -> True"]
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_old_one_and_says_so(tmp_path: Path, monkeypatch):
+    from training.checkpoint import save_checkpoint
+    from training.models import build_model
+
+    model = build_model({"arch": "mnist", "size": 28, "channels": 1, "latent": 4})
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, {"model": {"arch": "mnist"}}, step=1)
+    before = path.read_bytes()
+
+    def full(obj, f, *a, **k):  # what torch's C++ writer raises on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 896 vs 790")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write .*model.pt \(the write failed: disk full\?\); the previous "
+                                      r"checkpoint, if any, is kept"):
+        save_checkpoint(path, model, {"model": {"arch": "mnist"}}, step=2)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from training.config import DEFAULTS, merge
 from training.models import VAE, build_model
+from training.models.vae import model_settings
 
 
 _UMASK = os.umask(0)
@@ -77,9 +79,19 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every float parameter and buffer is finite (a NaN step must not reach a checkpoint)."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
 def save_checkpoint(path: str | Path, model: VAE, config: dict[str, Any], **state: Any) -> None:
     payload = {"config": config, "model": model.state_dict(), **state}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except (OSError, RuntimeError) as e:  # torch's C++ writer reports a full disk as a bare RuntimeError
+        reason = getattr(e, "strerror", None) or "the write failed: disk full?"
+        raise OSError(f"cannot write {path} ({reason}); the previous checkpoint, if any, is kept: "
+                      "free space, then --resume") from e
 
 
 def _torch_load(path: Path, source: str | Path | io.BytesIO, map_location: str | torch.device) -> dict[str, Any]:
@@ -103,25 +115,33 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return _torch_load(path, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
 
 
-# `train` keys a resumed run may change: how long it runs and how it logs, not what it trains
-RESUMABLE_TRAIN_KEYS = frozenset({"epochs", "steps", "workers", "log_every", "checkpoint_every"})
+# `train` keys a resumed run may change: how long it runs and how it logs, and the decayed
+# fraction (the constant phase is bit-identical, so a decayed run may continue a constant one)
+RESUMABLE_TRAIN_KEYS = frozenset({"epochs", "steps", "workers", "log_every", "checkpoint_every", "lr_decay"})
+# `data` keys that do not change what is trained: where it lies, and the test split's size
+RESUMABLE_DATA_KEYS = frozenset({"root", "cache_dir", "max_test"})
 
 
-def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any],
+                     train_defaults: dict[str, Any] | None = None) -> list[str]:
     """What a --resume would silently change in the experiment: 'section.key: old -> new' for every
     model setting, every train setting outside RESUMABLE_TRAIN_KEYS, and the data's format and
-    augmentation (the data root may move between machines: not a conflict)."""
+    augmentation. Both sides get the defaults first: a key a checkpoint predates is not a change."""
+    filled = {"model": model_settings,
+              "train": lambda c: {**(DEFAULTS["train"] if train_defaults is None else train_defaults), **c},
+              "data": lambda c: merge(DEFAULTS["data"], c)}
+    free = {"model": frozenset(), "train": RESUMABLE_TRAIN_KEYS, "data": RESUMABLE_DATA_KEYS}
     diffs = []
-    sections = {"model": set(), "train": RESUMABLE_TRAIN_KEYS, "data": {"root", "cache_dir"}}
-    for section, free in sections.items():
-        a, b = old.get(section) or {}, new.get(section) or {}
-        for k in sorted((set(a) | set(b)) - free):
+    for section, fill in filled.items():
+        a, b = fill(old.get(section) or {}), fill(new.get(section) or {})
+        for k in sorted((set(a) | set(b)) - free[section]):
             if a.get(k) != b.get(k):
                 diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
     return diffs
 
 
-def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | torch.device) -> dict[str, Any]:
+def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | torch.device,
+                      train_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint --resume continues, after checking that it is there and was trained with the
     same experiment as `config` (ValueError listing every difference otherwise)."""
     if not path.is_file():
@@ -129,7 +149,7 @@ def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | to
     ck = load_checkpoint(path, map_location)
     if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
         raise ValueError(f"{path}: not a checkpoint of this project")
-    diffs = resume_conflicts(ck["config"], config)
+    diffs = resume_conflicts(ck["config"], config, train_defaults)
     if diffs:
         raise ValueError(f"{path}: --resume with another experiment than the checkpoint's ({'; '.join(diffs)}); "
                          "resume with its config, or train into another --out")

@@ -15,6 +15,7 @@ Called by `python -m training.train --config configs/dsprites_*.yaml` (arch fact
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,11 +27,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.attention import attention_map
-from training.checkpoint import resume_checkpoint, save_checkpoint
+from training.checkpoint import finite_weights, resume_checkpoint, save_checkpoint
 from training.data.dsprites import NUM_IMAGES, DSprites, load_dsprites
 from training.losses import vae_loss
 from training.models.factorvae import Discriminator, FactorVAEModel, build_factorvae, permute_dims
-from training.train import step_noise
+from training.train import kept_note, step_noise
 
 # The family's `train` keys and their defaults (the paper's FactorVAE settings where it has one).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -191,7 +192,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     """Train and return OUT/model.pt (written atomically every `checkpoint_every` steps and at the end)."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "model.pt"
-    ck = resume_checkpoint(ckpt_path, config, device) if resume else None  # before the dataset is rendered
+    ck = resume_checkpoint(ckpt_path, config, device, TRAIN_DEFAULTS) if resume else None  # before rendering
     tr = Trainer(config, device)
     t = tr.t
     steps = int(t["steps"]) if max_steps is None else min(int(t["steps"]), int(max_steps))
@@ -207,6 +208,8 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     bar = tqdm(total=steps, initial=tr.step, disable=not progress, dynamic_ncols=True, leave=False)
     while tr.step < steps:
         vals = tr.train_step(*tr.batch(data, tr.step))
+        if not all(math.isfinite(v) for v in vals.values()):  # stop before a checkpoint takes NaN weights
+            raise RuntimeError(f"non-finite loss terms at step {tr.step} ({vals}); {kept_note(ckpt_path)}")
         for k, v in vals.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1
@@ -219,6 +222,8 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
             if progress:
                 print(" ".join(f"{k} {v:.4g}" for k, v in rec.items()), file=sys.stderr)
         if tr.step % int(t["checkpoint_every"]) == 0 or tr.step == steps:
+            if not finite_weights(tr.model):
+                raise RuntimeError(f"non-finite weights after step {tr.step}, not saved; {kept_note(ckpt_path)}")
             save_checkpoint(ckpt_path, tr.model, config, **tr.state(history))
     bar.close()
     if not ckpt_path.exists():  # resumed at or past the budget: still leave a checkpoint

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from training.checkpoint import resume_checkpoint, save_checkpoint
+from training.checkpoint import finite_weights, resume_checkpoint, save_checkpoint
 from training.config import load_config, merge
 from training.data import AugmentedImages, load_split
 from training.losses import vae_loss
@@ -131,12 +131,13 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
               "statistics", file=sys.stderr)
 
     def save(stats_ready: bool) -> None:
-        try:
+        # a finite loss can still give NaN gradients (a sqrt at 0): never write non-finite weights
+        # over the last good checkpoint (every process checks its identical copy: they stop together)
+        if not finite_weights(model):
+            raise RuntimeError(f"non-finite weights after step {step}, not saved; {kept_note(ckpt_path)}")
+        if rank == 0:
             save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
                             history=history, stats_ready=stats_ready, scaler=scaler.state_dict() if amp else None)
-        except OSError as e:  # atomic_write kept the previous file
-            raise OSError(e.errno, f"cannot write {ckpt_path} ({e.strerror or e}); the previous checkpoint, if "
-                                   "any, is kept: free space, then --resume") from e
     # DistributedSampler deals global positions round-robin (rank r holds r, r+world, ...), so
     # that is also the stride of this rank's rows of the global noise: image and noise stay paired
     # exactly as in one process.
@@ -168,8 +169,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
             if world > 1:
                 dist.all_reduce(bad)
             if bad.item():
-                raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}); {ckpt_path} keeps the last "
-                                   "completed epoch: lower train.lr or check the data, then --resume")
+                raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}); {kept_note(ckpt_path)}")
             for group in opt.param_groups:
                 group["lr"] = learning_rate(base_lr, step, total_steps, decay)
             opt.zero_grad(set_to_none=True)
@@ -198,7 +198,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                 h = history[-1]
                 print(f"epoch {epoch}/{epochs} step {step} loss {h['loss']:.2f} recon {h['recon']:.2f} "
                       f"kl {h['kl']:.2f} ({count / (time.time() - t_epoch):.2f} it/s)", file=sys.stderr)
-            save(stats_ready=False)
+        save(stats_ready=False)
     if rank == 0:
         inf = config["inference"]
         fit_normal_stats(model, split.images, inf["layer"], inf["score"], float(inf["blur_sigma"]), device=device)
@@ -206,6 +206,13 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     if world > 1:
         dist.barrier()
     return ckpt_path
+
+
+def kept_note(ckpt_path: Path) -> str:
+    """What is left to resume from after training stopped on non-finite numbers."""
+    if ckpt_path.is_file():
+        return f"{ckpt_path} keeps the last good checkpoint: lower train.lr or check the data, then --resume"
+    return "nothing was saved yet: lower train.lr or check the data, then start again"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,14 +138,23 @@ class VAE(nn.Module):
 ARCHS = ("mnist", "ucsd", "resnet18", "factorvae")
 
 
+def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The `model` section with every default filled in (the one place they are decided), so
+    that two configs can be compared for the model they build."""
+    arch = cfg.get("arch", "resnet18")
+    if arch == "factorvae":
+        return dict(cfg, arch=arch)
+    return dict(cfg, arch=arch, size=int(cfg["size"]), channels=int(cfg.get("channels", 1)),
+                latent=int(cfg.get("latent", 32)), fc_relu=bool(cfg.get("fc_relu", arch != "resnet18")))
+
+
 def build_model(cfg: dict[str, Any]) -> VAE:
     """Build from the `model` section of a config: arch, size, channels, latent, fc_relu."""
-    arch = cfg.get("arch", "resnet18")
-    if arch == "factorvae":  # supp. table 4 (dSprites); imported here because it builds on VAE
+    if cfg.get("arch", "resnet18") == "factorvae":  # supp. table 4 (dSprites); imported here: it builds on VAE
         from training.models.factorvae import build_factorvae
         return build_factorvae(cfg)
-    size, channels, latent = int(cfg["size"]), int(cfg.get("channels", 1)), int(cfg.get("latent", 32))
-    fc_relu = bool(cfg.get("fc_relu", arch != "resnet18"))
+    full = model_settings(cfg)
+    arch, size, channels, latent, fc_relu = (full[k] for k in ("arch", "size", "channels", "latent", "fc_relu"))
     if arch == "mnist":
         if size != 28:
             raise ValueError("arch mnist is 28x28 (supp. table 1)")
@@ -166,5 +175,4 @@ def build_model(cfg: dict[str, Any]) -> VAE:
         feat = 512 * (size // 32) ** 2
     else:
         raise ValueError(f"unknown arch '{arch}'; choose one of {ARCHS}")
-    full = dict(cfg, arch=arch, size=size, channels=channels, latent=latent, fc_relu=fc_relu)
     return VAE(enc, feat, 1024, latent, dec, channels, fc_relu, full)

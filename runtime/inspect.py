@@ -656,14 +656,17 @@ def inspect_folder(model: Model, entries: list[Entry], s: Settings, reports: Rep
             if todo:
                 run_batch()
             flush(keep=0)
-        except BaseException:
-            # stop now (Ctrl-C, a fatal backend error, a full disk): queued decodes and pictures
-            # are cancelled instead of run to the end, and rows already finished are still written
-            for pool in (dec_pool, post_pool):
-                pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException as e:
+            # stop now: queued decodes are cancelled (cheap to redo on --resume). After a fatal
+            # error the images already inferred finish post-processing and get their rows; after
+            # Ctrl-C / SIGTERM their queued pictures are cancelled too and only finished rows are written.
+            interrupted = isinstance(e, KeyboardInterrupt)
+            dec_pool.shutdown(wait=False, cancel_futures=True)
+            if interrupted:
+                post_pool.shutdown(wait=False, cancel_futures=True)
             try:
-                flush()
-            except Exception:  # noqa: BLE001 - the original error is the one to report
+                flush() if interrupted else flush(keep=0)
+            except BaseException:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
     bar.close()

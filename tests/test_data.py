@@ -193,3 +193,32 @@ def test_a_relative_data_root_that_is_missing_says_where_it_was_looked_for(tmp_p
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"relative to the current folder .*run from the repository root or pass --data"):
         load_split({"format": "mvtec", "root": "../shared/data/nowhere"}, "train", 32, 1, strict=True)
+
+
+def test_ucsd_test_split_without_any_ground_truth_is_not_all_normal(tmp_path: Path):
+    (tmp_path / "Test" / "Test001").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "Test" / "Test001" / "000.tif"), np.full((20, 20), 100, np.uint8))
+    cfg = {"format": "ucsd", "root": str(tmp_path)}
+    with pytest.raises(ImageError, match="Test001: no ground truth folder Test001_gt"):
+        load_split(cfg, "test", 16, 1, strict=True)
+    with pytest.raises(ImageError, match="no frames found in a sequence with a ground-truth folder"):
+        load_split(cfg, "test", 16, 1, strict=False)
+    with pytest.raises(ImageError, match="no sequence folder Tset002"):
+        load_split({**cfg, "sequences": ["Test001", "Tset002"]}, "test", 16, 1, strict=False)
+
+
+def test_mnist_idx_files_that_are_wrong_name_the_file(tmp_path: Path):
+    import gzip
+
+    from training.data.mnist import read_idx
+
+    good = b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(2 * 28 * 28)
+    cases = {"truncated.gz": (gzip.compress(good[:-10]), "data bytes for dims"),
+             "int32.gz": (gzip.compress(b"\x00\x00\x0c" + good[3:]), "not an idx file of unsigned bytes"),
+             "plain.gz": (good, "not a readable gzip file")}
+    for name, (content, why) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: .*{why}"):
+            read_idx(tmp_path / name)
+    (tmp_path / "ok.gz").write_bytes(gzip.compress(good))
+    assert read_idx(tmp_path / "ok.gz").shape == (2, 28, 28)

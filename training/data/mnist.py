@@ -14,13 +14,23 @@ from training.data.split import Split
 
 
 def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise ValueError(f"{path}: not an idx file")
+    """A gzipped idx file of unsigned bytes (MNIST's type); ValueError naming the file otherwise."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError) as e:  # not gzip, truncated stream
+        raise ValueError(f"{path}: not a readable gzip file ({e})") from e
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or data[3] == 0:
+        raise ValueError(f"{path}: not an idx file of unsigned bytes (header {data[:4].hex() or 'empty'})")
     ndim = data[3]
+    header = 4 + 4 * ndim
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if len(data) != header + int(np.prod(dims)):
+        raise ValueError(f"{path}: {len(data) - header} data bytes for dims {dims} "
+                         f"({header + int(np.prod(dims))} expected): truncated or not this file")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
 def load(root: Path, split: str, size: int, channels: int, normal_digit: int, max_test: int) -> Split:
@@ -28,6 +38,9 @@ def load(root: Path, split: str, size: int, channels: int, normal_digit: int, ma
         raise ValueError(f"MNIST is 28x28 grayscale: set model.size 28 and model.channels 1 (got {size}, {channels})")
     images = read_idx(root / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(int)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{root}: t10k-images {list(images.shape)} and t10k-labels {list(labels.shape)} are not "
+                         "N 28x28 images with N labels")
     normal = np.flatnonzero(labels == normal_digit)
     train_idx = normal[: len(normal) // 2]
     if split == "train":

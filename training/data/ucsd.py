@@ -16,9 +16,12 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool, sequenc
         raise ImageError(f"{base}: missing (UCSD layout needs Train/ and Test/ frame folders)")
     seqs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.endswith("_gt"))
     if sequences:
+        missing = sorted(set(sequences) - {d.name for d in seqs})
+        if missing:
+            raise ImageError(f"{base}: no sequence folder {', '.join(missing)} (data.sequences)")
         seqs = [d for d in seqs if d.name in sequences]
     paths, masks, unlabelled = [], [], []
-    labelled = split == "test" and any((d.parent / f"{d.name}_gt").is_dir() for d in seqs)
+    labelled = split == "test"  # every test frame needs its mask: none at all is no label, not "normal"
     for d in seqs:
         gt = d.parent / f"{d.name}_gt"
         if labelled and not gt.is_dir():
@@ -29,10 +32,11 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool, sequenc
         for p in list_images(d):
             paths.append(p)
             masks.append(gt / f"{p.stem}.bmp" if labelled else None)
-    if not paths:
-        raise ImageError(f"{base}: no frames found")
     if unlabelled and strict:
         raise ImageError(f"{unlabelled[0][0]}: {unlabelled[0][1]}")
+    if not paths:
+        raise ImageError(f"{base}: no frames found" + (" in a sequence with a ground-truth folder (<seq>_gt)"
+                                                       if unlabelled else ""))
     imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if labelled else None)
     skipped = unlabelled + skipped
     labels = m.reshape(len(m), -1).any(1).astype(int) if m is not None else np.zeros(len(imgs), int)

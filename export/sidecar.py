@@ -92,13 +92,22 @@ def _dump(path: Path, info: dict[str, Any]) -> None:
 
 def listed_files(model_path: str | Path) -> list[str]:
     """The files the sidecar at X.yaml lists today ([] when there is none or it is unreadable)."""
-    path = sidecar_path(model_path)
+    files = _previous(sidecar_path(model_path)).get("files")
+    return [str(f) for f in files] if isinstance(files, dict) else []
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    """The sidecar at `path` as it is now ({} when there is none or it is unreadable)."""
     try:
         data = yaml.safe_load(path.read_text()) if path.is_file() else None
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return []
-    files = data.get("files") if isinstance(data, dict) else None
-    return [str(f) for f in files] if isinstance(files, dict) else []
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_sidecar(path: Path) -> bool:
+    """Written by us (a `schema` key), even a damaged one: replacing that loses nothing."""
+    return "schema" in _previous(path)
 
 
 def check_sidecar_free(model_path: str | Path) -> None:
@@ -106,6 +115,10 @@ def check_sidecar_free(model_path: str | Path) -> None:
     one sidecar, so writing X's would destroy another model's (its thresholds included). Called
     before a long export or build, so nothing is written when the name is taken."""
     model_path = Path(model_path)
+    path = sidecar_path(model_path)
+    if path.is_file() and not listed_files(model_path) and not _is_sidecar(path):
+        raise SidecarError(f"{path}: exists and is not a model sidecar (a config?); writing {model_path.name}'s "
+                           "sidecar there would replace it: move it or choose another name")
     listed = listed_files(model_path)
     if listed and model_path.name not in listed:
         raise SidecarError(f"{sidecar_path(model_path)}: already the sidecar of {', '.join(listed)} (another "
@@ -136,6 +149,14 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
     if dropped:  # a re-export: what was built from the previous model no longer matches it
         warnings.warn(f"{path}: no longer lists {', '.join(dropped)} (made from the previous "
                       f"{model_path.name}); rebuild or re-calibrate it", stacklevel=2)
+    old = _previous(path)
+    if old.get("thresholds") and not data["thresholds"]:
+        entry = (old.get("files") or {}).get(model_path.name) or {}
+        if entry.get("sha256") == data["files"][model_path.name]["sha256"]:
+            data["thresholds"] = old["thresholds"]  # the very same model: its calibration still holds
+        else:
+            warnings.warn(f"{path}: the calibrated thresholds belonged to the previous {model_path.name} and are "
+                          "dropped: re-calibrate", stacklevel=2)
     _dump(path, data)
     return path
 

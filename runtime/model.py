@@ -167,7 +167,7 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             file = given
         try:
             be = B.create("torch", file, device=device, settings=settings)
-        except B.BackendError as e:
+        except (B.BackendError, ValueError) as e:  # ValueError: an unreadable checkpoint, bad settings
             raise ModelError(str(e)) from e
         # the hash of the bytes the module was built from (training.checkpoint.load_model_hashed):
         # hashing the file again could see a checkpoint training has rewritten since
@@ -185,6 +185,12 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             be = B.create(name, file, providers=providers, device=device, threads=threads)
         except B.BackendError as e:
             raise ModelError(str(e)) from e
+    declared = tuple(getattr(be, "input_shape", ()) or ())
+    if len(declared) == 3 and all(isinstance(d, int) and d > 0 for d in declared) and \
+            declared != (spec.height, spec.width, spec.channels):
+        be.close()  # the sidecar is not hashed: a hand-edited or foreign one must not decide the resize
+        raise ModelError(f"{file}: its sidecar says input {spec.height}x{spec.width}x{spec.channels}, the model "
+                         f"itself {declared[0]}x{declared[1]}x{declared[2]}; re-export it")
     model = Model(file, be, spec, sidecar, source=given)
     if sidecar is not None:
         listed = set(sidecar.get("outputs") or [])

@@ -251,3 +251,15 @@ def test_torch_reference_is_the_checkpoint_whose_hash_was_checked(tmp_path: Path
     monkeypatch.undo()
     with pytest.raises(rm.ModelError, match="model.pt: sha256 differs from the checkpoint the sidecar"):
         rm.open_model(onnx_path, backend="torch", device="cpu")  # now model.pt is the newer one
+
+
+def test_a_sidecar_whose_input_disagrees_with_the_graph_is_refused_at_open(tmp_path: Path, stub_model: Path,
+                                                                          stub_sidecars: None) -> None:
+    side = yaml.safe_load(stub_model.with_suffix(".yaml").read_text())
+    side["input"]["height"] = side["input"]["width"] = 64  # the graph takes 16x16
+    bad = tmp_path / "edited.onnx"
+    bad.write_bytes(stub_model.read_bytes())
+    side["files"] = {bad.name: {"sha256": "stub"}}
+    bad.with_suffix(".yaml").write_text(yaml.safe_dump(side))
+    with pytest.raises(rm.ModelError, match="its sidecar says input 64x64x1, the model itself 16x16x1"):
+        rm.open_model(bad, providers="cpu")

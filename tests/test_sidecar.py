@@ -155,3 +155,22 @@ def test_a_files_entry_without_sha256_is_no_entry(model_file: Path) -> None:
     sidecar_path(model_file).write_text(yaml.safe_dump(data))
     with pytest.raises(SidecarError, match="has no entry for screw.onnx"):
         read_sidecar(model_file)
+
+
+def test_a_yaml_that_is_not_a_sidecar_is_never_overwritten(model_file: Path) -> None:
+    config = sidecar_path(model_file)
+    config.write_text("model: {arch: resnet18}\ntrain: {epochs: 150}\n")  # a training config named like the model
+    with pytest.raises(SidecarError, match="exists and is not a model sidecar"):
+        write_sidecar(model_file, INFO)
+    assert "epochs: 150" in config.read_text()
+
+
+def test_a_re_export_keeps_thresholds_of_the_same_model_and_warns_for_another(model_file: Path) -> None:
+    write_sidecar(model_file, INFO)
+    update_sidecar(model_file, thresholds={"pixel": 0.1, "image": 0.2})
+    write_sidecar(model_file, INFO)  # the same bytes: the calibration still holds
+    assert read_sidecar(model_file)["thresholds"] == {"pixel": 0.1, "image": 0.2}
+    model_file.write_bytes(b"another model")
+    with pytest.warns(UserWarning, match="thresholds belonged to the previous screw.onnx and are dropped"):
+        write_sidecar(model_file, INFO)
+    assert read_sidecar(model_file)["thresholds"] == {}

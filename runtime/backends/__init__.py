@@ -43,6 +43,7 @@ class Backend(Protocol):
     input_name: str
     output_names: tuple[str, ...]
     max_batch: int | None  # None: any batch size
+    input_shape: tuple  # (H, W, C) the model itself declares
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [N, H, W, C] -> {output name: array with leading dim N}."""

@@ -119,6 +119,7 @@ class OnnxRuntimeBackend:
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         batch = inputs[0].shape[0]
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.input_shape = tuple(inputs[0].shape[1:])  # (H, W, C) as the graph declares them
         self.providers = self.session.get_providers()
         self.version = ort.__version__
         self.threads = threads

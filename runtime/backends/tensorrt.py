@@ -192,6 +192,7 @@ class TensorRTBackend:
 
         self.runner = EngineRunner(engine, self.context, tensors, hi, lo, allocate, self.stream)
         self.input_name = inp.name
+        self.input_shape = tuple(inp.shape[1:])  # (H, W, C) as the engine declares them
         self.output_names = tuple(t.name for t in self.runner.outputs)
         self.max_batch = hi
         self.device = dev

@@ -65,6 +65,10 @@ class TorchBackend:
         return int(self.module.height), int(self.module.width), int(self.module.channels)
 
     @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.input_hwc()
+
+    @property
     def input_spec(self) -> dict[str, int]:
         h, w, c = self.input_hwc()
         return {"height": h, "width": w, "channels": c}

@@ -90,12 +90,6 @@ def _dump(path: Path, info: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def listed_files(model_path: str | Path) -> list[str]:
-    """The files the sidecar at X.yaml lists today ([] when there is none or it is unreadable)."""
-    files = _previous(sidecar_path(model_path)).get("files")
-    return [str(f) for f in files] if isinstance(files, dict) else []
-
-
 def _previous(path: Path) -> dict[str, Any]:
     """The sidecar at `path` as it is now ({} when there is none or it is unreadable)."""
     try:
@@ -105,23 +99,27 @@ def _previous(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _is_sidecar(path: Path) -> bool:
-    """Written by us (a `schema` key), even a damaged one: replacing that loses nothing."""
-    return "schema" in _previous(path)
+def _listed(old: dict[str, Any]) -> list[str]:
+    """The files an existing sidecar (as `_previous` read it) lists."""
+    files = old.get("files")
+    return [str(f) for f in files] if isinstance(files, dict) else []
 
 
-def check_sidecar_free(model_path: str | Path) -> None:
+def check_sidecar_free(model_path: str | Path, old: dict[str, Any] | None = None) -> None:
     """SidecarError when X.yaml already describes other files and not X: X.onnx and X.trt share
-    one sidecar, so writing X's would destroy another model's (its thresholds included). Called
-    before a long export or build, so nothing is written when the name is taken."""
+    one sidecar, so writing X's would destroy another model's (its thresholds included); or when
+    X.yaml is not a sidecar at all (a config named like the model; ours carry `schema`, even a
+    damaged one, whose replacement loses nothing). Called before a long export or build, so
+    nothing is written when the name is taken. `old`: the sidecar already read, if it was."""
     model_path = Path(model_path)
     path = sidecar_path(model_path)
-    if path.is_file() and not listed_files(model_path) and not _is_sidecar(path):
+    old = _previous(path) if old is None else old
+    listed = _listed(old)
+    if path.is_file() and not listed and "schema" not in old:
         raise SidecarError(f"{path}: exists and is not a model sidecar (a config?); writing {model_path.name}'s "
                            "sidecar there would replace it: move it or choose another name")
-    listed = listed_files(model_path)
     if listed and model_path.name not in listed:
-        raise SidecarError(f"{sidecar_path(model_path)}: already the sidecar of {', '.join(listed)} (another "
+        raise SidecarError(f"{path}: already the sidecar of {', '.join(listed)} (another "
                            f"model); writing {model_path.name} there would replace it: choose another name")
 
 
@@ -144,12 +142,12 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
         if key not in data:
             raise SidecarError(f"{sidecar_path(model_path)}: sidecar info lacks '{key}'")
     path = sidecar_path(model_path)
-    check_sidecar_free(model_path)
-    dropped = [f for f in listed_files(model_path) if f not in data["files"]]
+    old = _previous(path)
+    check_sidecar_free(model_path, old)
+    dropped = [f for f in _listed(old) if f not in data["files"]]
     if dropped:  # a re-export: what was built from the previous model no longer matches it
         warnings.warn(f"{path}: no longer lists {', '.join(dropped)} (made from the previous "
                       f"{model_path.name}); rebuild or re-calibrate it", stacklevel=2)
-    old = _previous(path)
     if old.get("thresholds") and not data["thresholds"]:
         entry = (old.get("files") or {}).get(model_path.name) or {}
         if entry.get("sha256") == data["files"][model_path.name]["sha256"]:
@@ -213,5 +211,5 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     return data
 
 
-__all__ = ["SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "listed_files", "read_sidecar", "sidecar_path", "update_sidecar",
+__all__ = ["SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "read_sidecar", "sidecar_path", "update_sidecar",
            "versions", "write_sidecar"]

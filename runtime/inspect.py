@@ -436,7 +436,6 @@ _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp|\.png|\.jpg)$")
 
 def remove_previous(out: Path) -> None:
     """What a run writes into OUT (reports and picture folders), nothing else: OUT may hold other files."""
-
     for name in REPORT_FILES:
         (out / name).unlink(missing_ok=True)
     for kind in SAVE_KINDS:
@@ -567,12 +566,9 @@ def finish_job(job: Job, outputs: dict[str, np.ndarray], infer_ms: float, batch:
                 save_image(p, ov.render(d.image, outputs.get(s.explain_name, outputs["anomaly_map"]), res.mask,
                                       res.verdict, res.score, s.thresholds.image, vmin=lo, vmax=hi,
                                       legend=s.legend))
-        except OSError as e:
-            if e.errno in OUTPUT_FULL:  # every later picture would fail too: stop, resumable
+        except (OSError, cv2.error, MemoryError) as e:
+            if isinstance(e, OSError) and e.errno in OUTPUT_FULL:  # every later picture would fail too
                 raise OutputFull(f"{p}: {e.strerror}: free space on the output, then rerun with --resume") from e
-            unsaved.append(f"cannot write {kind} picture ({_reason(e)})")
-            continue
-        except (cv2.error, MemoryError) as e:
             unsaved.append(f"cannot write {kind} picture ({_reason(e)})")
             continue
         saved[kind] = str(p.relative_to(s.out).as_posix())

@@ -79,9 +79,14 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def all_finite(tensors: Any) -> bool:
+    """Whether every float tensor among `tensors` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
 def finite_weights(model: torch.nn.Module) -> bool:
     """Whether every float parameter and buffer is finite (a NaN step must not reach a checkpoint)."""
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    return all_finite(model.state_dict().values())
 
 
 def save_checkpoint(path: str | Path, model: VAE, config: dict[str, Any], **state: Any) -> None:
@@ -146,9 +151,7 @@ def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | to
     same experiment as `config` (ValueError listing every difference otherwise)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: nothing to resume (drop --resume to start a new run there)")
-    ck = load_checkpoint(path, map_location)
-    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
-        raise ValueError(f"{path}: not a checkpoint of this project")
+    ck = _project_checkpoint(load_checkpoint(path, map_location), path)
     diffs = resume_conflicts(ck["config"], config, train_defaults)
     if diffs:
         raise ValueError(f"{path}: --resume with another experiment than the checkpoint's ({'; '.join(diffs)}); "
@@ -156,12 +159,18 @@ def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | to
     return ck
 
 
-def _model_from(ckpt: dict[str, Any], path: str | Path, arch: str | None) -> tuple[VAE, dict[str, Any]]:
-    """The trained model in eval mode and the config it was trained with; `arch` rejects a
-    checkpoint of another family with a message naming the file."""
+def _project_checkpoint(ckpt: Any, path: str | Path) -> dict[str, Any]:
+    """`ckpt` when it carries a config and a model state, else ValueError naming the file."""
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("model"), dict)):
         raise ValueError(f"{path}: not a checkpoint of this project (no config and model state; "
                          "a bare state_dict or tensor cannot say which model it is)")
+    return ckpt
+
+
+def _model_from(ckpt: dict[str, Any], path: str | Path, arch: str | None) -> tuple[VAE, dict[str, Any]]:
+    """The trained model in eval mode and the config it was trained with; `arch` rejects a
+    checkpoint of another family with a message naming the file."""
+    _project_checkpoint(ckpt, path)
     if ckpt.get("stats_ready") is False:  # Eq. 4 and fusion would silently use placeholders
         raise ValueError(f"{path}: training stopped before the normal-data statistics were fitted; "
                          "finish it with python -m training.train --resume")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from training.attention import attention_map, layer_gradients
+from training.checkpoint import all_finite
 from training.data import load_split
 from training.maps import GaussianBlur, recon_error
 from training.models import VAE
@@ -62,7 +63,7 @@ def fit_normal_stats(model: VAE, images: np.ndarray, layer: str, score: str, sig
     att_scale = attention_scale(model, images, layer, score, batch, device)
     scale = torch.tensor([att_scale, float(torch.cat(err_q).median())])
     model.map_scale.copy_(scale.clamp_min(1e-8))
-    if not all(bool(torch.isfinite(b).all()) for b in (model.normal_mu, model.normal_var, model.map_scale)):
+    if not all_finite((model.normal_mu, model.normal_var, model.map_scale)):
         raise RuntimeError("the normal-data statistics are not finite (the model outputs NaN/inf on the training "
                            "images): the checkpoint is not marked ready")
 

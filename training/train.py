@@ -163,12 +163,15 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
                 o = ddp(image.to(device), eps)
             terms = vae_loss(o.recon.float(), o.target, o.mu.float(), o.logvar.float(), tcfg["loss"],
                              float(tcfg["beta"]))
+            vals = np.array([t.item() for t in terms])
             # one step on a NaN/inf loss ruins every weight, and each later epoch would overwrite the
             # last good checkpoint; all processes stop together (one alone would hang the others)
-            bad = (~torch.isfinite(terms.total.detach())).float().reshape(1)
+            bad = not np.isfinite(vals[0])
             if world > 1:
-                dist.all_reduce(bad)
-            if bad.item():
+                flag = torch.tensor([float(bad)], device=device)
+                dist.all_reduce(flag)
+                bad = bool(flag.item())
+            if bad:
                 raise RuntimeError(f"non-finite loss at step {step} (epoch {epoch + 1}); {kept_note(ckpt_path)}")
             for group in opt.param_groups:
                 group["lr"] = learning_rate(base_lr, step, total_steps, decay)
@@ -177,7 +180,6 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
             scaler.step(opt)
             scaler.update()
             step += 1
-            vals = np.array([t.item() for t in terms])
             sums += vals
             count += 1
             bar.set_postfix(loss=f"{vals[0]:.1f}", recon=f"{vals[1]:.1f}", kl=f"{vals[2]:.1f}")

@@ -55,22 +55,19 @@ class TorchBackend:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.max_graphs = max_graphs
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, dict[str, torch.Tensor]]] = {}
-        h, w, c = self.input_hwc()
+        h, w, c = self.input_shape
         # A dry run learns the output names (the optional ones depend on the settings) and warms up.
         self.output_names = tuple(self._eager(torch.zeros((1, h, w, c), dtype=torch.uint8,
                                                           device=self.device)).keys())
 
-    def input_hwc(self) -> tuple[int, int, int]:
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
         """Input height, width, channels of the export module (static, from the checkpoint)."""
         return int(self.module.height), int(self.module.width), int(self.module.channels)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.input_hwc()
-
-    @property
     def input_spec(self) -> dict[str, int]:
-        h, w, c = self.input_hwc()
+        h, w, c = self.input_shape
         return {"height": h, "width": w, "channels": c}
 
     def _eager(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

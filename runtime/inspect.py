@@ -89,7 +89,7 @@ def _reason(e: Exception) -> str:
     """One short line: an OSError's strerror (its message would repeat a possibly very long path)."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return report_name(str(e).strip().splitlines()[0][:200]) if str(e).strip() else e.__class__.__name__
+    return report_safe(str(e).strip().splitlines()[0][:200]) if str(e).strip() else e.__class__.__name__
 
 
 def report_name(name: str) -> str:
@@ -520,9 +520,9 @@ def prepare_job(entry: Entry, model: Model, s: Settings) -> Job:
         if "overlay" not in s.save:  # only the overlay needs the pixels: free them early (a slice
             d.image = np.empty((0, 0, d.image.shape[2]), np.uint8)  # would be a view keeping them alive)
     except ImageError as e:
-        job.error = report_name(str(e).replace(str(entry.path), entry.rel, 1))
+        job.error = report_safe(str(e).replace(str(entry.path), entry.rel, 1))  # rel is escaped already
     except (OSError, cv2.error, MemoryError) as e:
-        job.error = f"{entry.rel}: cannot decode ({report_name(str(e).splitlines()[0][:200])})"
+        job.error = f"{entry.rel}: cannot decode ({report_safe(str(e).splitlines()[0][:200])})"
     job.decode_ms = (time.perf_counter() - t0) * 1e3
     return job
 

@@ -728,3 +728,15 @@ def test_sigterm_takes_the_interrupt_path_and_the_handler_is_restored(tmp_path: 
     assert ri.main(["--engine", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
                     "--quiet"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_error_text_escapes_a_name_once(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
+    """report_name doubles backslashes in names (keys stay unique); an error message that already
+    holds the escaped name must not double them a second time."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a\\b.png").write_bytes(b"")
+    out = tmp_path / "out"
+    assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]) == 0
+    (row,) = rows(out)
+    assert row["file"] == "a\\\\b.png" and row["reason"] == "a\\\\b.png: empty file (0 bytes)"

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import load_checkpoint, write_json
+from core.files import write_json
+
+from training.checkpoint import load_checkpoint
 from training.config import load_config, merge
 from training.data.dsprites import load_dsprites
 from training.disentanglement import evaluate, figure9, figure_inputs, load_factorvae

@@ -154,7 +154,8 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     from export.check import compare, ort_session, run_session
     from export.graph import build_export_module
     from export.onnx import export_onnx, trace_to_onnx
-    from training.checkpoint import load_model, save_checkpoint, write_json
+    from core.files import write_json
+    from training.checkpoint import load_model, save_checkpoint
     from training.config import load_config
     from training.inference import reference_outputs
     from training.models import build_model

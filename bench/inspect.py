@@ -275,7 +275,7 @@ def measure(args: argparse.Namespace, data: Path, cache: Path, n_files: int, arg
         print(f"{r['config']:<22} {r['images_per_s']:>7.2f} {pct(r['overhead_vs_bare']):>9} "
               f"{r['cpu_ms_per_image']:>11.1f} {pct(r['cpu_overhead_vs_bare']):>8} {f(r['latency_p50_ms']):>8} "
               f"{f(r['latency_p95_ms']):>8} {f(r['latency_p99_ms']):>8} {r['peak_rss_mb']:>12.0f}")
-    from training.checkpoint import write_json
+    from core.files import write_json
 
     path = cache / f"inspect_{args.device}.json"
     write_json(path, result)

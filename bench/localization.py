@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from training.attention import SCORES, VARIANTS
-from training.checkpoint import load_model, write_json
+from core.files import write_json
+from training.checkpoint import load_model
 from training.config import load_config, merge
 from training.data import Split, load_split
 from training.evaluate import compute_maps, format_table, mean_gray, save_grid, score_maps

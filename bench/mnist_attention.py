@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write, load_model, write_json
+from core.files import atomic_write, write_json
+
+from training.checkpoint import load_model
 from training.config import load_config, merge
 from training.data import load_split
 from training.evaluate import compute_maps

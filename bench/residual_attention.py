@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from training.attention import RESIDUAL_VARIANTS, SCORES, capture, layer_gradients, residual_attention
-from training.checkpoint import load_model, write_json
+from core.files import write_json
+from training.checkpoint import load_model
 from training.data import load_split
 from training.evaluate import compute_maps, format_table, score_maps
 from training.maps import GaussianBlur

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.localization import TARGETS
-from training.checkpoint import write_json
+from core.files import write_json
 
 METRICS = ("pixel_auroc", "best_iou", "aupro", "image_auroc")
 

@@ -33,11 +33,12 @@ import torch
 
 from export.graph import ExportError
 from export.onnx import fp16_storable, read_metadata
-from export.sidecar import SidecarError, read_sidecar, sidecar_path
-from training.checkpoint import load_model_hashed, write_json
+from core.sidecar import SidecarError, read_sidecar, sidecar_path
+from core.files import write_json
+from training.checkpoint import load_model_hashed
 from training.inference import reference_outputs
 from training.models import VAE
-from training.preprocess import ImageError, load_for_model
+from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, load_for_model
 
 DEFAULT_TOL = 1e-4
 # A graph with fp16-stored weights is compared with autograd on the checkpoint's weights rounded
@@ -46,7 +47,6 @@ DEFAULT_TOL = 1e-4
 # screw models), because constants the exporter folds from several weights are rounded once,
 # after folding. What the rounding itself moves (against the fp32 checkpoint) is reported apart.
 FP16_WEIGHTS_TOL = 1e-3
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 class CheckError(RuntimeError):
@@ -161,7 +161,7 @@ def load_images(folder: str | Path, height: int, width: int, channels: int, limi
     """uint8 [n <= limit, H, W, C] from a folder (recursive, sorted), through the same host-side
     preprocessing the runtime uses; unreadable files are skipped (and counted in the error when
     none is left)."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in Path(folder).rglob("*") if is_image_name(p))
     images, bad = [], 0
     for p in files:
         if len(images) == limit:
@@ -171,7 +171,7 @@ def load_images(folder: str | Path, height: int, width: int, channels: int, limi
         except ImageError:
             bad += 1
     if not images:
-        raise ImageError(f"{folder}: no usable images ({bad} unreadable; suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ImageError(f"{folder}: no usable images ({bad} unreadable; suffixes {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return np.stack(images)
 
 

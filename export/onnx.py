@@ -25,9 +25,9 @@ import torch
 from onnx import numpy_helper
 
 from export.graph import OUTPUT_DOCS, ExportError, ExportModule, build_export_module, output_shapes
-from export.sidecar import SidecarError, check_sidecar_free, write_sidecar
+from core.sidecar import SidecarError, check_sidecar_free, write_sidecar
 from training.attention import SCORES
-from training.checkpoint import atomic_write
+from core.files import atomic_write
 
 DEFAULT_OPSET = 17
 # 13: Split/Squeeze/Unsqueeze/Resize semantics the exporter relies on; 20: the newest opset

@@ -34,8 +34,8 @@ from onnx import shape_inference
 
 from export.check import load_images, ort_session, output_scale, run_session
 from export.onnx import load_onnx, onnx_opset, read_metadata, relative_to
-from export.sidecar import SidecarError, check_sidecar_free, file_entry, read_sidecar, update_sidecar, write_sidecar
-from training.checkpoint import atomic_write
+from core.sidecar import SidecarError, check_sidecar_free, file_entry, read_sidecar, update_sidecar, write_sidecar
+from core.files import atomic_write
 
 # TensorRT 10.0's ONNX parser accepts opsets 9..20 (later 10.x accept more; 20 builds on all).
 TRT_OPSET_RANGE = (9, 20)

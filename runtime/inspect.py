@@ -35,7 +35,6 @@ import stat
 import sys
 import threading
 import time
-import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,16 +49,13 @@ from runtime import overlay as ov
 from runtime.model import Model, ModelError, open_model
 from runtime.backends import BackendError
 from runtime.postprocess import OutputError, Thresholds, inspect_map
-from training.checkpoint import atomic_write, json_text, sha256, write_json
-from training.preprocess import ImageError, decode_file, read_image, to_uint8_channels
+from core.files import atomic_write, json_text, sha256, write_json
+from core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decoded, ImageError, decode
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-                              ".pnm", ".pbm", ".jp2", ".dib", ".jpe"})
 SAVE_KINDS = ("overlay", "mask", "heatmap")
 REPORT_FILES = ("report.jsonl", "report.csv", "summary.json")
 CSV_FIELDS = ("file", "status", "verdict", "score", "area", "n_boxes", "boxes", "width", "height",
               "decode_scale", "latency_ms", "decode_ms", "infer_ms", "post_ms", "batch", "reason")
-DEFAULT_MAX_PIXELS = 40_000_000
 CSV_EVERY_S = 2.0
 
 
@@ -197,80 +193,6 @@ def discover(root: Path, recursive: bool = False, exclude: Path | None = None,
 
 
 # ----------------------------------------------------------------------------- decoding
-
-_huge_lock = threading.Lock()
-# PIL raises above twice its warning limit; past that we refuse rather than decode.
-PIL_HARD_LIMIT = 2 * 89_478_485
-
-
-def probe_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None when unknown.
-    Raises ImageError for a header that declares more than PIL_HARD_LIMIT pixels."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large to decode safely ({e})") from e
-    except Exception:  # noqa: BLE001 - unknown or broken header: OpenCV decides and names the error
-        return None
-
-
-def reduction_for(width: int, height: int, max_pixels: int) -> int:
-    """Smallest JPEG-style reduction (1, 2, 4, 8) that brings the image under max_pixels; 0: none does."""
-    for f in (1, 2, 4, 8):
-        if (width // f) * (height // f) <= max_pixels:
-            return f
-    return 0
-
-
-# IMREAD_IGNORE_ORIENTATION: the full-size decode (IMREAD_UNCHANGED, as in training) ignores the
-# EXIF orientation tag, so the reduced one must too, or a tagged JPEG comes out rotated with its
-# scale computed against the wrong side.
-_REDUCED = {k: flag | cv2.IMREAD_IGNORE_ORIENTATION for k, flag in {
-    (1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    (1, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, (3, 2): cv2.IMREAD_REDUCED_COLOR_2,
-    (3, 4): cv2.IMREAD_REDUCED_COLOR_4, (3, 8): cv2.IMREAD_REDUCED_COLOR_8}.items()}
-
-
-@dataclass
-class Decoded:
-    image: np.ndarray               # uint8 [h, w, C] as decoded (possibly reduced)
-    original: tuple[int, int]       # (height, width) of the file
-    scale: float                    # original pixels per decoded pixel
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.image.shape[0]), int(self.image.shape[1])
-
-
-def decode(path: Path, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Read an image for the model, guarding memory on huge files.
-
-    Up to max_pixels: training.preprocess.read_image (16-bit, gray/RGB/RGBA handled there). Above:
-    OpenCV's reduced decode (IMREAD_REDUCED_*_{2,4,8}, the smallest factor that fits): JPEG is
-    scaled inside libjpeg, so only the reduced image is ever allocated; other formats are decoded
-    at full size and shrunk, so those decodes run one at a time (a lock) to bound peak memory to
-    one full-size image. Headers over PIL_HARD_LIMIT pixels are refused.
-    """
-    size = probe_size(path)
-    if size is None or size[0] * size[1] <= max_pixels:
-        img = read_image(path, channels)
-        return Decoded(img, (img.shape[0], img.shape[1]), 1.0)
-    w, h = size
-    f = reduction_for(w, h, max_pixels)
-    if f == 0:
-        raise ImageError(f"{path}: image too large ({w}x{h}; over {max_pixels} pixels even at 1/8, see --max-pixels)")
-    with _huge_lock:
-        img = decode_file(path, _REDUCED[(channels, f)])
-    img = to_uint8_channels(img, channels, source=str(path))
-    return Decoded(img, (h, w), w / img.shape[1])
-
 
 # ----------------------------------------------------------------------------- reports
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime import backends as B
-from training.preprocess import load_for_model, resize_to_model
+from core.images import load_for_model, resize_to_model
 
 
 class ModelError(RuntimeError):
@@ -99,10 +99,10 @@ class Model:
 
 
 def read_sidecar(model_path: Path, verify: bool = True) -> dict[str, Any]:
-    """export.sidecar.read_sidecar with its errors as ModelError (one line, names the file)."""
+    """core.sidecar.read_sidecar with its errors as ModelError (one line, names the file)."""
     try:
-        from export.sidecar import SidecarError
-        from export.sidecar import read_sidecar as _read
+        from core.sidecar import SidecarError
+        from core.sidecar import read_sidecar as _read
     except ImportError as e:
         raise ModelError("export.sidecar is not available in this installation") from e
     try:

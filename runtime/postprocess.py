@@ -1,7 +1,7 @@
 """From the graph's `anomaly_map` to what an inspector reads: score, verdict, mask, area, boxes.
 
     score   = max of the anomaly map at the model's size (the image score calibration and
-              training.metrics use: the max of the map)
+              core.metrics use: the max of the map)
     verdict = NG when score >= image threshold, else OK (None without an image threshold)
     mask    = anomaly map, bilinearly resized to the image's size, >= pixel threshold
     area    = mask pixels, in the original image's pixels

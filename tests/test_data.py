@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import MNIST, SCREW, UCSD
 from training.data import AugmentedImages, load_split
-from training.preprocess import ImageError, read_image
+from core.images import ImageError, read_image
 
 
 @pytest.mark.skipif(not SCREW.exists(), reason="shared screw data absent")

@@ -17,7 +17,7 @@ import export.graph
 from bench.export import main as bench_main
 from export.check import check, compare, format_report, load_images, main as check_main, ort_session, run_session
 from export.onnx import export_onnx, main as onnx_main, read_metadata
-from export.sidecar import SidecarError, read_sidecar
+from core.sidecar import SidecarError, read_sidecar
 from export.tensorrt import check_graph
 from test_export_graph import make_checkpoint
 

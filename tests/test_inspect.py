@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import runtime.inspect as ri
+from core import images
 from test_runtime_models import make_stub_model, stub_sidecars  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,18 +329,18 @@ def test_a_folder_reached_twice_is_an_alias_not_a_loop(tmp_path: Path) -> None:
 def test_decode_formats_and_pixel_guard(tmp_path: Path) -> None:
     img = part(True, size=64)
     p16 = png(tmp_path / "g16.png", img.astype(np.uint16) * 257)
-    d = ri.decode(p16, 1)
+    d = images.decode(p16, 1)
     assert d.image.dtype == np.uint8 and d.image.shape == (64, 64, 1) and d.image.max() == 255
     rgba = png(tmp_path / "rgba.png", np.dstack([img, img, img, img]))
-    assert ri.decode(rgba, 3).image.shape == (64, 64, 3)
-    assert ri.decode(rgba, 1).image.shape == (64, 64, 1)
+    assert images.decode(rgba, 3).image.shape == (64, 64, 3)
+    assert images.decode(rgba, 1).image.shape == (64, 64, 1)
     # over the pixel limit: reduced decode, scale recorded, original size kept
     big = png(tmp_path / "big.png", np.zeros((400, 300), np.uint8))
-    d = ri.decode(big, 1, max_pixels=10_000)
+    d = images.decode(big, 1, max_pixels=10_000)
     assert d.scale == 4.0 and d.image.shape == (100, 75, 1) and d.original == (400, 300)
     with pytest.raises(ri.ImageError, match="too large"):
-        ri.decode(big, 1, max_pixels=100)
-    assert ri.reduction_for(10000, 10000, ri.DEFAULT_MAX_PIXELS) == 2
+        images.decode(big, 1, max_pixels=100)
+    assert images.reduction_for(10000, 10000, ri.DEFAULT_MAX_PIXELS) == 2
 
 
 def test_huge_jpeg_decode_memory_is_bounded(huge_jpeg: Path) -> None:
@@ -347,10 +348,10 @@ def test_huge_jpeg_decode_memory_is_bounded(huge_jpeg: Path) -> None:
     100 MB full-size image (a full decode would raise peak RSS by >= 100 MB)."""
     # VmHWM (this process's peak RSS), not ru_maxrss: Linux carries ru_maxrss over exec from the
     # forking parent (pytest), which would hide the decode's peak
-    code = ("import re, sys; from pathlib import Path; import runtime.inspect as ri; "
+    code = ("import re, sys; from pathlib import Path; from core import images; "
             "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)); "
             "b = hwm(); "
-            f"d = ri.decode(Path({str(huge_jpeg)!r}), 1); "
+            f"d = images.decode(Path({str(huge_jpeg)!r}), 1); "
             "print(d.image.shape[0], (hwm() - b) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     rows_, mb = out.stdout.split()
@@ -446,10 +447,10 @@ def test_reduced_decode_ignores_exif_orientation(tmp_path: Path) -> None:
     path.write_bytes(data[:2] + app1 + data[2:])  # right after SOI
     assert cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).shape == (200, 100)  # the tag is honoured by default
 
-    full = ri.decode(path, 1)
+    full = images.decode(path, 1)
     assert full.image.shape == (100, 200, 1) and full.scale == 1.0
     for channels in (1, 3):
-        d = ri.decode(path, channels, max_pixels=10_000)  # 20000 pixels: decoded at 1/2
+        d = images.decode(path, channels, max_pixels=10_000)  # 20000 pixels: decoded at 1/2
         assert d.image.shape == (50, 100, channels) and d.original == (100, 200) and d.scale == 2.0
         gray = d.image[..., 0].astype(int)
         assert gray[:, :20].mean() > 180 and gray[:, 30:].mean() < 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import aupro, best_iou, localization_metrics, roc_auc
+from core.metrics import aupro, best_iou, localization_metrics, roc_auc
 
 
 def test_roc_auc_hand_computed():

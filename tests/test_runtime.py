@@ -11,7 +11,7 @@ import torch
 
 import runtime.inspect as ri
 from runtime.model import ModelError, open_model
-from training.checkpoint import sha256
+from core.files import sha256
 from test_runtime_models import REPO, mnist_export  # noqa: F401 - fixture
 
 DEFAULT_TOL = 1e-4  # export.check's parity tolerance: max |err| <= 1e-4 x the output's range
@@ -123,7 +123,7 @@ def test_tensorrt_engine_without_tensorrt(tmp_path: Path, mnist_export: Path, mo
     """A .trt beside the .onnx, listed in the shared sidecar: opening it here (no TensorRT, no GPU)
     stops with the one-line install hint, via open_model, --backend tensorrt and the CLI."""
     import sys
-    from export.sidecar import file_entry, update_sidecar
+    from core.sidecar import file_entry, update_sidecar
 
     onnx_path = copy_model(mnist_export, tmp_path / "m")
     trt = onnx_path.with_suffix(".trt")

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export.sidecar import (SCHEMA, SidecarError, file_entry, read_sidecar, sidecar_path, update_sidecar,
+from core.sidecar import (SCHEMA, SidecarError, file_entry, read_sidecar, sidecar_path, update_sidecar,
                             write_sidecar)
-from training.checkpoint import sha256
+from core.files import sha256
 
 INFO = {"model": {"family": "resnet_vae", "latent": 32, "layer": "layer3", "score": "sum_mu",
                   "anomaly_map": "recon_error_blur", "blur_sigma": 4.0, "checkpoint_sha256": "ab" * 32},

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 import export.tensorrt as et
 from export.onnx import export_onnx
-from export.sidecar import SidecarError, read_sidecar
+from core.sidecar import SidecarError, read_sidecar
 from test_export_graph import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

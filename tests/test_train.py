@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from tests.conftest import REPO, tiny_config
-from training.checkpoint import atomic_write, load_checkpoint, load_model
+from core.files import atomic_write
+from training.checkpoint import load_checkpoint, load_model
 from training.config import merge
 from training.train import main as train_main
 from training.train import learning_rate, train
@@ -155,7 +156,7 @@ def test_ddp_two_processes_match_one(mvtec_dir: Path, tmp_path: Path):
 def test_write_json_is_strict_json_and_readable_by_others(tmp_path: Path):
     import json
 
-    from training.checkpoint import write_json
+    from core.files import write_json
 
     write_json(tmp_path / "m.json", {"auc": float("nan"), "rows": [1.5, float("inf")], "name": "é"})
     text = (tmp_path / "m.json").read_text(encoding="utf-8")

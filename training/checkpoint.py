@@ -3,80 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.files import atomic_write
 from training.config import DEFAULTS, merge
 from training.models import VAE, build_model
 from training.models.vae import model_settings
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: os.umask can only be read by setting it, which is not thread-safe
-
-
-def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp", durable: bool = True) -> None:
-    """Call write(tmp_path), then rename over `path`: a crash never leaves a half-written file.
-    `durable` also survives a power cut (fsync); pictures that can be redrawn skip its cost."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary's name must fit the file system's 255 bytes whenever the final name does.
-    stem = path.name.encode("utf-8")[:96].decode("utf-8", "ignore")
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a model from the service reading it
-        if durable:
-            # fsync before the rename and of the folder after it: otherwise a power cut can leave
-            # the new name pointing at a file whose data never reached the disk.
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable and os.name == "posix":
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def json_text(obj: Any, indent: int | None = 2) -> str:
-    """Strict JSON: NaN / inf (an undefined metric) become null, which every reader accepts."""
-    return json.dumps(_finite(obj), indent=indent, ensure_ascii=False, allow_nan=False)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """An atomic, strict JSON file: reports, metrics and benchmark results."""
-    text = json_text(obj) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def all_finite(tensors: Any) -> bool:

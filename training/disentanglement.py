@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import atomic_write, load_model, write_json
+from core.files import atomic_write, write_json
+
+from training.checkpoint import load_model
 from training.data.dsprites import SHAPES, DSprites, load_dsprites
 from training.factorvae_train import dims_attention, top_dims
 from training.losses import vae_loss

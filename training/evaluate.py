@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
-from training.checkpoint import atomic_write, load_model, write_json
+from core.files import atomic_write, write_json
+from training.checkpoint import load_model
 from training.data import Split, load_split
 from training.losses import kl_divergence
 from training.maps import AnomalyMap, GaussianBlur, fuse, recon_error
-from training.metrics import localization_metrics, roc_auc
+from core.metrics import localization_metrics, roc_auc
 from training.models import VAE
 from training.stats import fusion_scales
 

@@ -172,7 +172,7 @@ class DSprites:
 
 
 def _save_cache(path: Path, packed: np.ndarray) -> None:
-    from training.checkpoint import atomic_write
+    from core.files import atomic_write
 
     digest = hashlib.sha256(packed.tobytes()).hexdigest()
     atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), packed=packed, sha256=np.array(digest)))
@@ -256,7 +256,7 @@ def grid(images: np.ndarray, cols: int) -> np.ndarray:
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write a uint8 image atomically (the suffix tells OpenCV the format)."""
-    from training.checkpoint import atomic_write
+    from core.files import atomic_write
 
     def write(tmp: str) -> None:
         if not cv2.imwrite(tmp, image):

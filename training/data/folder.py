@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from training.data.split import Split
-from training.preprocess import ImageError, decode_file, read_image, resize_to_model, to_uint8_channels
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from core.images import IMAGE_EXTENSIONS, ImageError, decode_file, is_image_name, read_image, resize_to_model, to_uint8_channels
 
 
 def list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    return sorted(p for p in root.iterdir() if is_image_name(p) and p.is_file())
 
 
 def read_many(paths: list[Path], size: int, channels: int, strict: bool,
@@ -72,6 +70,6 @@ def read_many(paths: list[Path], size: int, channels: int, strict: bool,
 def load(root: Path, size: int, channels: int, strict: bool) -> Split:
     paths = list_images(root)
     if not paths:
-        raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTS))}) in folder")
+        raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder")
     imgs, _, kept, skipped = read_many(paths, size, channels, strict)
     return Split(imgs, np.zeros(len(imgs), int), None, [paths[i].name for i in kept], ["good"] * len(kept), skipped)

@@ -7,7 +7,7 @@ import numpy as np
 
 from training.data.folder import list_images, read_many
 from training.data.split import Split
-from training.preprocess import ImageError
+from core.images import ImageError
 
 
 def load(root: Path, split: str, size: int, channels: int, strict: bool) -> Split:

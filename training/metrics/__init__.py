@@ -1,5 +1,5 @@
-"""Metrics, one place for evaluation, calibration and benchmarks."""
+"""The disentanglement metric (FactorVAE's, paper 4.3). The localization and detection metrics
+are torch-free and shared with calibration on the edge: core.metrics."""
 from training.metrics.factorvae import FactorVAEScore, factor_vae_metric
-from training.metrics.localization import aupro, best_iou, localization_metrics, roc_auc
 
-__all__ = ["FactorVAEScore", "aupro", "best_iou", "factor_vae_metric", "localization_metrics", "roc_auc"]
+__all__ = ["FactorVAEScore", "factor_vae_metric"]

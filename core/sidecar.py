@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from training.checkpoint import atomic_write, sha256
+from core.files import atomic_write, sha256
 
 SCHEMA = 1
 REQUIRED = ("schema", "model", "input", "outputs", "files", "thresholds")

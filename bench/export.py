@@ -151,7 +151,8 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     """The benchmark of `main`, its files under `work`."""
     import onnxruntime as ort
 
-    from export.check import compare, ort_session, run_session
+    from core import ort
+    from export.check import compare
     from export.graph import build_export_module
     from export.onnx import export_onnx, trace_to_onnx
     from core.files import write_json
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
         print(f"exported {name:<27} {e['bytes'] / 1e6:7.1f} MB in {e['seconds']:5.1f} s", file=sys.stderr)
 
     # no busy-waiting: a session spinning after its run would steal the cores from the next case
-    sessions = {name: ort_session(path, threads=args.threads, spin=False) for name, path in graphs.items()}
+    sessions = {name: ort.session(path, device="cpu", threads=args.threads) for name, path in graphs.items()}
     modules = {"attn-layer3": build_export_module(ckpt, layer="layer3")[0]}
 
     # --- parity at batch 1 (the deployment contract, in passing) -------------------------------
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     for name, layer in (("attn-fc", "layer4"), ("attn-layer3", "layer3")):
         ref = reference_outputs(model, torch.from_numpy(img1), layer, inf["score"], inf["anomaly_map"],
                                 float(inf["blur_sigma"]))
-        reps = compare(run_session(sessions[name], img1), ref, 1e-4, 1)
+        reps = compare(ort.run(sessions[name], img1), ref, 1e-4, 1)
         parity[name] = {"max_err_over_range": max(r.max_abs_err / r.range if r.range else 0.0 for r in reps),
                         "outliers": sum(r.outliers for r in reps)}
 
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     for n in args.batches:
         x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
         tx = torch.from_numpy(x)
-        cases: dict[str, Callable[[], Any]] = {name: (lambda s=s: run_session(s, x)) for name, s in sessions.items()}
+        cases: dict[str, Callable[[], Any]] = {name: (lambda s=s: ort.run(s, x)) for name, s in sessions.items()}
         cases["eager"] = lambda: reference_outputs(model, tx, inf["layer"], inf["score"], inf["anomaly_map"],
                                                    float(inf["blur_sigma"]))
         cases["torch-graph"] = lambda: modules["attn-layer3"](tx)

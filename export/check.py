@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import ort
 from export.graph import ExportError
 from export.onnx import fp16_storable, read_metadata
 from core.sidecar import SidecarError, read_sidecar, sidecar_path
@@ -87,25 +88,6 @@ class CheckResult:
         return {"onnx": self.onnx, "checkpoint": self.checkpoint, "rel_tol": self.rel_tol, "ok": self.ok,
                 "settings": self.settings, "notes": self.notes,
                 "outputs": [dict(asdict(r), ok=r.ok) for r in self.reports]}
-
-
-def ort_session(path: str | Path, threads: int | None = None, spin: bool = True) -> Any:
-    """A CPU ONNX Runtime session (all graph optimizations on, as deployment runs it). spin=False
-    stops its threads from busy-waiting after a run (fair timing when several sessions alternate)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def run_session(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"image": image})))
 
 
 # outputs a flipped ReLU mask in the backward can make jump; the others are continuous functions
@@ -216,20 +198,18 @@ def check_parity(onnx_path: str | Path, model: VAE, meta: dict[str, Any], batche
                  session: Any = None) -> list[OutputReport]:
     """Run ONNX Runtime and the autograd reference on the same uint8 images (random with `seed`, or
     from `images`, repeated when the folder holds fewer) for each batch size; the per-output reports."""
-    # imported here: runtime builds on export, not the reverse
-    from runtime.backends import inference_failed  # noqa: PLC0415
-    from runtime.backends.onnxruntime import ort_errors  # noqa: PLC0415
-
     h, w, c = meta["input_height"], meta["input_width"], meta["input_channels"]
     rng = np.random.default_rng(seed)
     pool = load_images(images, h, w, c, max(batches)) if images else None
     inputs = [np.take(pool, np.arange(n) % len(pool), axis=0) if pool is not None
               else rng.integers(0, 256, (n, h, w, c), dtype=np.uint8) for n in batches]
     try:
-        session = session or ort_session(onnx_path)
-        outputs = [run_session(session, img) for img in inputs]
-    except ort_errors() as e:
-        raise CheckError(str(inference_failed(onnx_path, e))) from e
+        session = session or ort.session(onnx_path, device="cpu")
+        outputs = [ort.run(session, img) for img in inputs]
+    except ort.OrtError as e:
+        raise CheckError(str(e)) from e
+    except ort.ort_errors() as e:
+        raise CheckError(f"{onnx_path}: inference failed ({e.__class__.__name__}: {str(e).strip()[:300]})") from e
     reports: list[OutputReport] = []
     for n, img, ours in zip(batches, inputs, outputs):
         timg = torch.from_numpy(img)

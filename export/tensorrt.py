@@ -32,7 +32,9 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from export.check import load_images, ort_session, output_scale, run_session
+from core import ort
+from core.tensorrt import CudaMemory, Engine, TensorRTError, api_mismatch, cuda_memory, import_tensorrt
+from export.check import load_images, output_scale
 from export.onnx import load_onnx, onnx_opset, read_metadata, relative_to
 from core.sidecar import SidecarError, check_sidecar_free, file_entry, read_sidecar, update_sidecar, write_sidecar
 from core.files import atomic_write
@@ -70,10 +72,6 @@ FP32_SCOPES = ("/attention/", "/score_grad/", "/amap/")
 # TF32 and FP16 kernels round at ~1e-3, INT8 by its calibration. Starting points, not measured
 # on hardware here: pass --verify-tol for a line's own tolerance.
 VERIFY_TOL = {"fp32": 1e-2, "fp16": 5e-2, "int8": 2e-1, "int8+fp16": 2e-1}
-
-
-class TensorRTError(RuntimeError):
-    """A build that cannot proceed; the message says why and what to do."""
 
 
 @dataclass
@@ -166,44 +164,17 @@ def _dynamic_dims(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
-def import_tensorrt() -> Any:
-    """The tensorrt module (10.x), or TensorRTError with the one line that says what to do."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415 - lazy: most machines (and CI) have no TensorRT
-    except ImportError as e:
-        raise TensorRTError(f"TensorRT is not installed ({e}); on the machine with the NVIDIA GPU run "
-                            f"`pip install tensorrt==10.*` (TensorRT 10, CUDA 12), or deploy the .onnx "
-                            f"with ONNX Runtime instead") from None
-    version = str(getattr(trt, "__version__", "unknown"))
-    major = version.split(".")[0]
-    if major != "10":
-        # 11 removes BuilderFlag.FP16/INT8 and int8_calibrator; before 10, set_input_shape and
-        # execute_async_v3 do not exist
-        raise TensorRTError(f"TensorRT {version} found; this needs TensorRT 10 (the builder and runner are "
-                            f"written for the 10.x API): `pip install tensorrt==10.*`")
-    return trt
-
-
-def api_mismatch(error: Exception) -> TensorRTError:
-    """The one line for an AttributeError/TypeError out of the tensorrt module: an API this code
-    does not know (a patched or mislabelled install), not a bug to show as a traceback."""
-    detail = str(error).splitlines()[0] if str(error) else ""
-    return TensorRTError(f"the installed TensorRT does not have the TensorRT 10 API this code uses "
-                         f"({error.__class__.__name__}{': ' + detail if detail else ''}); "
-                         f"install TensorRT 10: `pip install tensorrt==10.*`")
-
-
-def make_calibrator(trt: Any, images: np.ndarray, batch: int, cache: Path | None) -> Any:
+def make_calibrator(trt: Any, images: np.ndarray, batch: int, cache: Path | None, memory: CudaMemory) -> Any:
     """An IInt8EntropyCalibrator2 feeding `images` in batches of `batch` (<= len(images)) from one
-    CUDA buffer (torch)."""
-    import torch  # noqa: PLC0415
+    CUDA buffer (core.tensorrt's memory, as the runner's)."""
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batch = batch
             self.index = 0
-            self.device = torch.empty((self.batch, *images.shape[1:]), dtype=torch.uint8, device="cuda")
+            self.host = memory.host((self.batch, *images.shape[1:]), np.dtype(np.uint8))
+            self.device = memory.device(self.host.nbytes)
 
         def get_batch_size(self) -> int:
             return self.batch
@@ -211,9 +182,11 @@ def make_calibrator(trt: Any, images: np.ndarray, batch: int, cache: Path | None
         def get_batch(self, names: list[str]) -> list[int] | None:
             if self.index + self.batch > len(images):
                 return None
-            self.device.copy_(torch.from_numpy(images[self.index:self.index + self.batch]))
+            self.host[:] = images[self.index:self.index + self.batch]
+            memory.to_device(self.device, self.host)
+            memory.synchronize()
             self.index += self.batch
-            return [int(self.device.data_ptr())] * len(names)
+            return [self.device] * len(names)
 
         def read_calibration_cache(self) -> bytes | None:
             return cache.read_bytes() if cache is not None and cache.is_file() else None
@@ -263,15 +236,18 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
     # read before TensorRT is involved: a wrong folder fails in a second, not after the parse
     images = load_images(calib_data, *shape, limit=512) if int8 else None  # type: ignore[arg-type]
     trt = import_tensorrt()
+    memory = cuda_memory()  # the GPU the engine is built for (and the INT8 calibration buffer)
     started = time.perf_counter()
     cache_path = Path(timing_cache) if timing_cache else None
     try:
         engine, config, precision, kept = _build(trt, onnx_path, shape, fp16, images, calib_batch,
                                                  Path(calib_cache) if calib_cache else None, max_batch, opt_batch,
-                                                 workspace_gb, cache_path, verbose)
+                                                 workspace_gb, cache_path, verbose, memory)
         timing = bytes(memoryview(config.get_timing_cache().serialize())) if cache_path is not None else b""
     except (AttributeError, TypeError) as e:
         raise api_mismatch(e) from e
+    finally:
+        memory.close()
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -282,7 +258,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
         atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(timing))
     seconds = time.perf_counter() - started
     info = {"format": "tensorrt", "precision": precision, "trt": str(trt.__version__), "max_batch": max_batch,
-            "opt_batch": opt_batch, "fp32_layers": kept, "device": _device_name(),
+            "opt_batch": opt_batch, "fp32_layers": kept, "device": memory.device_name,
             "source": {"file": onnx_path.name, "sha256": sidecar["files"][onnx_path.name]["sha256"]},
             "seconds": round(seconds, 1)}
     if shared:
@@ -302,7 +278,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
 
 def _build(trt: Any, onnx_path: Path, shape: tuple[int, int, int], fp16: bool, images: np.ndarray | None,
            calib_batch: int, calib_cache: Path | None, max_batch: int, opt_batch: int, workspace_gb: float,
-           timing_cache: Path | None, verbose: bool) -> tuple[Any, Any, str, int]:
+           timing_cache: Path | None, verbose: bool, memory: CudaMemory) -> tuple[Any, Any, str, int]:
     """The TensorRT calls of build_engine: (serialized engine, builder config, precision, layers
     pinned to fp32). INT8 when `images` are given."""
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
@@ -330,7 +306,7 @@ def _build(trt: Any, onnx_path: Path, shape: tuple[int, int, int], fp16: bool, i
     if images is not None:
         batch = min(calib_batch, len(images))
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = make_calibrator(trt, images, batch, calib_cache)
+        config.int8_calibrator = make_calibrator(trt, images, batch, calib_cache, memory)
         # calibration runs at its profile's OPT shape: the batch get_batch feeds, not --opt-batch
         calib = builder.create_optimization_profile()
         calib.set_shape("image", (batch, *shape), (batch, *shape), (batch, *shape))
@@ -344,15 +320,6 @@ def _build(trt: Any, onnx_path: Path, shape: tuple[int, int, int], fp16: bool, i
     return engine, config, precision, kept
 
 
-def _device_name() -> str:
-    try:
-        import torch  # noqa: PLC0415
-
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown"
-    except Exception:  # noqa: BLE001 - informational only
-        return "unknown"
-
-
 def verify_engine(engine_path: str | Path, onnx_path: str | Path, n: int, tol: float,
                   seed: int = 0) -> tuple[list[str], bool]:
     """Compare the engine with ONNX Runtime (CPU) on n random images: one line per output
@@ -362,20 +329,20 @@ def verify_engine(engine_path: str | Path, onnx_path: str | Path, n: int, tol: f
     meta = read_metadata(onnx_path)
     img = np.random.default_rng(seed).integers(
         0, 256, (n, meta["input_height"], meta["input_width"], meta["input_channels"]), dtype=np.uint8)
-    # The runtime's backend is the one engine runner (buffers, shapes, stream); verifying through it
-    # checks what the line will run. Imported here: runtime builds on export, not the reverse.
-    from runtime.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
-
-    ref = run_session(ort_session(onnx_path), img)
+    # core.tensorrt.Engine is the one engine runner (buffers, shapes, stream) the runtime's backend
+    # adapts: verifying through it checks what the line will run
+    ref = ort.run(ort.session(onnx_path, device="cpu"), img)
     try:
-        backend = TensorRTBackend(engine_path)
+        engine = Engine(engine_path)
         try:
-            got = backend.run(img)
+            got = engine.run(img)
         finally:
-            backend.close()
+            engine.close()
     except (AttributeError, TypeError) as e:
         raise api_mismatch(e) from e
-    except RuntimeError as e:  # BackendError and the backend's deserialization failure
+    except TensorRTError:
+        raise
+    except RuntimeError as e:  # the runner's and CUDA's
         raise TensorRTError(str(e).splitlines()[0] if str(e) else f"{engine_path}: {e.__class__.__name__}") from e
     missing = [name for name in ref if name not in got]
     if missing:

@@ -15,7 +15,8 @@ import torch
 import export.check
 import export.graph
 from bench.export import main as bench_main
-from export.check import check, compare, format_report, load_images, main as check_main, ort_session, run_session
+from core import ort
+from export.check import check, compare, format_report, load_images, main as check_main
 from export.onnx import export_onnx, main as onnx_main, read_metadata
 from core.sidecar import SidecarError, read_sidecar
 from export.tensorrt import check_graph
@@ -107,10 +108,10 @@ def test_metadata_outputs_and_static_shapes(exported) -> None:
 def test_gradients_are_computed_not_frozen(exported) -> None:
     """pytorch#89675: a traced autograd graph silently freezes gradients as constants."""
     _, path, _ = exported("mnist-conv2")
-    sess = ort_session(path)
+    sess = ort.session(path, device="cpu")
     rng = np.random.default_rng(1)
-    a = run_session(sess, rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))["gradients"]
-    b = run_session(sess, rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))["gradients"]
+    a = ort.run(sess, rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))["gradients"]
+    b = ort.run(sess, rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))["gradients"]
     assert not np.allclose(a, b)
 
 
@@ -253,7 +254,7 @@ def test_check_errors_are_one_line(exported, tmp_path: Path, monkeypatch: pytest
     def fail(session: object, image: np.ndarray) -> dict:
         raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code\nstack trace")
 
-    monkeypatch.setattr(export.check, "run_session", fail)
+    monkeypatch.setattr(export.check.ort, "run", fail)
     assert check_main(["--onnx", str(path), "--checkpoint", str(ckpt)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: inference failed (Fail: ") and err.count("\n") == 1

@@ -18,7 +18,8 @@ import yaml
 from torch import nn
 
 import runtime.model as rm
-from runtime.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers
+from core.ort import OrtError, provider_options, resolve_providers
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.backends import BackendError, BackendUnavailable
 
 NAMES = ("mu", "logvar", "activations", "gradients", "attention", "anomaly_map")
@@ -116,20 +117,23 @@ def test_provider_order_and_override() -> None:
     assert resolve_providers(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert resolve_providers("cuda,cpu", avail) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert resolve_providers(["CPUExecutionProvider"], avail) == ["CPUExecutionProvider"]
-    with pytest.raises(BackendUnavailable, match="not available"):
+    with pytest.raises(OrtError, match="not available"):
         resolve_providers("cuda", ["CPUExecutionProvider"])
 
 
-def test_device_choice_for_onnxruntime(stub_model: Path) -> None:
-    from runtime.backends.onnxruntime import device_choice, provider_options
+def test_device_grammar_for_onnxruntime(stub_model: Path) -> None:
+    from core.device import Device, parse_device
 
-    assert device_choice(None) == (None, 0) and device_choice("cpu") == ("cpu", 0)
-    assert device_choice("cuda") == (None, 0) and device_choice("cuda:1") == (None, 1)
-    for bad in ("gpu", "cuda:x", "cpu:1"):
+    assert parse_device(None) == Device("auto") and parse_device("cpu") == Device("cpu")
+    assert parse_device("cuda") == Device("cuda") and parse_device("cuda:1") == Device("cuda", 1)
+    assert parse_device("cuda:1").gpu == 1 and parse_device("cuda").gpu == 0
+    for bad in ("gpu", "cuda:x", "cpu:1", "auto:0"):
         with pytest.raises(ValueError, match="--device"):
-            device_choice(bad)
-    assert provider_options("CUDAExecutionProvider", stub_model, 1)["device_id"] == 1
-    assert provider_options("TensorrtExecutionProvider", stub_model, 2)["device_id"] == 2
+            parse_device(bad)
+    assert provider_options("CUDAExecutionProvider", 1)["device_id"] == 1
+    assert provider_options("TensorrtExecutionProvider", 2)["device_id"] == 2
+    with pytest.raises(BackendUnavailable, match="'nosuch' is not available"):  # the backend's own error type
+        OnnxRuntimeBackend(stub_model, providers="nosuch")
     assert OnnxRuntimeBackend(stub_model, device="cpu", threads=1).providers == ["CPUExecutionProvider"]
     import onnxruntime as ort
 

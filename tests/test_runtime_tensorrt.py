@@ -1,5 +1,5 @@
-"""TensorRT backend without TensorRT: buffer/shape logic against a fake engine, and the promised
-one-line errors when the package or a GPU is missing."""
+"""TensorRT without TensorRT or a GPU: core.tensorrt's runner (buffers, shapes, stream) against a
+fake engine and fake CUDA memory, and the runtime backend's promised one-line errors."""
 from __future__ import annotations
 
 import sys
@@ -7,10 +7,9 @@ import types
 
 import numpy as np
 import pytest
-import torch
-
+from core import tensorrt as rt
 from runtime.backends import BackendError, BackendUnavailable
-from runtime.backends import tensorrt as rt
+from runtime.backends.tensorrt import TensorRTBackend
 
 H, W, C = 6, 5, 1
 
@@ -54,7 +53,7 @@ class FakeContext:
     """Computes anomaly_map = image / 255 and mu = per-image mean, 3 times, reading and writing
     the bound buffers through their addresses, like TensorRT does."""
 
-    def __init__(self, engine: FakeEngine, registry: dict[int, torch.Tensor]) -> None:
+    def __init__(self, engine: FakeEngine, registry: dict[int, np.ndarray]) -> None:
         self.engine, self.registry = engine, registry
         self.addresses: dict[str, int] = {}
         self.batch: int | None = None
@@ -77,46 +76,63 @@ class FakeContext:
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.batch if d == -1 else d for d in self.engine.tensors[name][1])
 
-    def _view(self, name: str) -> torch.Tensor:
+    def _view(self, name: str) -> np.ndarray:
         shape = self.get_tensor_shape(name)
-        flat = self.registry[self.addresses[name]].view(-1)
-        return flat[:int(np.prod(shape))].view(shape)
+        dtype = self.engine.tensors[name][2]
+        flat = self.registry[self.addresses[name]].view(dtype)
+        return flat[:int(np.prod(shape))].reshape(shape)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
-        assert stream_handle == 1234
+        assert stream_handle == FakeMemory.stream
         self.executions += 1
-        img = self._view("image").float()
-        self._view("anomaly_map").copy_(img.permute(0, 3, 1, 2) / 255.0)
-        self._view("mu").copy_(img.mean(dim=(1, 2, 3))[:, None].expand(-1, 3))
+        img = self._view("image").astype(np.float32)
+        self._view("anomaly_map")[:] = img.transpose(0, 3, 1, 2) / 255.0
+        self._view("mu")[:] = img.mean(axis=(1, 2, 3))[:, None]
         return True
 
 
-class FakeStream:
-    cuda_stream = 1234
+class FakeMemory:
+    """core.tensorrt.CudaMemory on the CPU: 'device' buffers are byte arrays found by address,
+    as the fake context finds them; copies and allocations are recorded."""
+    stream = 1234
+    device_name = "fake GPU"
 
     def __init__(self) -> None:
+        self.registry: dict[int, np.ndarray] = {}
+        self.allocations: list[tuple] = []
         self.syncs = 0
+        self.closed = False
+
+    def host(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        self.allocations.append((tuple(shape), np.dtype(dtype), "host"))
+        return np.zeros(shape, dtype)
+
+    def device(self, nbytes: int) -> int:
+        buf = np.zeros(nbytes, np.uint8)
+        self.registry[buf.ctypes.data] = buf
+        self.allocations.append((nbytes, np.dtype(np.uint8), "device"))
+        return buf.ctypes.data
+
+    def to_device(self, dst: int, src: np.ndarray) -> None:
+        self.registry[dst][:src.nbytes] = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+
+    def to_host(self, dst: np.ndarray, src: int) -> None:
+        dst.reshape(-1).view(np.uint8)[:] = self.registry[src][:dst.nbytes]
 
     def synchronize(self) -> None:
         self.syncs += 1
 
+    def close(self) -> None:
+        self.closed = True
 
-def make_runner(**engine_kw: int) -> tuple[rt.EngineRunner, FakeContext, list, FakeStream]:
+
+def make_runner(**engine_kw: int) -> tuple[rt.EngineRunner, FakeContext, list, FakeMemory]:
     engine = FakeEngine(**engine_kw)
-    registry: dict[int, torch.Tensor] = {}
-    allocations: list[tuple] = []
-
-    def allocate(shape: tuple[int, ...], dtype: torch.dtype, where: str) -> torch.Tensor:
-        t = torch.zeros(shape, dtype=dtype)
-        registry[t.data_ptr()] = t
-        allocations.append((shape, dtype, where))
-        return t
-
-    ctx = FakeContext(engine, registry)
+    memory = FakeMemory()
+    ctx = FakeContext(engine, memory.registry)
     tensors = rt.describe_io(engine, lambda m: m == "in", lambda d: d)
     lo, hi = rt.batch_range(engine, next(t for t in tensors if t.is_input))
-    stream = FakeStream()
-    return rt.EngineRunner(engine, ctx, tensors, hi, lo, allocate, stream), ctx, allocations, stream
+    return rt.EngineRunner(engine, ctx, tensors, hi, lo, memory), ctx, memory.allocations, memory
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -134,7 +150,9 @@ def test_buffers_allocated_once_for_max_batch_and_shapes_set_on_change() -> None
     # one device + one host buffer per tensor, at the profile's max batch (8)
     assert len(allocations) == 6
     assert {a[2] for a in allocations} == {"device", "host"}
-    assert all(a[0][0] == 8 for a in allocations)
+    assert all(a[0][0] == 8 for a in allocations if a[2] == "host")
+    assert sorted(a[0] for a in allocations if a[2] == "device") == sorted(
+        int(np.prod(a[0])) * a[1].itemsize for a in allocations if a[2] == "host")
     assert set(ctx.addresses) == {"image", "anomaly_map", "mu"}
     for n in (3, 3, 8, 5):
         x = images(n, seed=n)
@@ -189,29 +207,42 @@ def test_rejected_input_shape_is_reported() -> None:
 def test_missing_tensorrt_gives_one_line_actionable_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     with pytest.raises(BackendUnavailable) as e:
-        rt.TensorRTBackend(tmp_path / "m.trt")
+        TensorRTBackend(tmp_path / "m.trt")
     msg = str(e.value)
     assert "\n" not in msg and "pip install tensorrt" in msg and "onnx" in msg.lower()
 
 
-def test_old_tensorrt_and_missing_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_old_tensorrt_missing_cuda_and_cpu_device(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
     with pytest.raises(BackendUnavailable, match="needs TensorRT 10"):
-        rt.TensorRTBackend(tmp_path / "m.trt")
+        TensorRTBackend(tmp_path / "m.trt")
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(BackendUnavailable, match="needs a CUDA GPU") as e:
-        rt.TensorRTBackend(tmp_path / "m.trt")
+    try:  # the real cuda-python (torch's CUDA build brings it) on a machine without a GPU or driver
+        import cuda.bindings.runtime  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        with pytest.raises(BackendUnavailable, match="CUDA is not usable for TensorRT on GPU 0") as e:
+            TensorRTBackend(tmp_path / "m.trt")
+        assert "\n" not in str(e.value)
+    # neither cuda-python nor PyTorch can give CUDA memory: one line naming what to install
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart", "torch"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(BackendUnavailable, match="pip install cuda-python") as e:
+        TensorRTBackend(tmp_path / "m.trt")
     assert "\n" not in str(e.value)
+    with pytest.raises(BackendUnavailable, match="not '--device cpu'"):
+        TensorRTBackend(tmp_path / "m.trt", device="cpu")
 
 
-def test_an_engine_tensorrt_cannot_load_is_one_backend_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def fake_runtime(monkeypatch: pytest.MonkeyPatch, engine: object) -> FakeMemory:
+    """A TensorRT 10 module whose Runtime deserializes to `engine`, and fake CUDA memory."""
     class Runtime:
         def __init__(self, logger: object) -> None:
             pass
 
-        def deserialize_cuda_engine(self, data: bytes) -> None:  # TensorRT 10: None for a foreign engine
-            return None
+        def deserialize_cuda_engine(self, data: bytes) -> object:
+            return engine
 
     class Logger:
         WARNING = 2
@@ -219,14 +250,41 @@ def test_an_engine_tensorrt_cannot_load_is_one_backend_error(monkeypatch: pytest
         def __init__(self, level: int) -> None:
             pass
 
-    fake = types.SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=Runtime)
+    fake = types.SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=Runtime,
+                                 TensorIOMode=types.SimpleNamespace(INPUT="in"), nptype=lambda d: d)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    memory = FakeMemory()
+    monkeypatch.setattr(rt, "cuda_memory", lambda gpu=0: memory)
+    return memory
+
+
+def test_an_engine_tensorrt_cannot_load_is_one_backend_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    memory = fake_runtime(monkeypatch, None)  # TensorRT 10: None for a foreign engine
     engine = tmp_path / "m.trt"
     engine.write_bytes(b"an engine of another TensorRT")
     with pytest.raises(BackendError, match="m.trt: TensorRT could not deserialize"):
-        rt.TensorRTBackend(engine)
+        TensorRTBackend(engine)
+    assert memory.closed
     with pytest.raises(BackendError, match="gone.trt: cannot load the TensorRT engine") as e:
-        rt.TensorRTBackend(tmp_path / "gone.trt")
+        TensorRTBackend(tmp_path / "gone.trt")
     assert "\n" not in str(e.value)
+
+
+def test_backend_runs_an_engine_through_the_runner(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """open -> run -> close through core.tensorrt.Engine, the runner export.tensorrt --verify uses too."""
+    fake_engine = FakeEngine()
+    memory = fake_runtime(monkeypatch, fake_engine)
+
+    def create_execution_context() -> FakeContext:
+        return FakeContext(fake_engine, memory.registry)
+
+    fake_engine.create_execution_context = create_execution_context  # type: ignore[attr-defined]
+    (tmp_path / "m.trt").write_bytes(b"engine")
+    backend = TensorRTBackend(tmp_path / "m.trt")
+    assert backend.input_shape == (H, W, C) and backend.max_batch == 8
+    assert backend.output_names == ("anomaly_map", "mu")
+    x = images(3)
+    np.testing.assert_allclose(backend.run(x)["anomaly_map"], expected(x)["anomaly_map"], rtol=1e-6)
+    assert backend.describe()["device"] == "fake GPU"
+    backend.close()
+    assert memory.closed

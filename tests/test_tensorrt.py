@@ -17,6 +17,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import export.tensorrt as et
+from core import ort
+from test_runtime_tensorrt import FakeMemory
 from export.onnx import export_onnx
 from core.sidecar import SidecarError, read_sidecar
 from test_export_graph import make_checkpoint
@@ -29,6 +31,14 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trt")
     ckpt = make_checkpoint(root / "digit.pt", "mnist", anomaly_map="fusion", score="difference")
     return export_onnx(ckpt, root / "digit.onnx", score="difference", per_dim=True)["onnx"]
+
+
+@pytest.fixture(autouse=True)
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeMemory:
+    """CUDA memory for the builder (device name, INT8 calibration buffer) without a GPU."""
+    memory = FakeMemory()
+    monkeypatch.setattr(et, "cuda_memory", lambda gpu=0: memory)
+    return memory
 
 
 @pytest.fixture
@@ -379,7 +389,7 @@ def test_int8_build_calibrates_over_a_folder(model_dir: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     seen = {}
 
-    def calibrator(trt_mod, images, batch, cache):  # the real one needs CUDA buffers
+    def calibrator(trt_mod, images, batch, cache, memory):  # the real one needs CUDA buffers
         seen.update(images=images, batch=batch, cache=cache)
         return "calibrator"
 
@@ -402,7 +412,7 @@ def test_calibration_batch_is_at_most_the_number_of_images(model_dir: Path, monk
                                                            capsys: pytest.CaptureFixture) -> None:
     trt = fake_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(et, "make_calibrator", lambda trt_mod, images, batch, cache: "calibrator")
+    monkeypatch.setattr(et, "make_calibrator", lambda trt_mod, images, batch, cache, memory: "calibrator")
     _write_images(model_dir / "calib", 3)
     argv = ["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"), "--int8",
             "--calib-data", str(model_dir / "calib")]
@@ -450,18 +460,18 @@ def test_logvar_clamp_backward_is_in_the_fp32_scope(onnx_file: Path) -> None:
     assert readers and all(n.startswith("/score_grad/") for n in readers), readers
 
 
-class FakeBackend:
-    """runtime.backends.tensorrt.TensorRTBackend's interface, answering with ONNX Runtime's outputs
-    (altered by `change`), for --verify without a GPU."""
+class FakeEngine:
+    """core.tensorrt.Engine's interface, answering with ONNX Runtime's outputs (altered by
+    `change`), for --verify without a GPU."""
 
     change: Any = None
     onnx_path: Path
 
     def __init__(self, path: str | Path) -> None:
-        self.session = et.ort_session(self.onnx_path)
+        self.session = ort.session(self.onnx_path, device="cpu")
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        out = et.run_session(self.session, image)
+        out = ort.run(self.session, image)
         return type(self).change(out) if type(self).change else out
 
     def close(self) -> None:
@@ -477,12 +487,10 @@ class FakeBackend:
 def test_verify_exits_1_when_the_engine_disagrees(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture, change: Any, rc: int,
                                                   message: str | None) -> None:
-    import runtime.backends.tensorrt as rbt
-
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
-    monkeypatch.setattr(FakeBackend, "onnx_path", model_dir / "digit.onnx", raising=False)
-    monkeypatch.setattr(FakeBackend, "change", staticmethod(change) if change else None)
-    monkeypatch.setattr(rbt, "TensorRTBackend", FakeBackend)
+    monkeypatch.setattr(FakeEngine, "onnx_path", model_dir / "digit.onnx", raising=False)
+    monkeypatch.setattr(FakeEngine, "change", staticmethod(change) if change else None)
+    monkeypatch.setattr(et, "Engine", FakeEngine)
     assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "digit.trt"),
                     "--verify", "2"]) == rc
     out, err = capsys.readouterr()
@@ -508,3 +516,17 @@ def test_a_frozen_copy_never_takes_another_models_sidecar(model_dir: Path, monke
     assert not (model_dir / "other.trt").exists() and (model_dir / "other.yaml").read_bytes() == before
     assert et.main(["--onnx", str(model_dir / "digit.onnx"), "--out", str(model_dir / "other.trt")]) == 1
     assert "choose another name" in capsys.readouterr().err
+
+
+def test_int8_calibrator_feeds_batches_through_cuda_memory() -> None:
+    """The calibrator copies each batch into one device buffer (core.tensorrt's memory, the runner's)
+    and hands TensorRT its address; None once fewer than a batch are left."""
+    trt = types.SimpleNamespace(IInt8EntropyCalibrator2=type("Base", (), {"__init__": lambda self: None}))
+    memory = FakeMemory()
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 3, 1), dtype=np.uint8)
+    cal = et.make_calibrator(trt, images, 2, None, memory)
+    assert cal.get_batch_size() == 2
+    for i in range(2):
+        (ptr,) = cal.get_batch(["image"])
+        np.testing.assert_array_equal(memory.registry[ptr].reshape(2, 4, 3, 1), images[2 * i:2 * i + 2])
+    assert cal.get_batch(["image"]) is None and memory.syncs == 2

@@ -28,7 +28,9 @@ from training.checkpoint import load_checkpoint
 from training.config import load_config, merge
 from training.data.dsprites import load_dsprites
 from training.disentanglement import evaluate, figure9, figure_inputs, load_factorvae
+from core.device import device_arg
 from training.factorvae_train import train
+from training.loop import torch_device
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("beta_vae", "factorvae", "ad_factorvae")
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon-images", type=int, default=10_000, help="images for the reconstruction error")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--data", help="official dsprites_ndarray_*.npz (default: the project's render)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", type=device_arg)
     p.add_argument("--out", default=str(REPO / "runs" / "bench_disentanglement"), help="checkpoint folder")
     p.add_argument("--results", default=str(REPO / "bench" / "results"), help="JSON and PNG folder")
     p.add_argument("--reuse", action="store_true", help="reuse checkpoints that already have the full budget")
@@ -110,9 +112,7 @@ def merged_rows(path: Path, rows: list[dict[str, Any]], protocol: dict[str, Any]
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
+    device = torch_device(args.device)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     tag = f"latent{args.latent}_steps{args.steps}_seed{args.seed}" + (f"_lr{args.lr:g}" if args.lr else "")
     t0 = time.time()

@@ -28,7 +28,9 @@ from training.data import Split, load_split
 from training.evaluate import compute_maps, format_table, mean_gray, save_grid, score_maps
 from training.maps import GaussianBlur
 from training.stats import fusion_scales
-from training.train import pick_device, train
+from core.device import device_arg
+from training.loop import torch_device
+from training.train import train
 
 TARGETS = {"pixel_auroc": 0.97, "best_iou": 0.17, "aupro": 0.80}
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint:
         ckpt, train_s = Path(args.checkpoint), None
     else:
-        ckpt = train(config, out / "run", pick_device(args.device), progress=not args.quiet)
+        ckpt = train(config, out / "run", torch_device(args.device), progress=not args.quiet)
         train_s = time.time() - started
     model, config = load_model(ckpt)
     mcfg, inf = config["model"], config["inference"]
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minmax", action="store_true",
                    help="diagnostic: also every map min-max normalized per image (results in <config>_minmax/)")
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", type=device_arg)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

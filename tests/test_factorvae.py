@@ -164,3 +164,18 @@ def test_a_dsprites_config_missing_train_keys_gets_the_family_defaults(tmp_path:
     assert t["steps"] == 100 and t["gamma"] == 40
     assert {k: t[k] for k in ("batch_size", "loss", "lr", "beta", "seed")} == \
         {k: TRAIN_DEFAULTS[k] for k in ("batch_size", "loss", "lr", "beta", "seed")}
+
+
+def test_init_starts_the_dsprites_loop_from_another_checkpoints_vae(tmp_path: Path) -> None:
+    data = TinySprites(32)
+    first = train(config(gamma=40.0, batch_size=8), tmp_path / "a", torch.device("cpu"), max_steps=2,
+                  progress=False, data=data)
+    # lr 0: the VAE after one step is the one it started from; the discriminator starts afresh
+    warm = train(config(gamma=40.0, batch_size=8, lr=0.0), tmp_path / "b", torch.device("cpu"), max_steps=1,
+                 progress=False, data=data, init=first)
+    a, b = torch.load(first, weights_only=True), torch.load(warm, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["step"] == 1 and b["init"]["path"] == str(first.resolve()) and len(b["init"]["sha256"]) == 64
+    with pytest.raises(ValueError, match="--init from another model .*model.latent: 10 -> 6"):
+        train(merge(config(), {"model": {"latent": 6}}), tmp_path / "c", torch.device("cpu"), max_steps=1,
+              progress=False, data=data, init=first)

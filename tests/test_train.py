@@ -51,7 +51,7 @@ def test_checkpoint_round_trip_and_stats(mvtec_dir: Path, tmp_path: Path):
 
 
 def test_noise_is_drawn_per_step_and_sliced_per_rank():
-    from training.train import step_noise
+    from training.loop import step_noise
 
     assert not torch.equal(step_noise(7, 0, 8, 4, slice(None)), step_noise(7, 1, 8, 4, slice(None)))
     assert not torch.equal(step_noise(7, 0, 8, 4, slice(None)), step_noise(8, 0, 8, 4, slice(None)))
@@ -303,3 +303,70 @@ def test_a_checkpoint_write_that_fails_keeps_the_old_one_and_says_so(tmp_path: P
                                       r"checkpoint, if any, is kept"):
         save_checkpoint(path, model, {"model": {"arch": "mnist"}}, step=2)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def _params(path: Path, model_cfg: dict) -> dict[str, torch.Tensor]:
+    """The trained parameters (not the buffers: training refits the normal-data statistics)."""
+    from training.models import build_model
+
+    names = {n for n, _ in build_model(model_cfg).named_parameters()}
+    return {k: v for k, v in _weights(path).items() if k in names}
+
+
+def test_init_starts_a_new_run_from_another_checkpoints_weights(mvtec_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]):
+    from core.files import sha256
+
+    cfg = tiny_config(mvtec_dir, arch="mnist", size=28, epochs=2)
+    deployed = train(cfg, tmp_path / "deployed", torch.device("cpu"), max_steps=3, progress=False)
+    # lr 0: whatever the first step's gradient, the weights after it are the ones it started from
+    frozen = merge(cfg, {"train": {"lr": 0.0}})
+    cfg_path = tmp_path / "frozen.yaml"
+    cfg_path.write_text(yaml.safe_dump(frozen))
+    assert train_main(["--config", str(cfg_path), "--out", str(tmp_path / "warm"), "--init", str(deployed),
+                       "--max-steps", "1", "--quiet"]) == 0
+    warm = tmp_path / "warm" / "model.pt"
+    a, b = _params(deployed, cfg["model"]), _params(warm, cfg["model"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ck = load_checkpoint(warm)
+    # a new run: step 1 of its own, a fresh history and optimizer, and where its weights came from
+    assert ck["step"] == 1 and ck["epoch"] == 0 and [h["step"] for h in ck["history"]] == [1]
+    assert {int(s["step"]) for s in ck["optimizer"]["state"].values()} == {1}
+    assert ck["init"] == {"path": str(deployed.resolve()), "sha256": sha256(deployed)} and ck["stats_ready"]
+    # without --init the same run starts from the seed's weights, not the deployed ones
+    cold = train(frozen, tmp_path / "cold", torch.device("cpu"), max_steps=1, progress=False)
+    assert not all(torch.equal(a[k], v) for k, v in _params(cold, cfg["model"]).items())
+    assert load_checkpoint(cold)["init"] is None
+    # a resumed warm start still says where it started from
+    train(frozen, tmp_path / "warm", torch.device("cpu"), resume=True, max_steps=2, progress=False)
+    assert load_checkpoint(warm)["init"] == ck["init"] and load_checkpoint(warm)["step"] == 2
+
+
+def test_init_refuses_another_model_a_foreign_file_and_non_finite_weights(mvtec_dir: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]):
+    cfg = tiny_config(mvtec_dir, arch="mnist", size=28)
+    deployed = train(cfg, tmp_path / "deployed", torch.device("cpu"), max_steps=1, progress=False)
+    for change in ({"latent": 8}, {"fc_relu": False}, {"arch": "resnet18", "size": 64}, {"channels": 3}):
+        with pytest.raises(ValueError, match=r"deployed/model.pt: --init from another model") as e:
+            train(merge(cfg, {"model": change}), tmp_path / "r", torch.device("cpu"), init=deployed, progress=False)
+        assert all(f"model.{k}:" in str(e.value) for k in change)
+    foreign = tmp_path / "state_dict.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    ck = load_checkpoint(deployed)
+    ck["model"]["fc.weight"][0, 0] = float("nan")
+    poisoned = tmp_path / "nan.pt"
+    torch.save(ck, poisoned)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    for bad, why in ((foreign, "not a checkpoint of this project"), (poisoned, "non-finite"),
+                     (tmp_path / "missing.pt", "checkpoint not found")):
+        assert train_main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--init", str(bad), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad}: ") and why in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "model.pt").exists()  # refused before anything was trained
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", str(cfg_path), "--out", str(tmp_path / "deployed"), "--init", str(deployed),
+                    "--resume"])
+    assert e.value.code == 2 and "--init" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="give one of them"):
+        train(cfg, tmp_path / "deployed", torch.device("cpu"), resume=True, init=deployed, progress=False)

@@ -11,7 +11,7 @@ import torch
 from core.files import atomic_write
 from training.config import DEFAULTS, merge
 from training.models import VAE, build_model
-from training.models.vae import model_settings
+from training.models.factory import model_settings
 
 
 def all_finite(tensors: Any) -> bool:
@@ -62,17 +62,19 @@ RESUMABLE_TRAIN_KEYS = frozenset({"epochs", "steps", "workers", "log_every", "ch
 RESUMABLE_DATA_KEYS = frozenset({"root", "cache_dir", "max_test"})
 
 
-def resume_conflicts(old: dict[str, Any], new: dict[str, Any],
-                     train_defaults: dict[str, Any] | None = None) -> list[str]:
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any], train_defaults: dict[str, Any] | None = None,
+                     sections: tuple[str, ...] = ("model", "train", "data")) -> list[str]:
     """What a --resume would silently change in the experiment: 'section.key: old -> new' for every
     model setting, every train setting outside RESUMABLE_TRAIN_KEYS, and the data's format and
-    augmentation. Both sides get the defaults first: a key a checkpoint predates is not a change."""
+    augmentation (of `sections`). Both sides get the defaults first: a key a checkpoint predates
+    is not a change."""
     filled = {"model": model_settings,
               "train": lambda c: {**(DEFAULTS["train"] if train_defaults is None else train_defaults), **c},
               "data": lambda c: merge(DEFAULTS["data"], c)}
     free = {"model": frozenset(), "train": RESUMABLE_TRAIN_KEYS, "data": RESUMABLE_DATA_KEYS}
     diffs = []
-    for section, fill in filled.items():
+    for section in sections:
+        fill = filled[section]
         a, b = fill(old.get(section) or {}), fill(new.get(section) or {})
         for k in sorted((set(a) | set(b)) - free[section]):
             if a.get(k) != b.get(k):
@@ -92,6 +94,26 @@ def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | to
         raise ValueError(f"{path}: --resume with another experiment than the checkpoint's ({'; '.join(diffs)}); "
                          "resume with its config, or train into another --out")
     return ck
+
+
+def init_checkpoint(path: str | Path, config: dict[str, Any],
+                    map_location: str | torch.device) -> tuple[dict[str, Any], dict[str, str]]:
+    """The weights --init starts a new run from, and the record of where they came from
+    ({path, sha256} of the bytes loaded). ValueError naming the file unless it is a checkpoint of
+    this project, of the model `config` describes (the `model` settings fix every layer's shape:
+    another arch, size, channels, latent or fc_relu cannot be loaded), with finite weights."""
+    path = Path(path)
+    ck, digest = read_checkpoint(path, map_location)
+    _project_checkpoint(ck, path)
+    diffs = resume_conflicts(ck["config"], config, sections=("model",))
+    if diffs:
+        raise ValueError(f"{path}: --init from another model than the config's ({'; '.join(diffs)}); "
+                         "give a checkpoint of the same model section, or train from scratch")
+    if not all(isinstance(t, torch.Tensor) for t in ck["model"].values()):
+        raise ValueError(f"{path}: not a checkpoint of this project (its model state holds more than tensors)")
+    if not all_finite(ck["model"].values()):
+        raise ValueError(f"{path}: non-finite (NaN/inf) weights cannot start a run; give another --init checkpoint")
+    return ck["model"], {"path": str(path.resolve()), "sha256": digest}
 
 
 def _project_checkpoint(ckpt: Any, path: str | Path) -> dict[str, Any]:

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.device import GRAMMAR, device_arg
 from core.files import atomic_write, write_json
-
 from training.checkpoint import load_model
 from training.data.dsprites import SHAPES, DSprites, load_dsprites
 from training.factorvae_train import dims_attention, top_dims
+from training.loop import torch_device
 from training.losses import vae_loss
 from training.metrics.factorvae import factor_vae_metric
 from training.models.factorvae import FactorVAEModel
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-variance", type=int, default=10_000, help="images for the global variance (10000)")
     p.add_argument("--recon-images", type=int, default=10_000, help="images for the reconstruction error")
     p.add_argument("--images", type=int, default=5, help="inputs in the figure (paper: 5)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", type=device_arg, help=f"{GRAMMAR} (default cpu)")
     return p
 
 
@@ -155,10 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             build_parser().error(f"--{name.replace('_', '-')} must be at least 1")
     try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
+        device = torch_device(args.device)
         paths = [args.checkpoint] + ([args.compare] if args.compare else [])
-        models = [(p, *load_factorvae(p, args.device)) for p in paths]
+        models = [(p, *load_factorvae(p, device)) for p in paths]
         data = load_dsprites(args.data)
         results: dict[str, Any] = {}
         for p, model, _ in models:

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.device import GRAMMAR, device_arg
 from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
 from core.files import atomic_write, write_json
 from training.checkpoint import load_model
 from training.data import Split, load_split
+from training.loop import torch_device
 from training.losses import kl_divergence
 from training.maps import AnomalyMap, GaussianBlur, fuse, recon_error
 from core.metrics import localization_metrics, roc_auc
@@ -125,7 +127,8 @@ def save_grid(path: Path, split: Split, maps: dict[str, np.ndarray], columns: li
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] | None, scores: list[str] | None,
-             variants: list[str], out: Path | None, per_dim: bool = False, device: str = "cpu") -> dict[str, Any]:
+             variants: list[str], out: Path | None, per_dim: bool = False,
+             device: str | torch.device = "cpu") -> dict[str, Any]:
     model, config = load_model(checkpoint, device)
     inf = config["inference"]
     layers = layers or [inf["layer"]]
@@ -169,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", choices=list(VARIANTS), help="attention variant (default eq2)")
     p.add_argument("--per-dim", action="store_true", help="also the mean of the element-wise maps")
     p.add_argument("--out", type=Path, help="write metrics.json and grid.png here")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", type=device_arg, help=f"{GRAMMAR} (default cpu)")
     args = p.parse_args(argv)
     try:
         result = evaluate(args.checkpoint, args.data, args.layer, args.score, args.variant or ["eq2"], args.out,
-                          args.per_dim, args.device)
+                          args.per_dim, torch_device(args.device))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ Called by `python -m training.train --config configs/dsprites_*.yaml` (arch fact
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,14 +23,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from training.attention import attention_map
-from training.checkpoint import finite_weights, resume_checkpoint, save_checkpoint
+from training.checkpoint import init_checkpoint, resume_checkpoint, save_checkpoint
 from training.data.dsprites import NUM_IMAGES, DSprites, load_dsprites
 from training.losses import vae_loss
+from training.loop import check_start, check_weights, load_init, log, non_finite_stop, progress_bar, step_noise
 from training.models.factorvae import Discriminator, FactorVAEModel, build_factorvae, permute_dims
-from training.train import kept_note, step_noise
 
 # The family's `train` keys and their defaults (the paper's FactorVAE settings where it has one).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -140,6 +138,7 @@ class Trainer:
             self.disc = Discriminator(self.model.latent).to(device)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=float(self.t["lr_d"]), betas=tuple(self.t["betas_d"]))
         self.step = 0
+        self.init: dict[str, str] | None = None  # {path, sha256} of the --init checkpoint, kept in every save
 
     def batch(self, data: DSprites, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Two independent batches (the second feeds the discriminator's permuted codes) and their
@@ -172,7 +171,8 @@ class Trainer:
         return out
 
     def state(self, history: list[dict[str, float]]) -> dict[str, Any]:
-        s: dict[str, Any] = {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": 0, "history": history}
+        s: dict[str, Any] = {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": 0, "history": history,
+                             "init": self.init}
         if self.disc is not None and self.opt_d is not None:
             s.update(discriminator=self.disc.state_dict(), optimizer_d=self.opt_d.state_dict())
         return s
@@ -184,16 +184,25 @@ class Trainer:
             self.disc.load_state_dict(ckpt["discriminator"])
             self.opt_d.load_state_dict(ckpt["optimizer_d"])
         self.step = int(ckpt["step"])
+        self.init = ckpt.get("init")
         return list(ckpt.get("history", []))
 
 
 def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool = False,
-          max_steps: int | None = None, progress: bool = True, data: DSprites | None = None) -> Path:
-    """Train and return OUT/model.pt (written atomically every `checkpoint_every` steps and at the end)."""
+          max_steps: int | None = None, progress: bool = True, data: DSprites | None = None,
+          init: Path | None = None) -> Path:
+    """Train and return OUT/model.pt (written atomically every `checkpoint_every` steps and at the end).
+    init: start a new run from that checkpoint's VAE weights (the discriminator starts afresh)."""
+    check_start(resume, init)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "model.pt"
-    ck = resume_checkpoint(ckpt_path, config, device, TRAIN_DEFAULTS) if resume else None  # before rendering
+    # both before rendering: a refused file fails in a second, not after the dataset
+    ck = resume_checkpoint(ckpt_path, config, device, TRAIN_DEFAULTS) if resume else None
+    start, init_record = init_checkpoint(init, config, device) if init is not None else (None, None)
     tr = Trainer(config, device)
+    if start is not None:
+        load_init(tr.model, start, init)
+        tr.init = init_record
     t = tr.t
     steps = int(t["steps"]) if max_steps is None else min(int(t["steps"]), int(max_steps))
     if data is None:
@@ -205,27 +214,26 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     started = time.time() - (history[-1]["seconds"] if history else 0.0)
     sums: dict[str, float] = {}
     count = 0
-    bar = tqdm(total=steps, initial=tr.step, disable=not progress, dynamic_ncols=True, leave=False)
-    while tr.step < steps:
-        vals = tr.train_step(*tr.batch(data, tr.step))
-        if not all(math.isfinite(v) for v in vals.values()):  # stop before a checkpoint takes NaN weights
-            raise RuntimeError(f"non-finite loss terms at step {tr.step} ({vals}); {kept_note(ckpt_path)}")
-        for k, v in vals.items():
-            sums[k] = sums.get(k, 0.0) + v
-        count += 1
-        bar.update(1)
-        if tr.step % int(t["log_every"]) == 0 or tr.step == steps:
-            rec = {"step": tr.step, "seconds": time.time() - started, **{k: v / count for k, v in sums.items()}}
-            history.append(rec)
-            sums, count = {}, 0
-            bar.set_postfix(recon=f"{rec['recon']:.1f}", kl=f"{rec['kl']:.1f}", tc=f"{rec['tc']:.2f}", ad=f"{rec['ad']:.3f}")
-            if progress:
-                print(" ".join(f"{k} {v:.4g}" for k, v in rec.items()), file=sys.stderr)
-        if tr.step % int(t["checkpoint_every"]) == 0 or tr.step == steps:
-            if not finite_weights(tr.model):
-                raise RuntimeError(f"non-finite weights after step {tr.step}, not saved; {kept_note(ckpt_path)}")
-            save_checkpoint(ckpt_path, tr.model, config, **tr.state(history))
-    bar.close()
+    with progress_bar(steps, tr.step, progress) as bar:  # closed (its line cleared) also when a stop raises
+        while tr.step < steps:
+            vals = tr.train_step(*tr.batch(data, tr.step))
+            if not all(math.isfinite(v) for v in vals.values()):
+                raise non_finite_stop(f"non-finite loss terms at step {tr.step} ({vals})", ckpt_path)
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(1)
+            if tr.step % int(t["log_every"]) == 0 or tr.step == steps:
+                rec = {"step": tr.step, "seconds": time.time() - started, **{k: v / count for k, v in sums.items()}}
+                history.append(rec)
+                sums, count = {}, 0
+                bar.set_postfix({"recon": f"{rec['recon']:.1f}", "kl": f"{rec['kl']:.1f}", "tc": f"{rec['tc']:.2f}",
+                                 "ad": f"{rec['ad']:.3f}"})
+                if progress:
+                    log(" ".join(f"{k} {v:.4g}" for k, v in rec.items()))
+            if tr.step % int(t["checkpoint_every"]) == 0 or tr.step == steps:
+                check_weights(tr.model, tr.step, ckpt_path)
+                save_checkpoint(ckpt_path, tr.model, config, **tr.state(history))
     if not ckpt_path.exists():  # resumed at or past the budget: still leave a checkpoint
         save_checkpoint(ckpt_path, tr.model, config, **tr.state(history))
     return ckpt_path

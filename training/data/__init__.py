@@ -3,6 +3,7 @@
 Every loader returns a `Split` of uint8 arrays already at the model's size (decoded once: screw
 PNGs are 1024x1024 and decoding them every epoch would dominate training time on a CPU).
 """
-from training.data.split import Split, AugmentedImages, load_split
+from training.data.load import load_split
+from training.data.split import AugmentedImages, Split
 
 __all__ = ["Split", "AugmentedImages", "load_split"]

@@ -1,10 +1,9 @@
-"""The common in-memory form of a dataset split, augmentation, and the config-driven loader."""
+"""The common in-memory form of a dataset split, and augmentation (the loaders build a `Split`;
+training.data.load picks the loader a config names)."""
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -67,32 +66,3 @@ class AugmentedImages(Dataset):
             angle = float(rng.uniform(-self.rotate, self.rotate)) if self.rotate else 0.0
             img = rotate_flip(img, angle, self.hflip and rng.random() < 0.5, self.vflip and rng.random() < 0.5)
         return torch.from_numpy(np.ascontiguousarray(img))
-
-
-def load_split(data_cfg: dict[str, Any], split: str, size: int, channels: int, strict: bool,
-               root: str | Path | None = None) -> Split:
-    """Load `split` ('train' or 'test') of the dataset a config's `data` section describes.
-
-    strict=True (training) raises on the first bad file; strict=False (evaluation) skips it and
-    records the reason in Split.skipped.
-    """
-    from training.data import folder, mnist, mvtec, ucsd
-
-    fmt = data_cfg.get("format", "mvtec")
-    root = root or data_cfg.get("root")
-    if not root:
-        raise ValueError("data.root is not set: give it in the config's data section or with --data")
-    root = Path(root)
-    if not root.exists():
-        where = "" if root.is_absolute() else (f" (relative to the current folder {Path.cwd()}: run from the "
-                                                "repository root or pass --data)")
-        raise FileNotFoundError(f"{root}: data folder does not exist{where}")
-    if fmt == "mvtec":
-        return mvtec.load(root, split, size, channels, strict)
-    if fmt == "folder":
-        return folder.load(root, size, channels, strict)
-    if fmt == "mnist":
-        return mnist.load(root, split, size, channels, data_cfg.get("normal_digit", 1), data_cfg.get("max_test", 2000))
-    if fmt == "ucsd":
-        return ucsd.load(root, split, size, channels, strict, data_cfg.get("sequences"))
-    raise ValueError(f"unknown data format '{fmt}'; choose mvtec, folder, mnist or ucsd")

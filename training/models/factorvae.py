@@ -15,14 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.models.vae import VAE, _conv_encoder
+from training.models.blocks import conv_encoder
+from training.models.vae import VAE
 
 LAYERS = ("conv1", "relu1", "conv2", "relu2", "conv3", "relu3", "conv4", "relu4", "conv5", "relu5")
 
 
 class FactorVAEModel(VAE):
     def __init__(self, latent: int, channels: int, config: dict[str, Any]) -> None:
-        encoder = _conv_encoder(channels, [32, 32, 64, 64])  # 64 -> 32 -> 16 -> 8 -> 4
+        encoder = conv_encoder(channels, [32, 32, 64, 64])  # 64 -> 32 -> 16 -> 8 -> 4
         # Table 4 lists this layer as "Conv 2D 4x4, 128, 1, 1", but padding 1 on a 4x4 map gives
         # 3x3, not the 1x1x128 the table's output column (and the original FactorVAE) has: padding 0.
         encoder.add_module("conv5", nn.Conv2d(64, 128, 4, 1, 0))

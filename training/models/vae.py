@@ -7,18 +7,18 @@ The target layers for attention are named modules (`encoder.conv2`, `encoder.lay
 The model also carries, as buffers, what inference needs from the normal training set, so that a
 checkpoint and an exported graph are self-contained: the normal embedding distribution (Eq. 4)
 and the scale of each map on normal images (for the fusion map).
+
+Built by training.models.factory.build_model, which also builds the dSprites model (factorvae.py).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import torch
-import torchvision
 from torch import nn
 
+from training.models.blocks import conv_decoder, conv_encoder, resnet18_encoder, resnet_decoder
 from training.preprocess import Preprocess
-
 
 LOGVAR_LIMIT = 10.0  # logvar = LIMIT * tanh(raw / LIMIT), see VAE.heads
 
@@ -28,62 +28,6 @@ class VAEOutput(NamedTuple):
     logvar: torch.Tensor
     recon: torch.Tensor  # [N, C, H, W] in [0, 1]
     target: torch.Tensor  # preprocessed input in [0, 1], what recon is compared with
-
-
-def _conv_encoder(channels: int, widths: list[int]) -> nn.Sequential:
-    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
-    c = channels
-    for i, w in enumerate(widths, 1):
-        layers[f"conv{i}"] = nn.Conv2d(c, w, 4, 2, 1)
-        layers[f"relu{i}"] = nn.ReLU()
-        c = w
-    return nn.Sequential(layers)
-
-
-def _resnet18_encoder(channels: int) -> nn.Sequential:
-    # weights=None: trained from scratch (nothing can be downloaded); first conv takes our channels
-    r = torchvision.models.resnet18(weights=None)
-    conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
-    return nn.Sequential(OrderedDict(conv1=conv1, bn1=r.bn1, relu=r.relu, maxpool=r.maxpool,
-                                     layer1=r.layer1, layer2=r.layer2, layer3=r.layer3, layer4=r.layer4))
-
-
-class _Unflatten(nn.Module):
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
-
-
-def _conv_decoder(latent: int, hidden: int, channels: int, feat: tuple[int, int, int],
-                  specs: list[tuple[int, int]]) -> nn.Sequential:
-    """Tables 1-2: Linear-ReLU-Linear-ReLU-unflatten-ReLU, then ConvTr(k, out, 2, 1) with ReLU between."""
-    c, h, w = feat
-    layers: list[nn.Module] = [nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, c * h * w), nn.ReLU(),
-                               _Unflatten(feat), nn.ReLU()]
-    for i, (k, out) in enumerate(specs):
-        layers.append(nn.ConvTranspose2d(c, out, k, 2, 1))
-        layers.append(nn.ReLU() if i < len(specs) - 1 else nn.Sigmoid())
-        c = out
-    return nn.Sequential(*layers)
-
-
-def _resnet_decoder(latent: int, channels: int, size: int) -> nn.Sequential:
-    """Table 3: Linear 1024, Linear 1024 x s x s, then ConvTr(4, 2, 1)+BN+ReLU up to the input size.
-    s = size / 64 (4 at 256x256). ReLUs after the linears as in tables 1-2 (two bare linears
-    would collapse into one)."""
-    s = size // 64
-    widths = [512, 256, 128, 64, 32]
-    layers: list[nn.Module] = [nn.Linear(latent, 1024), nn.ReLU(), nn.Linear(1024, 1024 * s * s), nn.ReLU(),
-                               _Unflatten((1024, s, s))]
-    c = 1024
-    for w in widths:
-        layers += [nn.ConvTranspose2d(c, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU()]
-        c = w
-    layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Sigmoid()]
-    return nn.Sequential(*layers)
 
 
 class VAE(nn.Module):
@@ -135,44 +79,30 @@ class VAE(nn.Module):
         raise ValueError(f"unknown layer '{name}'; choose one of {choices}")
 
 
-ARCHS = ("mnist", "ucsd", "resnet18", "factorvae")
+VAE_ARCHS = ("mnist", "ucsd", "resnet18")  # the one-class architectures built here
 
 
-def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The `model` section with every default filled in (the one place they are decided), so
-    that two configs can be compared for the model they build."""
-    arch = cfg.get("arch", "resnet18")
-    if arch == "factorvae":
-        return dict(cfg, arch=arch)
-    return dict(cfg, arch=arch, size=int(cfg["size"]), channels=int(cfg.get("channels", 1)),
-                latent=int(cfg.get("latent", 32)), fc_relu=bool(cfg.get("fc_relu", arch != "resnet18")))
-
-
-def build_model(cfg: dict[str, Any]) -> VAE:
-    """Build from the `model` section of a config: arch, size, channels, latent, fc_relu."""
-    if cfg.get("arch", "resnet18") == "factorvae":  # supp. table 4 (dSprites); imported here: it builds on VAE
-        from training.models.factorvae import build_factorvae
-        return build_factorvae(cfg)
-    full = model_settings(cfg)
+def build_vae(full: dict[str, Any]) -> VAE:
+    """A one-class VAE from a `model` section with every default filled in (factory.model_settings)."""
     arch, size, channels, latent, fc_relu = (full[k] for k in ("arch", "size", "channels", "latent", "fc_relu"))
     if arch == "mnist":
         if size != 28:
             raise ValueError("arch mnist is 28x28 (supp. table 1)")
-        enc = _conv_encoder(channels, [64, 128])
-        dec = _conv_decoder(latent, 1024, channels, (128, 7, 7), [(4, 64), (4, channels)])
+        enc = conv_encoder(channels, [64, 128])
+        dec = conv_decoder(latent, 1024, channels, (128, 7, 7), [(4, 64), (4, channels)])
         feat = 128 * 7 * 7
     elif arch == "ucsd":
         if size != 100:
             raise ValueError("arch ucsd is 100x100 (supp. table 2)")
-        enc = _conv_encoder(channels, [64, 128, 256])
-        dec = _conv_decoder(latent, 1024, channels, (256, 12, 12), [(5, 128), (4, 64), (4, channels)])
+        enc = conv_encoder(channels, [64, 128, 256])
+        dec = conv_decoder(latent, 1024, channels, (256, 12, 12), [(5, 128), (4, 64), (4, channels)])
         feat = 256 * 12 * 12
     elif arch == "resnet18":
         if size % 64 or size < 64:
             raise ValueError(f"arch resnet18 needs a size that is a multiple of 64, not {size}")
-        enc = _resnet18_encoder(channels)
-        dec = _resnet_decoder(latent, channels, size)
+        enc = resnet18_encoder(channels)
+        dec = resnet_decoder(latent, channels, size)
         feat = 512 * (size // 32) ** 2
     else:
-        raise ValueError(f"unknown arch '{arch}'; choose one of {ARCHS}")
+        raise ValueError(f"arch '{arch}' is not a one-class VAE; choose one of {VAE_ARCHS}")
     return VAE(enc, feat, 1024, latent, dec, channels, fc_relu, full)

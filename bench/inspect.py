@@ -58,12 +58,14 @@ def maxrss_mb() -> float:
 def child_bare(model_path: str, backend: str | None, device: str | None, data: str, batch: int,
                repeats: int) -> dict[str, Any]:
     """Backend alone: inputs decoded beforehand, then only model(x) is timed."""
-    from runtime.inspect import discover
-    from runtime.model import open_model
+    from runtime.discover import discover
+    from runtime.pipeline import Pipeline
 
-    m = open_model(model_path, backend=backend, device=device, providers="cpu" if device in (None, "cpu") else None)
+    pipe = Pipeline.open(model_path, backend=backend, device=device,
+                         providers="cpu" if device in (None, "cpu") else None, warmup=0)
+    m = pipe.model
     files = [e.path for e in discover(Path(data), recursive=True) if e.error is None]
-    x = np.stack([m.load(p) for p in files])
+    x = np.stack([pipe.load(p, keep_image=False).input for p in files])
     for _ in range(2):  # warm-up: arenas, kernels, CUDA graphs for this batch size
         m(x[:batch])
     lat = []
@@ -145,15 +147,15 @@ def prepare_model(args: argparse.Namespace, cache: Path) -> tuple[Path, Path, di
 
 def crude_thresholds(onnx_path: Path, data: Path) -> dict[str, float]:
     """Pixel: 99.9th percentile of anomaly_map over test/good; image: max good score."""
-    from runtime.inspect import discover
-    from runtime.model import open_model
+    from runtime.discover import discover
+    from runtime.pipeline import Pipeline
 
-    m = open_model(onnx_path, providers="cpu")
+    pipe = Pipeline.open(onnx_path, providers="cpu", warmup=0)
     # the good images when the folder has MVTec's good/ (the bench's default), else every image
     good = [e.path for e in discover(data / "good" if (data / "good").is_dir() else data, recursive=True)
             if e.error is None]
-    maps = np.concatenate([m(np.stack([m.load(p) for p in good[i:i + 8]]))["anomaly_map"]
-                           for i in range(0, len(good), 8)])
+    maps = np.stack([out["anomaly_map"] for i in range(0, len(good), 8)
+                     for out in pipe.infer([pipe.load(p, keep_image=False) for p in good[i:i + 8]])])
     return {"pixel": float(np.percentile(maps, 99.9)), "image": float(maps.reshape(len(maps), -1).max(1).max())}
 
 
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         print(f"error: --data {data}: not a folder", file=sys.stderr)
         return 2
-    from runtime.inspect import discover
+    from runtime.discover import discover
     n_files = sum(1 for e in discover(data, recursive=True) if e.error is None)
     if not n_files:
         print(f"error: --data {data}: no readable images", file=sys.stderr)

@@ -9,6 +9,9 @@ scores cannot drift. Registration, when a model uses it, runs between decode and
 """
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -33,6 +36,22 @@ class ImageError(ValueError):
     """An input image that cannot be used; the message names the file and the reason."""
 
 
+def read_regular(path: Path) -> np.ndarray:
+    """A regular file's bytes. Opened non-blocking and checked on the open descriptor: a FIFO or a
+    device put where an image was listed would otherwise block the reading thread for ever (and
+    with it the run and its Ctrl-C), and a check by path before opening could be raced."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if hasattr(os, "O_NONBLOCK"):  # regular files never block; reads are plain from here
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return np.frombuffer(f.read(), dtype=np.uint8)
+    finally:
+        os.close(fd)
+
+
 def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     """Decode an image file as stored (any depth and channel count, OpenCV's BGR order).
 
@@ -41,7 +60,7 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarr
     """
     p = Path(path)
     try:
-        data = np.fromfile(str(p), dtype=np.uint8)  # np.fromfile copes with unicode names
+        data = read_regular(p)
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from e
     if data.size == 0:
@@ -99,11 +118,6 @@ def resize_to_model(img: np.ndarray, height: int, width: int) -> np.ndarray:
     shrink = img.shape[0] > height or img.shape[1] > width
     out = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return out[:, :, None] if out.ndim == 2 else out
-
-
-def load_for_model(path: str | Path, height: int, width: int, channels: int) -> np.ndarray:
-    """Read + convert + resize: the whole host-side path from file to model input."""
-    return resize_to_model(read_image(path, channels), height, width)
 
 
 def from_frame(frame: np.ndarray, channels: int, bgr: bool = True, source: str = "frame") -> np.ndarray:

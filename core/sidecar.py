@@ -2,15 +2,17 @@
 
 It is what a runtime needs besides the graph itself, and what ties the files together:
 
-    schema: 1
+    schema: 2
     model: {family, arch, latent, layer, score, anomaly_map, blur_sigma, per_dim, recon,
-            checkpoint (relative to the sidecar's folder), checkpoint_sha256}
+            checkpoint (relative to the sidecar's folder), checkpoint_sha256,
+            attention_scale, anomaly_scale}   # the maps' normal 99th percentiles (overlay colours)
+    registration: {method, lighting, ...}     # core.registration: run on the host before the graph
     input: {name: image, dtype: uint8, layout: NHWC, height, width, channels, color}
     outputs: [mu, logvar, activations, gradients, attention, anomaly_map, ...]
     output_shapes: {mu: [N, 32], ...}
     files: {X.onnx: {sha256, bytes, format, opset, weights}, X.trt: {sha256, precision, trt, source, ...}}
                               # source: {file, sha256} of the ONNX the engine was built from
-    thresholds: {}            # filled by calibration (update_sidecar)
+    thresholds: {pixel, image, rule, ...}   # filled by calibration (update_sidecar); {} before
     preprocessing: {...}      # host side (decode, color, resize) and in-graph (scale, normalize)
     created: ISO 8601 UTC
     versions: {python, torch, onnx, project, ...}
@@ -18,11 +20,16 @@ It is what a runtime needs besides the graph itself, and what ties the files tog
 Loading a model whose sha256 differs from its sidecar entry is an error (`SidecarError`) that
 names both files: a replaced model with stale thresholds would give wrong verdicts silently.
 Written atomically with yaml.safe_dump, read with yaml.safe_load.
+
+Schemas: a reader upgrades an older sidecar in memory (`UPGRADES`, one step per version: schema 1
+had no registration section, which meant none) and refuses a newer one; writers always write the
+current schema. Torch-free (core): the edge runtime reads it.
 """
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import platform
 import warnings
 from importlib import metadata
@@ -33,11 +40,22 @@ import yaml
 
 from core.files import atomic_write, sha256
 
-SCHEMA = 1
+SCHEMA = 2
 REQUIRED = ("schema", "model", "input", "outputs", "files", "thresholds")
 # The type each section must have: readers index into them, and `files: null` would otherwise
 # surface as a TypeError far from the file that holds it.
-SECTION_TYPES: dict[str, type] = {"model": dict, "input": dict, "outputs": list, "files": dict, "thresholds": dict}
+SECTION_TYPES: dict[str, type] = {"model": dict, "input": dict, "outputs": list, "files": dict, "thresholds": dict,
+                                  "registration": dict}
+NO_REGISTRATION = {"method": "none", "lighting": "none"}
+
+
+def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 predates registration: its models saw plain resized images."""
+    return {**data, "registration": dict(NO_REGISTRATION), "schema": 2}
+
+
+# schema N -> the upgrade to N + 1; applied in order until SCHEMA
+UPGRADES = {1: _from_schema_1}
 
 
 class SidecarError(RuntimeError):
@@ -75,7 +93,9 @@ def file_entry(path: str | Path, **info: Any) -> dict[str, Any]:
 
 
 def check_types(data: dict[str, Any], path: Path) -> None:
-    """SidecarError naming `path` when a section, or an entry of `files`, has the wrong type."""
+    """SidecarError naming `path` when a section, an entry of `files`, or a threshold has the
+    wrong type: a threshold that is a list, a mapping, a boolean (YAML's `yes`) or not finite would
+    otherwise be read as 1.0, fail deep in post-processing, or pass every part."""
     for key, kind in SECTION_TYPES.items():
         if key in data and not isinstance(data[key], kind):
             raise SidecarError(f"{path}: '{key}' must be a {'list' if kind is list else 'mapping'}, "
@@ -83,6 +103,29 @@ def check_types(data: dict[str, Any], path: Path) -> None:
     for name, entry in (data.get("files") or {}).items():
         if not isinstance(entry, dict):
             raise SidecarError(f"{path}: files entry '{name}' must be a mapping, got {type(entry).__name__}")
+    for kind in ("pixel", "image"):
+        value = (data.get("thresholds") or {}).get(kind)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise SidecarError(f"{path}: thresholds.{kind} must be a finite number, got "
+                               f"{type(value).__name__} ({str(value)[:60]}); re-calibrate or fix it by hand")
+
+
+def upgrade(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`data` brought to the current schema (in memory), or SidecarError for an unknown one."""
+    version = data.get("schema")
+    if isinstance(version, bool):  # YAML's `yes` is True, and True == 1 would pass for schema 1
+        version = repr(version)
+    if isinstance(version, int) and version > SCHEMA:
+        raise SidecarError(f"{path}: sidecar schema {version} is not supported (this version reads up to "
+                           f"{SCHEMA}): written by a newer vae-inspect; upgrade it")
+    while version != SCHEMA:
+        step = UPGRADES.get(version) if isinstance(version, int) else None
+        if step is None:
+            raise SidecarError(f"{path}: sidecar schema {version!r} is not supported (expected 1..{SCHEMA})")
+        data = step(data)
+        version = data["schema"]
+    return data
 
 
 def _dump(path: Path, info: dict[str, Any]) -> None:
@@ -134,6 +177,7 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
     data.update(copy.deepcopy(info))
     data.setdefault("files", {})
     data.setdefault("thresholds", {})
+    data.setdefault("registration", dict(NO_REGISTRATION))
     check_types(data, sidecar_path(model_path))
     data["files"][model_path.name] = file_entry(model_path, **data["files"].get(model_path.name, {}))
     data.setdefault("created", now())
@@ -174,8 +218,7 @@ def read_sidecar(model_path: str | Path, verify: bool = True) -> dict[str, Any]:
     if not isinstance(data, dict) or any(k not in data for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
         raise SidecarError(f"{path}: not a model sidecar (missing {', '.join(missing)})")
-    if data["schema"] != SCHEMA:
-        raise SidecarError(f"{path}: sidecar schema {data['schema']} is not supported (expected {SCHEMA})")
+    data = upgrade(data, path)
     check_types(data, path)
     if verify:
         entry = data["files"].get(model_path.name)
@@ -193,12 +236,27 @@ def read_sidecar(model_path: str | Path, verify: bool = True) -> dict[str, Any]:
 
 
 def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | None = None,
-                   thresholds: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
-    """Add or replace file entries (e.g. the .trt beside the .onnx: {name: {sha256, ...}}), the
-    thresholds section (calibration) or other top-level sections, atomically. The sidecar must
-    exist already (written by export). Returns the new content."""
+                   thresholds: dict[str, Any] | None = None, verify: bool = False, backup: bool = False,
+                   **sections: Any) -> dict[str, Any]:
+    """Add or replace sections of the sidecar of `model_path`, atomically (a crash leaves the old
+    or the new file, never half of one).
+
+    Args:
+        model_path: X.onnx / X.trt; its sidecar X.yaml must exist already (written by export).
+        files: file entries to add or replace, e.g. the engine beside the ONNX {"X.trt": {sha256, ...}}.
+        thresholds: the whole thresholds section (calibration), replacing the old one.
+        verify: refuse (SidecarError) when `model_path`'s sha256 is not the one recorded: thresholds
+            must never be written beside another model than the one they were computed on.
+        backup: keep the previous sidecar as X.yaml.bak (calibration does: a threshold change can
+            be undone by hand).
+        **sections: other top-level sections (not `schema`).
+    Returns the new content. Raises SidecarError naming the file (missing, unreadable, wrong
+    types, a hash mismatch with verify) and OSError when the folder is not writable.
+
+        update_sidecar("screw.onnx", thresholds={"pixel": 0.12, "image": 0.3}, verify=True, backup=True)
+    """
     path = sidecar_path(model_path)
-    data = read_sidecar(model_path, verify=False)
+    data = read_sidecar(model_path, verify=verify)
     if files:
         data["files"].update(copy.deepcopy(files))
     if thresholds is not None:
@@ -207,9 +265,13 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
         if key == "schema":
             raise SidecarError(f"{path}: the schema version is not updatable")
         data[key] = copy.deepcopy(value)
+    check_types(data, path)
+    if backup:
+        old = path.read_bytes()
+        atomic_write(path.with_name(path.name + ".bak"), lambda tmp: Path(tmp).write_bytes(old))
     _dump(path, data)
     return data
 
 
 __all__ = ["SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "read_sidecar", "sidecar_path", "update_sidecar",
-           "versions", "write_sidecar"]
+           "upgrade", "versions", "write_sidecar"]

@@ -39,7 +39,8 @@ from core.files import write_json
 from training.checkpoint import load_model_hashed
 from training.inference import reference_outputs
 from training.models import VAE
-from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, load_for_model
+from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name
+from core.prepare import InputSpec, load
 
 DEFAULT_TOL = 1e-4
 # A graph with fp16-stored weights is compared with autograd on the checkpoint's weights rounded
@@ -139,17 +140,17 @@ def compare(ours: dict[str, np.ndarray], reference: dict[str, torch.Tensor], rel
     return reports
 
 
-def load_images(folder: str | Path, height: int, width: int, channels: int, limit: int) -> np.ndarray:
-    """uint8 [n <= limit, H, W, C] from a folder (recursive, sorted), through the same host-side
-    preprocessing the runtime uses; unreadable files are skipped (and counted in the error when
-    none is left)."""
+def load_images(folder: str | Path, spec: InputSpec, limit: int) -> np.ndarray:
+    """uint8 [n <= limit, H, W, C] from a folder (recursive, sorted), through the host-side
+    preparation the runtime uses (core.prepare: colour, registration, resize); unreadable files are
+    skipped (and counted in the error when none is left)."""
     files = sorted(p for p in Path(folder).rglob("*") if is_image_name(p))
     images, bad = [], 0
     for p in files:
         if len(images) == limit:
             break
         try:
-            images.append(load_for_model(p, height, width, channels))
+            images.append(load(p, spec, keep_image=False).input)
         except ImageError:
             bad += 1
     if not images:
@@ -195,12 +196,14 @@ def reference_at(model: VAE, image: torch.Tensor, acts: np.ndarray, meta: dict[s
 
 def check_parity(onnx_path: str | Path, model: VAE, meta: dict[str, Any], batches: tuple[int, ...] = (1, 3),
                  rel_tol: float = DEFAULT_TOL, images: str | Path | None = None, seed: int = 0,
-                 session: Any = None) -> list[OutputReport]:
+                 session: Any = None, registration: dict[str, Any] | None = None) -> list[OutputReport]:
     """Run ONNX Runtime and the autograd reference on the same uint8 images (random with `seed`, or
-    from `images`, repeated when the folder holds fewer) for each batch size; the per-output reports."""
+    from `images`, prepared as the runtime prepares them, with the model's `registration`, and
+    repeated when the folder holds fewer) for each batch size; the per-output reports."""
     h, w, c = meta["input_height"], meta["input_width"], meta["input_channels"]
     rng = np.random.default_rng(seed)
-    pool = load_images(images, h, w, c, max(batches)) if images else None
+    spec = InputSpec.from_mapping({"height": h, "width": w, "channels": c}, registration)
+    pool = load_images(images, spec, max(batches)) if images else None
     inputs = [np.take(pool, np.arange(n) % len(pool), axis=0) if pool is not None
               else rng.integers(0, 256, (n, h, w, c), dtype=np.uint8) for n in batches]
     try:
@@ -237,7 +240,7 @@ def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...
         meta = read_metadata(onnx_path)
     except ExportError as e:
         raise CheckError(str(e)) from e
-    model, _, digest = load_model_hashed(checkpoint)
+    model, config, digest = load_model_hashed(checkpoint)
     if digest != meta["checkpoint_sha256"]:
         raise CheckError(f"{checkpoint}: not the checkpoint {onnx_path.name} was exported from "
                          f"(sha256 differs from its metadata {meta['checkpoint_sha256'][:16]}...)")
@@ -252,7 +255,8 @@ def check(onnx_path: str | Path, checkpoint: str | Path, batches: tuple[int, ...
     settings = {k: meta[k] for k in ("layer", "score", "anomaly_map", "blur_sigma", "per_dim", "recon", "weights",
                                      "opset")}
     result = CheckResult(str(onnx_path), str(checkpoint), rel_tol, settings, notes=notes)
-    result.reports = check_parity(onnx_path, reference, meta, batches, rel_tol, images, seed)
+    result.reports = check_parity(onnx_path, reference, meta, batches, rel_tol, images, seed,
+                                  registration=config.get("registration"))
     return result
 
 

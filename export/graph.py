@@ -403,8 +403,23 @@ def build_export_module(checkpoint_path: str | Path, layer: str | None = None, s
                     # the attention's 99th percentile on the normal training images (training.stats),
                     # fitted for the trained layer and score only: overlays draw the attention on a
                     # fixed scale with it, so a good part does not light up as a bad one does
-                    attention_scale=float(model.map_scale[0]) if fitted else None)
+                    attention_scale=float(model.map_scale[0]) if fitted else None,
+                    anomaly_scale=normal_scale(module.amap.kind, model, fitted),
+                    # host-side registration the model was trained with (core.registration), fitted
+                    # on its training images; none for checkpoints older than registration
+                    registration=config.get("registration"))
     return module, settings
+
+
+def normal_scale(kind: str, model: VAE, fitted: bool) -> float | None:
+    """The anomaly map's 99th percentile on the normal training images where training.stats measured
+    it (the blurred error; the attention at the trained layer and score): the overlay's fixed colour
+    scale before calibration. None for other kinds (their pictures say 'per image')."""
+    if kind == "recon_error_blur":
+        return float(model.map_scale[1])
+    if kind == "attention" and fitted:
+        return float(model.map_scale[0])
+    return None
 
 
 def output_shapes(module: ExportModule) -> dict[str, list[int | str]]:

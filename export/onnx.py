@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 
 from export.graph import OUTPUT_DOCS, ExportError, ExportModule, build_export_module, output_shapes
-from core.sidecar import SidecarError, check_sidecar_free, write_sidecar
+from core.sidecar import NO_REGISTRATION, SidecarError, check_sidecar_free, write_sidecar
 from training.attention import SCORES
 from core.files import atomic_write
 
@@ -220,16 +220,18 @@ def sidecar_info(module: ExportModule, settings: dict[str, Any], opset: int, wei
                   "blur_sigma": float(settings["blur_sigma"]), "per_dim": module.per_dim,
                   "recon": module.with_recon, "checkpoint": relative_to(settings["checkpoint"], folder),
                   "checkpoint_sha256": settings["checkpoint_sha256"],
-                  **({"attention_scale": settings["attention_scale"]} if settings.get("attention_scale") else {})},
+                  **{k: settings[k] for k in ("attention_scale", "anomaly_scale") if settings.get(k)}},
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": module.height,
                   "width": module.width, "channels": module.channels, "color": meta["color"]},
         "outputs": list(module.output_names),
         "output_shapes": output_shapes(module),
         "files": {},  # the .onnx entry is added by write_sidecar from the file itself
         "thresholds": {},
+        "registration": settings.get("registration") or dict(NO_REGISTRATION),
         "preprocessing": {
-            "host": {"read": "training.preprocess.read_image (16-bit scaled, alpha dropped, color converted)",
-                     "resize": "training.preprocess.resize_to_model: INTER_AREA shrinking, INTER_LINEAR enlarging",
+            "host": {"read": "core.images.read_image (16-bit scaled, alpha dropped, color converted)",
+                     "prepare": "core.prepare.prepare: registration (the section above), then the model's size "
+                                "(INTER_AREA shrinking, INTER_LINEAR enlarging)",
                      "size": [module.height, module.width]},
             "graph": {"cast": "uint8 -> float32 / 255", "mean": float(meta["mean"]), "std": float(meta["std"]),
                       "layout": "NHWC -> NCHW"}},

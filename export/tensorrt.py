@@ -33,10 +33,12 @@ import onnx
 from onnx import shape_inference
 
 from core import ort
+from core.prepare import InputSpec
 from core.tensorrt import CudaMemory, Engine, TensorRTError, api_mismatch, cuda_memory, import_tensorrt
 from export.check import load_images, output_scale
 from export.onnx import load_onnx, onnx_opset, read_metadata, relative_to
-from core.sidecar import SidecarError, check_sidecar_free, file_entry, read_sidecar, update_sidecar, write_sidecar
+from core.sidecar import (SidecarError, check_sidecar_free, file_entry, read_sidecar, sidecar_path,
+                          update_sidecar, write_sidecar)
 from core.files import atomic_write
 
 # TensorRT 10.0's ONNX parser accepts opsets 9..20 (later 10.x accept more; 20 builds on all).
@@ -233,8 +235,10 @@ def build_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, int
     if not report.ok:
         raise TensorRTError(f"{onnx_path}: TensorRT 10 cannot build it: " + "; ".join(report.problems))
     shape = (meta["input_height"], meta["input_width"], meta["input_channels"])
-    # read before TensorRT is involved: a wrong folder fails in a second, not after the parse
-    images = load_images(calib_data, *shape, limit=512) if int8 else None  # type: ignore[arg-type]
+    # read before TensorRT is involved: a wrong folder fails in a second, not after the parse; the
+    # calibration images are prepared as inspection prepares them (registration included)
+    spec = InputSpec.from_mapping(sidecar["input"], sidecar.get("registration"), str(sidecar_path(onnx_path)))
+    images = load_images(calib_data, spec, limit=512) if int8 else None  # type: ignore[arg-type]
     trt = import_tensorrt()
     memory = cuda_memory()  # the GPU the engine is built for (and the INT8 calibration buffer)
     started = time.perf_counter()

@@ -1,7 +1,8 @@
-"""Inference runtime: open an exported model by path (runtime.model.open_model), turn its
-anomaly_map into verdicts, masks and boxes (runtime.postprocess), draw overlays (runtime.overlay)
-and inspect folders (python -m runtime.inspect). See docs/architecture.md, "Runtime"."""
-from runtime.model import InputSpec, Model, ModelError, open_model
+"""Run exported models on images: open by path (any backend), one pipeline for every consumer
+(batch inspection, camera, calibration), verdicts, masks and overlays. Torch-free with the ONNX
+Runtime and TensorRT backends."""
+from runtime.model import Model, ModelError, open_model
+from runtime.pipeline import Pipeline, Result
 from runtime.postprocess import Inspection, Thresholds, inspect_map
 
-__all__ = ["InputSpec", "Inspection", "Model", "ModelError", "Thresholds", "inspect_map", "open_model"]
+__all__ = ["Inspection", "Model", "ModelError", "Pipeline", "Result", "Thresholds", "inspect_map", "open_model"]

@@ -16,32 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from core.prepare import InputSpec
+from core.sidecar import SidecarError
+from core.sidecar import read_sidecar as _read_sidecar
 from runtime import backends as B
-from core.images import load_for_model, resize_to_model
 
 
 class ModelError(RuntimeError):
     """A model that cannot be opened: missing file, missing/stale sidecar, unusable backend."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    height: int
-    width: int
-    channels: int
-    color: str = ""
-
-    @classmethod
-    def from_mapping(cls, m: dict[str, Any], source: str) -> "InputSpec":
-        try:
-            size = m.get("size")
-            h, w = int(m.get("height", size)), int(m.get("width", size))
-            c = int(m["channels"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"{source}: input spec needs height, width and channels, got {m}") from e
-        if c not in (1, 3) or h < 1 or w < 1:
-            raise ModelError(f"{source}: unsupported input spec {m}")
-        return cls(h, w, c, str(m.get("color") or ("gray" if c == 1 else "rgb")))
 
 
 @dataclass
@@ -74,14 +56,6 @@ class Model:
         parts = [self.backend.run(images[i:i + step]) for i in range(0, len(images), step)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """A decoded uint8 [H, W, C] image (C = spec.channels) at any size -> the model's size."""
-        return resize_to_model(image, self.spec.height, self.spec.width)
-
-    def load(self, path: str | Path) -> np.ndarray:
-        """File -> model input (training.preprocess.load_for_model); raises ImageError."""
-        return load_for_model(path, self.spec.height, self.spec.width, self.spec.channels)
-
     def describe(self) -> dict[str, Any]:
         d = {"path": str(self.path), **self.backend.describe(),
              "input": {"height": self.spec.height, "width": self.spec.width, "channels": self.spec.channels}}
@@ -101,13 +75,16 @@ class Model:
 def read_sidecar(model_path: Path, verify: bool = True) -> dict[str, Any]:
     """core.sidecar.read_sidecar with its errors as ModelError (one line, names the file)."""
     try:
-        from core.sidecar import SidecarError
-        from core.sidecar import read_sidecar as _read
-    except ImportError as e:
-        raise ModelError("export.sidecar is not available in this installation") from e
-    try:
-        return _read(model_path, verify=verify)
+        return _read_sidecar(model_path, verify=verify)
     except SidecarError as e:
+        raise ModelError(str(e)) from e
+
+
+def input_spec(inp: dict[str, Any], registration: dict[str, Any] | None, source: str) -> InputSpec:
+    """core.prepare.InputSpec with its errors as ModelError."""
+    try:
+        return InputSpec.from_mapping(inp, registration, source)
+    except ValueError as e:
         raise ModelError(str(e)) from e
 
 
@@ -175,12 +152,14 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
         if want and be.settings["checkpoint_sha256"] != want:  # type: ignore[attr-defined]
             be.close()
             raise ModelError(f"{file}: sha256 differs from the checkpoint the sidecar of {given} was exported from")
-        spec = InputSpec.from_mapping((sidecar or {}).get("input") or be.input_spec, str(file))  # type: ignore[attr-defined]
+        own = be.input_spec  # type: ignore[attr-defined]  # the checkpoint's: size and registration
+        spec = input_spec((sidecar or {}).get("input") or own, (sidecar or {}).get("registration",
+                                                                                   own.get("registration")), str(file))
     else:
         # an extension that implies no backend: the named backend opens the given file itself
         file = given if implied in (name, None) else sibling_for(given, name)
         sidecar = read_sidecar(file, verify)
-        spec = InputSpec.from_mapping(sidecar.get("input") or {}, f"{file} sidecar")
+        spec = input_spec(sidecar.get("input") or {}, sidecar.get("registration"), f"{file} sidecar")
         try:
             be = B.create(name, file, providers=providers, device=device, threads=threads)
         except B.BackendError as e:

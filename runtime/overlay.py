@@ -1,17 +1,20 @@
 """Overlay drawing, the one module shared by batch inspection, the camera and calibration's report.
 
 Everything returns BGR uint8 images ready for cv2.imwrite / cv2.imshow:
-  render()     the explanation picture: colormap heatmap blended on the image, the defect mask's
-               contours, and the verdict and score as text
-  heatmap()    a map alone in color
-  to_bgr()     a decoded RGB / gray model-space image to BGR
+  render()        one panel: a map in colour blended on the image, a colour bar, the defect mask's
+                  outline, the verdict badge (OK / NG / NO VERDICT, or a registration failure)
+                  and a legend that says what the colours and the outline are
+  side_by_side()  panels next to each other (the map that decides beside the paper's attention)
+  heatmap()       a map alone in colour
+  to_bgr()        a decoded RGB / gray model-space image to BGR
 
-Color scales are fixed wherever the model says what "normal" is, so that the same color means
-the same value on every image and a good part does not light up as a bad one does: a map that
-thresholds apply to (anomaly_map) over 0 .. 2 x pixel threshold, the attention over 0 .. 2 x its
-99th percentile on the normal training images (the sidecar's model.attention_scale); the
-threshold or the percentile sits in the middle of the colormap. Only without either is a map
-stretched per image (min..max), and the picture's legend then says "per image".
+Colour scales are fixed wherever the model says what "normal" is, so that the same colour means
+the same value on every image and a good part does not light up as a bad one does: the map that
+decides (anomaly_map) over 0 .. 2 x the pixel threshold once calibrated, else 0 .. 2 x its 99th
+percentile on the normal training images (model.anomaly_scale); the attention over 0 .. 2 x its
+normal 99th percentile (model.attention_scale). The threshold or the percentile sits in the middle
+of the colormap, marked on the colour bar. Only without either is a map stretched per image
+(min..max), and the legend then says "per image".
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 OK_COLOR = (80, 200, 60)      # BGR green
 NG_COLOR = (40, 40, 230)      # BGR red
 NONE_COLOR = (220, 220, 220)  # no verdict: light gray
+FAIL_COLOR = (0, 165, 255)    # BGR orange: the part could not be inspected (registration)
 CONTOUR_COLOR = (255, 255, 255)
 LEGEND_MIN_WIDTH = 200  # pixels: the legend line needs ~170 at the smallest readable font
 
@@ -72,10 +76,39 @@ def draw_contours(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]
 
 
 def label_text(verdict: str | None, score: float, image_threshold: float | None = None) -> str:
+    """The badge: 'NG  0.9 / 0.5' (score / image threshold), 'NO VERDICT  score 0.12' without one."""
     if verdict is None:
         return f"score {score:.4g}"
-    thr = f" / {image_threshold:.4g}" if image_threshold is not None else ""
-    return f"{verdict}  {score:.4g}{thr}"
+    if image_threshold is None:
+        return f"{verdict}  score {score:.4g}"
+    return f"{verdict}  {score:.4g} / {image_threshold:.4g}"
+
+
+def draw_colorbar(img: np.ndarray, vmin: float, vmax: float, colormap: int = cv2.COLORMAP_JET,
+                  mark: tuple[float, str] | None = None) -> np.ndarray:
+    """A vertical colour bar at the right edge, in place: vmax at the top, vmin at the bottom, and
+    `mark` (value, label), e.g. the pixel threshold, as a white tick in between."""
+    h, w = img.shape[:2]
+    bw, top, bottom = max(6, w // 40), max(4, h // 8), h - max(4, h // 5)
+    if bottom - top < 16 or w < LEGEND_MIN_WIDTH:
+        return img
+    x1 = w - max(4, w // 60)
+    x0 = x1 - bw
+    ramp = np.linspace(255, 0, bottom - top, dtype=np.float32).astype(np.uint8)[:, None].repeat(bw, 1)
+    img[top:bottom, x0:x1] = cv2.applyColorMap(ramp, colormap)
+    cv2.rectangle(img, (x0, top), (x1 - 1, bottom - 1), CONTOUR_COLOR, 1)
+    scale = max(0.3, min(w, h) / 900.0)
+    ticks = [(top, f"{vmax:.3g}"), (bottom - 1, f"{vmin:.3g}")]
+    if mark is not None and vmin < mark[0] < vmax:
+        y = int(round(bottom - 1 - (mark[0] - vmin) / (vmax - vmin) * (bottom - 1 - top)))
+        cv2.line(img, (x0 - 4, y), (x1 - 1, y), CONTOUR_COLOR, 2)
+        ticks.append((y, mark[1]))
+    for y, text in ticks:
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        org = (max(0, x0 - tw - 6), min(h - 2, max(th + 1, y + th // 2)))
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, CONTOUR_COLOR, 1, cv2.LINE_AA)
+    return img
 
 
 def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: bool = False,
@@ -94,22 +127,39 @@ def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: 
     return img
 
 
+# what each layer is, in the legend's words
+LAYER_NAMES = {"anomaly_map": "anomaly map (decides)", "attention": "latent attention (explains)"}
+
+
 def legend_text(explain: str, fixed: bool, pixel_threshold: float | None) -> str:
-    """What the overlay's colors and outlines are, for the bottom band."""
-    text = f"color: {explain}" + ("" if fixed else " (per image)")
-    return text + (f"  outline: anomaly_map >= {pixel_threshold:.4g}" if pixel_threshold is not None else "")
+    """What the overlay's colours and outline are, for the bottom band."""
+    text = f"colour: {LAYER_NAMES.get(explain, explain)}" + ("" if fixed else " (per image)")
+    return text + (f"  outline: anomaly map >= {pixel_threshold:.4g}" if pixel_threshold is not None else "")
+
+
+def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Panels of one height next to each other, a dark gap between them."""
+    h = panels[0].shape[0]
+    sep = np.full((h, gap, 3), 30, np.uint8)
+    parts: list[np.ndarray] = []
+    for p in panels:
+        parts += [sep, p] if parts else [p]
+    return np.hstack(parts)
 
 
 def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.ndarray | None = None,
            verdict: str | None = None, score: float | None = None, image_threshold: float | None = None,
            alpha: float = 0.45, vmin: float | None = None, vmax: float | None = None,
-           colormap: int = cv2.COLORMAP_JET, bgr: bool = False, legend: str | None = None) -> np.ndarray:
+           colormap: int = cv2.COLORMAP_JET, bgr: bool = False, legend: str | None = None,
+           colorbar: bool = False, mark: tuple[float, str] | None = None, status: str | None = None) -> np.ndarray:
     """The overlay picture at the image's size.
 
     image: uint8 [H, W, C] RGB or gray as the runtime decodes it (bgr=True: a 3-channel BGR frame
     as a camera delivers it); explanation: a map at any size ([1, h, w] or [h, w]), drawn per
     image unless vmin/vmax are given; mask: uint8 mask at any size, outlined; verdict/score: the
-    label (omitted when score is None); legend: a smaller line at the bottom (`legend_text`).
+    badge (omitted when score is None); status: a failure to show instead (orange), e.g. a part
+    registration could not find; legend: a smaller line at the bottom (`legend_text`); colorbar:
+    the colour scale at the right edge, with `mark` (value, label) ticked on it.
     """
     out = image.copy() if bgr and image.ndim == 3 and image.shape[2] == 3 else to_bgr(image)
     h, w = out.shape[:2]
@@ -121,9 +171,13 @@ def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.nd
             m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
         lo, hi = scale_range(m) if vmin is None or vmax is None else (vmin, vmax)
         out = cv2.addWeighted(colorize(m, lo, hi, colormap), alpha, out, 1.0 - alpha, 0.0)
+        if colorbar:
+            draw_colorbar(out, lo, hi, colormap, mark)
     if mask is not None and np.any(mask):
         draw_contours(out, mask)
-    if score is not None:
+    if status is not None:
+        draw_label(out, status, FAIL_COLOR)
+    elif score is not None:
         color = NG_COLOR if verdict == "NG" else OK_COLOR if verdict == "OK" else NONE_COLOR
         draw_label(out, label_text(verdict, score, image_threshold), color)
     if legend and w >= LEGEND_MIN_WIDTH:  # narrower, the line would be clipped and unreadable

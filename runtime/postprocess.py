@@ -2,23 +2,27 @@
 
     score   = max of the anomaly map at the model's size (the image score calibration and
               core.metrics use: the max of the map)
-    verdict = NG when score >= image threshold, else OK (None without an image threshold)
-    mask    = anomaly map, bilinearly resized to the image's size, >= pixel threshold
+    verdict = NG when score >= image threshold, else OK; NO VERDICT without an image threshold
+    mask    = anomaly map, mapped back onto the image (core.prepare.Prepared.to_image: the inverse
+              of the registration and the resize, bilinear), >= pixel threshold
     area    = mask pixels, in the original image's pixels
     boxes   = bounding boxes (x, y, w, h) of the mask's 8-connected components, in original pixels
 
-The host resize stretches the image to the model's size (no letterbox), so mapping back is the
-inverse stretch. `scale` > 1 means the image was decoded reduced (huge files, see
+Without registration the host resize stretches the image to the model's size (no letterbox), so
+mapping back is the inverse stretch (the default `to_image`). `scale` > 1 means the image was decoded reduced (huge files, see
 runtime.inspect): maps live at the decoded size and boxes/area are scaled to original pixels.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
+
+
+OK, NG, NO_VERDICT = "OK", "NG", "NO VERDICT"  # the one verdict state: report, summary, picture badge
 
 
 class OutputError(ValueError):
@@ -55,11 +59,31 @@ class Thresholds:
     def any(self) -> bool:
         return self.pixel is not None or self.image is not None
 
+    def describe(self, sidecar: dict[str, Any] | None = None, where: str = "the sidecar") -> str:
+        """One line: which thresholds are in use and where they came from (calibration's rule,
+        data and date when the sidecar has them), so an engineer can tell what decides."""
+        if not self.any:
+            return "no thresholds (none in the sidecar, none given): scores only, NO VERDICT for every part"
+        side = sidecar or {}
+        parts = []
+        for kind, value in (("pixel", self.pixel), ("image", self.image)):
+            if value is None:
+                parts.append(f"{kind} none")
+                continue
+            from_side = side.get(kind) is not None and float(side[kind]) == value
+            rule = (side.get("rule") or {}).get(kind) if isinstance(side.get("rule"), dict) else None
+            origin = (f"{where}" + (f", rule {rule}" if rule else "")) if from_side else "command line"
+            parts.append(f"{kind} {value:.6g} ({origin})")
+        made = side.get("created")
+        data = (side.get("data") or {}).get("path") if isinstance(side.get("data"), dict) else None
+        tail = f"; calibrated {made}" + (f" on {data}" if data else "") if made and self.source != "cli" else ""
+        return "thresholds: " + ", ".join(parts) + tail
+
 
 @dataclass
 class Inspection:
     score: float
-    verdict: str | None                     # "OK", "NG" or None (no image threshold)
+    verdict: str                            # OK, NG or NO VERDICT (no image threshold)
     area: int | None                        # None without a pixel threshold
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     anomaly_map: np.ndarray | None = None   # float32 [h, w] at the (decoded) image size
@@ -93,11 +117,6 @@ def to_size(m: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def mask_of(m: np.ndarray, pixel_threshold: float) -> np.ndarray:
-    """uint8 {0, 255} mask of m >= threshold."""
-    return (m >= pixel_threshold).view(np.uint8) * np.uint8(255)
-
-
 def boxes_of(mask: np.ndarray, scale: float = 1.0, min_area: int = 1) -> list[tuple[int, int, int, int]]:
     """(x, y, w, h) of 8-connected components, largest first then top-left first (deterministic).
 
@@ -124,19 +143,32 @@ def boxes_of(mask: np.ndarray, scale: float = 1.0, min_area: int = 1) -> list[tu
 
 
 def inspect_map(anomaly_map: np.ndarray, size: tuple[int, int], thresholds: Thresholds, scale: float = 1.0,
-                keep_maps: bool = False, min_area: int = 1) -> Inspection:
+                keep_maps: bool = False, min_area: int = 1,
+                to_image: Callable[[np.ndarray], np.ndarray] | None = None) -> Inspection:
     """Score, verdict, mask, area and boxes of one image.
 
-    anomaly_map: [1, H, W] or [H, W] at the model's size; size: (height, width) of the decoded
-    image; scale: original pixels per decoded pixel (1 unless the decode was reduced).
+    Args:
+        anomaly_map: the model's map for one image, [1, h, w] or [h, w] at the model's size.
+        size: (height, width) of the decoded image the mask and boxes are drawn on.
+        thresholds: Thresholds.resolve(...): verdict needs `image`, mask/area/boxes need `pixel`.
+        scale: source pixels per decoded pixel (1 unless a huge file was decoded reduced): boxes
+            and area are reported in source pixels.
+        keep_maps: also return the full-size map and the mask (for pictures).
+        min_area: boxes of components smaller than this many decoded pixels are dropped.
+        to_image: model-size map -> [height, width] map on the decoded image (core.prepare's
+            Prepared.to_image, which undoes the registration); default a bilinear stretch.
+    Returns an Inspection (verdict OK / NG / NO VERDICT).
     Raises OutputError for a map holding NaN or inf: NaN compares False with any threshold, so it
     would pass as OK.
+
+        res = inspect_map(outputs["anomaly_map"][0], (1024, 1024), Thresholds(pixel=0.1, image=0.3))
+        res.verdict, res.score, res.area, res.boxes
     """
     m = as_2d(anomaly_map)
     if not np.isfinite(m).all():
         raise OutputError("model output is not finite (NaN/inf in anomaly_map)")
     score = image_score(m)
-    verdict = None if thresholds.image is None else ("NG" if score >= thresholds.image else "OK")
+    verdict = NO_VERDICT if thresholds.image is None else (NG if score >= thresholds.image else OK)
     full = mask = None
     area: int | None = None
     boxes: list[tuple[int, int, int, int]] = []
@@ -144,7 +176,7 @@ def inspect_map(anomaly_map: np.ndarray, size: tuple[int, int], thresholds: Thre
     # threshold has an empty mask at any size: skip the full-size work (most good parts).
     below = thresholds.pixel is not None and score < thresholds.pixel
     if keep_maps or (thresholds.pixel is not None and not below):
-        full = to_size(m, *size)
+        full = to_image(m) if to_image is not None else to_size(m, *size)
     if below:
         area = 0
         mask = np.zeros(size, np.uint8) if keep_maps else None

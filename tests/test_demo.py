@@ -22,7 +22,7 @@ def test_demo_end_to_end(mvtec_dir: Path, tmp_path: Path, capsys):
     for step in ("train", "export", "parity", "inspect"):
         assert f"== {step} done" in printed
     rows = list(csv.DictReader((out / "inspect" / "report.csv").open()))
-    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)  # 3 good + 3 defective test images
+    assert len(rows) == 6 and all(r["processing"] == "done" for r in rows)  # 3 good + 3 defective test images
     summary = json.loads((out / "inspect" / "summary.json").read_text())
     assert summary["counts"]["inspected"] == 6 and summary["status"] == "complete"
     assert len(list((out / "inspect" / "overlay").rglob("*.jpg"))) == 6

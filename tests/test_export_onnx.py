@@ -16,6 +16,7 @@ import export.check
 import export.graph
 from bench.export import main as bench_main
 from core import ort
+from core.prepare import InputSpec
 from export.check import check, compare, format_report, load_images, main as check_main
 from export.onnx import export_onnx, main as onnx_main, read_metadata
 from core.sidecar import SidecarError, read_sidecar
@@ -277,9 +278,10 @@ def test_images_folder_is_read_once_and_repeated_to_fill_a_batch(exported, tmp_p
     for i in range(2):
         cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), np.full((40, 30), 60 * i + 20, np.uint8))
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
-    pool = load_images(tmp_path / "imgs", 28, 28, 1, limit=5)
+    spec = InputSpec(28, 28, 1)
+    pool = load_images(tmp_path / "imgs", spec, limit=5)
     assert pool.shape == (2, 28, 28, 1)  # the broken file skipped
-    assert load_images(tmp_path / "imgs", 28, 28, 1, limit=1).shape == (1, 28, 28, 1)
+    assert load_images(tmp_path / "imgs", spec, limit=1).shape == (1, 28, 28, 1)
     result = check(path, ckpt, batches=(3,), images=tmp_path / "imgs")
     assert result.ok and {r.batch for r in result.reports} == {3}, format_report(result)
     (tmp_path / "none").mkdir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 
 import runtime.inspect as ri
+from runtime import batch, cli, reports
+from runtime import discover as discover_mod
 from core import images
 from test_runtime_models import make_stub_model, stub_sidecars  # noqa: F401 - fixture
 
@@ -136,9 +139,9 @@ def test_every_bad_input_is_inspected_or_listed(tmp_path: Path, model: Path, hug
     for f, want in exp.items():
         r = by[f]
         if want == "error":
-            assert r["status"] == "error" and r["reason"], f
+            assert r["processing"] == "failed" and r["reason"], f
         else:
-            assert r["status"] == "ok" and r["verdict"] == want, (f, r)
+            assert r["processing"] == "done" and r["verdict"] == want, (f, r)
     assert "empty file" in by["zero.png"]["reason"] and "zero.png" in by["zero.png"]["reason"]
     assert "too small" in by["tiny_1x1.png"]["reason"]
     assert "symlink loop" in by["loop.png"]["reason"] and "symlink loop" in by["sub/back"]["reason"]
@@ -162,22 +165,22 @@ def test_every_bad_input_is_inspected_or_listed(tmp_path: Path, model: Path, hug
 
     # pictures: tree mirrored, original size, unicode names written
     for kind, ext in (("overlay", "jpg"), ("mask", "png"), ("heatmap", "jpg")):
-        p = out / kind / f"defect.png.{ext}"
+        p = out / kind / f"defect.{ext}"
         img = cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_UNCHANGED)
         assert img.shape[:2] == (40, 40), kind
-        assert (out / kind / f"名前 with space.png.{ext}").exists() and (out / kind / "sub" / f"a.png.{ext}").exists()
-    mask = cv2.imread(str(out / "mask" / "defect.png.png"), cv2.IMREAD_GRAYSCALE)
+        assert (out / kind / f"名前 with space.{ext}").exists() and (out / kind / "sub" / f"a.{ext}").exists()
+    mask = cv2.imread(str(out / "mask" / "defect.png"), cv2.IMREAD_GRAYSCALE)
     assert np.count_nonzero(mask) == d["area"]
-    assert cv2.imread(str(out / "mask" / "huge.jpg.png"), cv2.IMREAD_GRAYSCALE).shape == (5000, 5000)
-    assert not (out / "overlay" / "zero.png.jpg").exists()
+    assert cv2.imread(str(out / "mask" / "huge.png"), cv2.IMREAD_GRAYSCALE).shape == (5000, 5000)
+    assert not (out / "overlay" / "zero.jpg").exists()
     assert sorted(p.name for p in (out / "overlay").iterdir() if p.is_file()) == sorted(
-        f + ".jpg" for f, v in exp.items() if v != "error" and "/" not in f)
+        f.rsplit(".", 1)[0] + ".jpg" for f, v in exp.items() if v != "error" and "/" not in f)
 
     # CSV and JSONL agree; summary counts
     with open(out / "report.csv", newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     assert [r["file"] for r in table] == [r["file"] for r in got]
-    assert all(t["status"] == r["status"] and t["verdict"] == (r.get("verdict") or "") for t, r in zip(table, got))
+    assert all(t["processing"] == r["processing"] and t["verdict"] == (r.get("verdict") or "") for t, r in zip(table, got))
     s = json.loads((out / "summary.json").read_text())
     n_err = sum(v == "error" for v in exp.values())
     n_ng = sum(v == "NG" for v in exp.values())
@@ -197,7 +200,7 @@ def test_unicode_and_space_names_in_paths(tmp_path: Path, model: Path, stub_side
     out = tmp_path / "sortie é"
     assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--save", "overlay",
                     "--quiet", "--format", "png"]) == 0
-    assert rows(out)[0]["verdict"] == "NG" and (out / "overlay" / "pièce 1.png.png").exists()
+    assert rows(out)[0]["verdict"] == "NG" and (out / "overlay" / "pièce 1.png").exists()
 
 
 def test_batch_size_does_not_change_results(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
@@ -225,7 +228,7 @@ def test_resume_after_a_killed_run_has_no_duplicates(tmp_path: Path, model: Path
     assert ri.main(args + ["--output", str(full)]) == 0
 
     out = tmp_path / "out"
-    real = ri.finish_job
+    real = batch.finish_job
     calls = {"n": 0}
 
     def dying(*a: object, **k: object) -> dict:
@@ -234,9 +237,9 @@ def test_resume_after_a_killed_run_has_no_duplicates(tmp_path: Path, model: Path
             raise KeyboardInterrupt  # the run is stopped in the middle
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ri, "finish_job", dying)
+    monkeypatch.setattr(batch, "finish_job", dying)
     assert ri.main(args + ["--output", str(out)]) == 1
-    monkeypatch.setattr(ri, "finish_job", real)
+    monkeypatch.setattr(batch, "finish_job", real)
     partial = rows(out)
     assert 0 < len(partial) < 21
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
@@ -245,7 +248,7 @@ def test_resume_after_a_killed_run_has_no_duplicates(tmp_path: Path, model: Path
     assert ri.main(args + ["--output", str(out), "--resume"]) == 0
     got = rows(out)
     assert [r["file"] for r in got] == [r["file"] for r in rows(full)]  # complete, ordered, no duplicates
-    strip = lambda r: {k: r.get(k) for k in ("file", "status", "verdict", "score", "area", "boxes")}  # noqa: E731
+    strip = lambda r: {k: r.get(k) for k in ("file", "processing", "verdict", "score", "area", "boxes")}  # noqa: E731
     assert [strip(r) for r in got] == [strip(r) for r in rows(full)]
     s = json.loads((out / "summary.json").read_text())
     assert s["counts"]["total"] == 21 and s["this_run"]["rows"] == 21 - len(partial)
@@ -266,10 +269,17 @@ def test_no_thresholds_reports_scores_only(tmp_path: Path, stub_sidecars: None,
     assert ri.main(["--engine", str(m), "--input", str(inp), "--output", str(out), "--quiet",
                     "--save", "mask,heatmap,overlay"]) == 0
     err = capsys.readouterr().err
-    assert "reporting scores only" in err and "--save mask needs a pixel threshold" in err
+    assert "no thresholds" in err and "NO VERDICT for every part" in err and "--save mask needs a pixel threshold" in err
     r = rows(out)[0]
-    assert r["verdict"] is None and r["area"] is None and r["score"] == pytest.approx(1.0)
-    assert not (out / "mask" / "a.png.png").exists() and (out / "heatmap" / "a.png.jpg").exists()
+    # the verdict is an explicit state, never an empty cell beside processing=done that reads as OK
+    assert r["verdict"] == "NO VERDICT" and r["area"] is None and r["score"] == pytest.approx(1.0)
+    assert list(csv.DictReader((out / "report.csv").open()))[0]["verdict"] == "NO VERDICT"
+    overlay = cv2.imread(str(out / "overlay" / "a.jpg"))
+    badge = overlay[:10, :40].reshape(-1, 3).astype(int)
+    # the badge is drawn in the no-verdict gray, neither OK's green nor NG's red
+    assert (np.abs(badge - [220, 220, 220]).sum(1) < 60).any()
+    assert not (np.abs(badge - [80, 200, 60]).sum(1) < 60).any() and not (np.abs(badge - [40, 40, 230]).sum(1) < 60).any()
+    assert not (out / "mask" / "a.png").exists() and (out / "heatmap" / "a.jpg").exists()
     s = json.loads((out / "summary.json").read_text())
     assert s["thresholds"]["source"] == "none" and s["ng_rate"] is None and s["counts"]["no_verdict"] == 1
     # thresholds given on the command line
@@ -290,8 +300,10 @@ def test_exit_codes(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
     assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--batch", "0"]) == 2
     assert ri.main(base + ["--input", str(inp), "--output", str(tmp_path / "o"), "--device", "gpu"]) == 2
     assert ri.main(["--input", str(inp)]) == 2                                    # argparse: missing args
+    # a path typed wrong is a usage error, the model's or the input's alike
     assert ri.main(["--engine", str(tmp_path / "nope.onnx"), "--input", str(inp),
-                    "--output", str(tmp_path / "o")]) == 1                         # fatal: no model
+                    "--output", str(tmp_path / "o")]) == 2
+    assert ri.main(["--engine", str(tmp_path), "--input", str(inp), "--output", str(tmp_path / "o")]) == 2
     side = model.with_suffix(".yaml")
     moved = tmp_path / "side.yaml"
     side.rename(moved)
@@ -338,7 +350,7 @@ def test_decode_formats_and_pixel_guard(tmp_path: Path) -> None:
     big = png(tmp_path / "big.png", np.zeros((400, 300), np.uint8))
     d = images.decode(big, 1, max_pixels=10_000)
     assert d.scale == 4.0 and d.image.shape == (100, 75, 1) and d.original == (400, 300)
-    with pytest.raises(ri.ImageError, match="too large"):
+    with pytest.raises(images.ImageError, match="too large"):
         images.decode(big, 1, max_pixels=100)
     assert images.reduction_for(10000, 10000, ri.DEFAULT_MAX_PIXELS) == 2
 
@@ -361,10 +373,10 @@ def test_huge_jpeg_decode_memory_is_bounded(huge_jpeg: Path) -> None:
 def test_clean_temporaries_removes_only_leftovers(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "overlay" / "sub").mkdir(parents=True)
-    keep = [out / "report.csv", out / "overlay" / ".hidden.png.jpg", out / "overlay" / "sub" / "a.png.jpg",
+    keep = [out / "report.csv", out / "overlay" / ".hidden.jpg", out / "overlay" / "sub" / "a.jpg",
             out / "overlay" / ".abcdefgh.jpg.jpg"]
     junk = [out / ".report.csv.k2j4h5g6.tmp", out / ".summary.json.abc_1234.tmp",
-            out / "overlay" / "sub" / ".a.png.jpg.zz99yy88.jpg", out / "overlay" / ".x.bmp.jpg.q1w2e3r4.jpg"]
+            out / "overlay" / "sub" / ".a.jpg.zz99yy88.jpg", out / "overlay" / ".x.bmp.jpg.q1w2e3r4.jpg"]
     for p in keep + junk:
         p.write_bytes(b"x")
     assert ri.clean_temporaries(out) == len(junk)
@@ -394,9 +406,9 @@ def test_non_finite_output_is_an_error_row(tmp_path: Path, model: Path, stub_sid
     assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet",
                     "--save", "overlay,mask"]) == 0
     by = {r["file"]: r for r in rows(out)}
-    assert by["good.png"]["status"] == "ok" and by["good.png"]["verdict"] == "OK"
+    assert by["good.png"]["processing"] == "done" and by["good.png"]["verdict"] == "OK"
     for f in ("nan.png", "inf.png"):
-        assert by[f]["status"] == "error" and by[f].get("verdict") is None, by[f]
+        assert by[f]["processing"] == "failed" and by[f].get("verdict") is None, by[f]
         assert by[f]["reason"] == f"{f}: model output is not finite (NaN/inf in anomaly_map)"
         assert not (out / "overlay" / f"{f}.jpg").exists()
     s = json.loads((out / "summary.json").read_text())
@@ -405,29 +417,31 @@ def test_non_finite_output_is_an_error_row(tmp_path: Path, model: Path, stub_sid
 
 
 def test_picture_that_cannot_be_written_is_an_error_row(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
-    """A 253-byte input name fits the file system, its picture name (+ '.jpg') does not: that image
-    gets an error row with its score and verdict, the others are inspected, and --resume works."""
+    """A 253-byte input name fits the file system; beside a same-stem twin its picture keeps the
+    full name (+ '.jpg'), which does not: that image gets a failed row with its score and verdict,
+    the others are inspected, and --resume works."""
     inp = tmp_path / "in"
     long_name = "検" * 83 + ".png"  # 3 bytes per character: 253 bytes
     png(inp / long_name, part(True))
+    png(inp / long_name.replace(".png", ".bmp"), part(False))
     png(inp / "a.png", part(False))
     out = tmp_path / "out"
     args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--save", "overlay"]
     assert ri.main(args) == 0
     by = {r["file"]: r for r in rows(out)}
     r = by[long_name]
-    assert r["status"] == "error" and r["verdict"] == "NG" and r["score"] == pytest.approx(1.0, abs=0.01)
+    assert r["processing"] == "failed" and r["verdict"] == "NG" and r["score"] == pytest.approx(1.0, abs=0.01)
     assert r["reason"] == f"{long_name}: cannot write overlay picture (File name too long)"
     assert r["pictures"] is None
-    assert by["a.png"]["status"] == "ok" and (out / "overlay" / "a.png.jpg").exists()
+    assert by["a.png"]["processing"] == "done" and (out / "overlay" / "a.jpg").exists()
     s = json.loads((out / "summary.json").read_text())
     # failed (no picture) and inspected (it has a verdict): the NG part is not lost from the NG count
-    assert s["status"] == "complete" and s["counts"]["failed"] == 1 and s["counts"]["inspected"] == 2
-    assert s["counts"]["ng"] == 1 and s["counts"]["ok"] == 1 and s["ng_rate"] == 0.5
-    assert s["this_run"]["inspected"] == 2  # the same meaning as counts.inspected
-    assert s["failures"] == {"cannot write overlay picture": 1}
+    assert s["status"] == "complete" and s["counts"]["failed"] == 2 and s["counts"]["inspected"] == 3
+    assert s["counts"]["ng"] == 1 and s["counts"]["ok"] == 2 and s["ng_rate"] == pytest.approx(1 / 3, abs=1e-5)
+    assert s["this_run"]["inspected"] == 3  # the same meaning as counts.inspected
+    assert s["failures"] == {"cannot write overlay picture": 2}
     assert not list((out / "overlay").glob(".*"))  # no temporary left behind
-    assert ri.main(args + ["--resume"]) == 0 and len(rows(out)) == 2
+    assert ri.main(args + ["--resume"]) == 0 and len(rows(out)) == 3
 
 
 def test_reduced_decode_ignores_exif_orientation(tmp_path: Path) -> None:
@@ -503,7 +517,7 @@ def test_inference_failure_is_one_line_error(tmp_path: Path, model: Path, stub_s
     assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("thresholds: ")]
     assert len(lines) == 1 and lines[0].startswith(f"error: {model}: inference failed (InvalidArgument: "), err
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
@@ -524,8 +538,8 @@ def test_names_that_are_not_utf8_or_hold_line_separators(tmp_path: Path, model: 
     assert ri.main(args) == 0
     by = {r["file"]: r for r in rows(out)}
     assert set(by) == {"a.png", "caf\\xe9.png", "line\u2028sep.png", "caf\\\\xe9.png"}
-    assert by["caf\\\\xe9.png"]["verdict"] == "OK" and (out / "overlay" / "caf\\\\xe9.png.jpg").exists()
-    assert by["caf\\xe9.png"]["verdict"] == "NG" and (out / "overlay" / "caf\\xe9.png.jpg").exists()
+    assert by["caf\\\\xe9.png"]["verdict"] == "OK" and (out / "overlay" / "caf\\\\xe9.jpg").exists()
+    assert by["caf\\xe9.png"]["verdict"] == "NG" and (out / "overlay" / "caf\\xe9.jpg").exists()
     assert "caf\\xe9.png" in (out / "report.csv").read_text(encoding="utf-8")
     capsys.readouterr()
     assert ri.main(args + ["--resume"]) == 0
@@ -558,7 +572,7 @@ def test_resume_drops_failures_of_inputs_that_are_gone(tmp_path: Path, model: Pa
     png(inp / "b.png", part(True))
     out = tmp_path / "out"
     args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]
-    assert ri.main(args) == 0 and {r["file"]: r["status"] for r in rows(out)}["broken.png"] == "error"
+    assert ri.main(args) == 0 and {r["file"]: r["processing"] for r in rows(out)}["broken.png"] == "failed"
     (inp / "broken.png").unlink()  # the bad file was removed: its failure row goes
     (inp / "b.png").unlink()       # an inspected image moved away: its result stays
     png(inp / "c.png", part(False))
@@ -576,33 +590,43 @@ def test_a_folder_that_cannot_be_stat_ed_gets_a_row(tmp_path: Path, monkeypatch:
             raise PermissionError(13, "Permission denied", str(p))
         return real(p, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ri.os, "stat", stat)
+    monkeypatch.setattr(discover_mod.os, "stat", stat)
     found = {e.rel: e.error for e in ri.discover(tmp_path / "top", recursive=True)}
     assert found == {"batch2": "cannot access (Permission denied)", "y.png": None}
     assert {e.rel for e in ri.discover(tmp_path / "top")} == {"y.png"}  # not recursive: the folder is not an input
 
 
 def test_failure_kind_removes_the_rows_own_name() -> None:
-    assert ri.failure_kind("lot 7: part 3.png: empty file (0 bytes)", "lot 7: part 3.png") == "empty file"
-    assert ri.failure_kind("symlink loop: a link back to a folder above it", "sub") == \
+    assert reports.failure_kind("lot 7: part 3.png: empty file (0 bytes)", "lot 7: part 3.png") == "empty file"
+    assert reports.failure_kind("symlink loop: a link back to a folder above it", "sub") == \
         "symlink loop: a link back to a folder above it"
 
 
-def test_overlay_color_scale_comes_from_the_model_or_the_threshold() -> None:
+def test_overlay_color_scale_comes_from_the_threshold_or_the_model() -> None:
+    """The map that decides: 0 .. 2 x pixel threshold once calibrated, else 0 .. 2 x its normal p99
+    from the model; the attention: 0 .. 2 x its normal p99; per image only when neither is known."""
     from types import SimpleNamespace
 
+    from runtime.pipeline import Pipeline
     from runtime.postprocess import Thresholds
 
+    def pipe(sidecar: dict | None, backend: object, th: Thresholds) -> Pipeline:
+        model = SimpleNamespace(sidecar=sidecar, backend=backend, output_names=("attention", "anomaly_map"),
+                                path=Path("m.onnx"))
+        return Pipeline(model, th)  # type: ignore[arg-type]
+
     onnx = SimpleNamespace()  # ONNX Runtime's backend: no export settings of its own
-    fitted = SimpleNamespace(sidecar={"model": {"attention_scale": 0.05}}, backend=onnx)
-    older = SimpleNamespace(sidecar={"model": {}}, backend=onnx)
     th = Thresholds(0.2, 0.3)
-    assert ri.explanation_range(fitted, "attention", th) == (0.0, 0.1)
-    assert ri.explanation_range(older, "attention", th) is None          # drawn per image, legend says so
-    assert ri.explanation_range(older, "anomaly_map", th) == (0.0, 0.4)  # the threshold mid-colormap
-    assert ri.explanation_range(older, "anomaly_map", Thresholds()) is None
-    checkpoint = SimpleNamespace(sidecar=None, backend=SimpleNamespace(settings={"attention_scale": 0.5}))
-    assert ri.explanation_range(checkpoint, "attention", th) == (0.0, 1.0)  # a .pt opened directly
+    fitted = pipe({"model": {"attention_scale": 0.05, "anomaly_scale": 0.07}}, onnx, th)
+    assert fitted.layers["attention"].range == (0.0, 0.1)
+    assert fitted.layers["anomaly_map"].range == (0.0, 0.4)  # the calibrated threshold mid-colormap
+    uncalibrated = pipe({"model": {"attention_scale": 0.05, "anomaly_scale": 0.07}}, onnx, Thresholds())
+    assert uncalibrated.layers["anomaly_map"].range == (0.0, 0.14)  # its normal p99 mid-colormap
+    older = pipe({"model": {}}, onnx, Thresholds())
+    assert older.layers["attention"].range is None and older.layers["anomaly_map"].range is None
+    assert "(per image)" in older.legend("attention")
+    checkpoint = pipe(None, SimpleNamespace(settings={"attention_scale": 0.5}), th)
+    assert checkpoint.layers["attention"].range == (0.0, 1.0)  # a .pt opened directly
 
 
 def test_a_folder_holding_a_report_needs_resume_or_overwrite(tmp_path: Path, model: Path, stub_sidecars: None,
@@ -622,12 +646,18 @@ def test_a_folder_holding_a_report_needs_resume_or_overwrite(tmp_path: Path, mod
     assert ri.main(["--engine", str(model), "--input", str(out / "overlay"), "--output", str(out), "--quiet",
                     "--overwrite"]) == 2  # it would delete its own input
     assert "would delete the input" in capsys.readouterr().err
-    assert (out / "overlay" / "a.png.jpg").exists()
+    assert (out / "overlay" / "a.jpg").exists()
     assert ri.main(base + ["--overwrite"]) == 0
     assert not (out / "overlay").exists() and not (out / "mask").exists() and len(rows(out)) == 1
     assert (out / "notes.txt").read_text() == "the inspector's own file"
-    # a fatal error (no model) keeps the old report
-    assert ri.main(["--engine", str(tmp_path / "nope.onnx"), "--input", str(inp), "--output", str(out),
+    # a fatal error (a model replaced behind its sidecar's back) keeps the old report
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    shutil.copy(model, stale / model.name)
+    shutil.copy(model.with_suffix(".yaml"), stale / model.with_suffix(".yaml").name)
+    with open(stale / model.name, "ab") as f:
+        f.write(b"\0")
+    assert ri.main(["--engine", str(stale / model.name), "--input", str(inp), "--output", str(out),
                     "--overwrite"]) == 1
     assert len(rows(out)) == 1
 
@@ -645,7 +675,7 @@ def test_a_full_output_disk_stops_the_run_and_resume_writes_what_is_missing(
     out = tmp_path / "out"
     args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet", "--save", "overlay",
             "--batch", "2", "--workers", "1"]
-    real, calls = ri.save_image, []
+    real, calls = batch.save_image, []
 
     def full(path: Path, image: np.ndarray) -> None:
         calls.append(path)
@@ -653,13 +683,13 @@ def test_a_full_output_disk_stops_the_run_and_resume_writes_what_is_missing(
             raise OSError(_errno.ENOSPC, "No space left on device", str(path))
         real(path, image)
 
-    monkeypatch.setattr(ri, "save_image", full)
+    monkeypatch.setattr(batch, "save_image", full)
     assert ri.main(args) == 1
     err = capsys.readouterr().err
-    assert "No space left on device: free space on the output, then rerun with --resume" in err
+    assert "No space left on device: free space on the output (or make it writable), then rerun with --resume" in err
     done = rows(out)
-    assert all(r["status"] == "ok" for r in done) and len(done) < 6
-    monkeypatch.setattr(ri, "save_image", real)  # space freed
+    assert all(r["processing"] == "done" for r in done) and len(done) < 6
+    monkeypatch.setattr(batch, "save_image", real)  # space freed
     assert ri.main(args + ["--resume"]) == 0
     assert len(rows(out)) == 6 and len(list((out / "overlay").glob("*.jpg"))) == 6
 
@@ -693,29 +723,32 @@ def test_post_processing_out_of_memory_is_that_images_row(tmp_path: Path, model:
     inp = tmp_path / "in"
     png(inp / "a.png", part(False))
     png(inp / "b.png", part(True))
-    real = ri.inspect_map
+    import runtime.pipeline as rp
+
+    real = rp.inspect_map
 
     def oom(m: np.ndarray, *a: object, **k: object) -> object:
         if float(np.max(m)) > 0.9:  # the bright defect image
             raise MemoryError
         return real(m, *a, **k)
 
-    monkeypatch.setattr(ri, "inspect_map", oom)
+    monkeypatch.setattr(rp, "inspect_map", oom)
     out = tmp_path / "out"
     assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]) == 0
     by = {r["file"]: r for r in rows(out)}
-    assert by["a.png"]["status"] == "ok" and by["b.png"]["reason"] == "b.png: out of memory in post-processing"
+    assert by["a.png"]["processing"] == "done" and by["b.png"]["reason"] == "b.png: out of memory in post-processing"
 
 
 def test_decoded_pixels_are_freed_when_no_overlay_needs_them(tmp_path: Path, model: Path, stub_sidecars: None) -> None:
-    from runtime.model import open_model
+    from runtime.pipeline import Pipeline
 
     png(tmp_path / "a.png", part(False, size=300))
-    m = open_model(model)
-    s = ri.Settings(tmp_path / "out", ri.Thresholds(), ("mask",), ri.DEFAULT_MAX_PIXELS, "attention")
-    job = ri.prepare_job(ri.Entry("a.png", tmp_path / "a.png"), m, s)
-    assert job.decoded.image.size == 0 and job.decoded.image.base is None  # not a view of the 300x300 image
-    assert job.size == (300, 300)
+    with Pipeline.open(model) as pipe:
+        for save, kept in ((("mask",), False), (("overlay",), True)):
+            s = batch.Settings(tmp_path / "out", save, ri.DEFAULT_MAX_PIXELS)
+            job = batch.prepare_job(ri.Entry("a.png", tmp_path / "a.png"), pipe, s)
+            assert (job.prepared.image is not None) == kept  # only the overlay holds the 300x300 pixels
+            assert job.prepared.size == (300, 300) and job.prepared.input.shape[:2] == (16, 16)
 
 
 def test_sigterm_takes_the_interrupt_path_and_the_handler_is_restored(tmp_path: Path, model: Path,
@@ -723,7 +756,7 @@ def test_sigterm_takes_the_interrupt_path_and_the_handler_is_restored(tmp_path: 
     import signal
 
     with pytest.raises(KeyboardInterrupt):
-        ri._terminate(signal.SIGTERM, None)
+        cli._interrupt(signal.SIGTERM, None)
     before = signal.getsignal(signal.SIGTERM)
     png(tmp_path / "in" / "a.png", part(False))
     assert ri.main(["--engine", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),

@@ -71,12 +71,12 @@ def test_sigkill_then_resume(tmp_path: Path, mnist_export: Path) -> None:
     assert ri.main(common + ["--output", str(full)]) == 0
     got, want = rows(out), rows(full)
     assert [r["file"] for r in got] == [r["file"] for r in want] == sorted(r["file"] for r in want)
-    key = lambda r: (r["file"], r["status"], r.get("verdict"), r.get("area"), r.get("boxes"))  # noqa: E731
+    key = lambda r: (r["file"], r["processing"], r.get("verdict"), r.get("area"), r.get("boxes"))  # noqa: E731
     assert [key(r) for r in got] == [key(r) for r in want]
     for a, b in zip(got, want):
-        if a["status"] == "ok":
+        if a["processing"] == "done":
             assert a["score"] == pytest.approx(b["score"], rel=1e-5)
-    assert all(r["verdict"] in ("OK", "NG") for r in got if r["status"] == "ok")
+    assert all(r["verdict"] in ("OK", "NG") for r in got if r["processing"] == "done")
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "complete" and s["counts"]["total"] == 91 and s["counts"]["failed"] == 1
     assert not [p for p in out.rglob(".*") if p.is_file()]  # the kill's temporaries are cleaned up

@@ -36,6 +36,7 @@ def test_contours_and_label_change_pixels() -> None:
     assert (ng[band] != ok[band]).any()  # red vs green text
     assert ov.label_text(None, 0.12345) == "score 0.1235"
     assert ov.label_text("NG", 0.9, 0.5) == "NG  0.9 / 0.5"
+    assert ov.label_text("NO VERDICT", 0.12345) == "NO VERDICT  score 0.1235"
 
 
 def test_heatmap_fixed_scale_with_threshold() -> None:
@@ -54,8 +55,9 @@ def test_heatmap_fixed_scale_with_threshold() -> None:
 def test_legend_says_what_the_colors_are_and_sits_at_the_bottom() -> None:
     img = np.full((200, 200, 1), 100, np.uint8)
     text = ov.legend_text("attention", True, 0.25)
-    assert text == "color: attention  outline: anomaly_map >= 0.25"
-    assert ov.legend_text("attention", False, None) == "color: attention (per image)"
+    assert text == "colour: latent attention (explains)  outline: anomaly map >= 0.25"
+    assert ov.legend_text("attention", False, None) == "colour: latent attention (explains) (per image)"
+    assert ov.legend_text("anomaly_map", True, None) == "colour: anomaly map (decides)"
     base, drawn = ov.render(img), ov.render(img, legend=text)
     changed = (drawn != base).any(axis=2)
     assert changed[180:].any() and not changed[:150].any()
@@ -72,3 +74,28 @@ def test_a_fixed_explanation_scale_keeps_a_flat_low_map_cold() -> None:
     fixed = ov.render(img, m, alpha=1.0, vmin=0.0, vmax=2.0)
     red = lambda x: int(x[..., 2].max())  # noqa: E731 - BGR: JET's hot end is red
     assert red(stretched) > 200 and red(fixed) < 50
+
+
+def test_the_hottest_colour_falls_on_the_known_hot_spot_and_the_bar_shows_the_scale() -> None:
+    """Issue 21: an overlay of a map with a known hot spot has its hottest colour there."""
+    img = np.full((256, 256, 1), 120, np.uint8)
+    m = np.zeros((64, 64), np.float32)
+    m[40:48, 10:18] = 1.0  # the hot spot, at 4x in the picture: rows 160..192, columns 40..72
+    out = ov.render(img, m, alpha=1.0, vmin=0.0, vmax=1.0, colorbar=True, mark=(0.5, "threshold"))
+    body = out[:, :200].astype(int)  # left of the colour bar
+    hot = body[..., 2] - body[..., 0]  # JET: red high and blue low only at the hot end
+    y, x = np.unravel_index(np.argmax(hot), hot.shape)
+    assert 160 <= y < 192 and 40 <= x < 72
+    bar = out[40:200, 240:252].astype(int)  # the colour bar at the right edge: hot at the top, cold below
+    assert bar[5, :, 2].mean() > bar[5, :, 0].mean() and bar[-5, :, 0].mean() > bar[-5, :, 2].mean()
+
+
+def test_side_by_side_panels_and_a_failure_badge() -> None:
+    a = np.zeros((50, 60, 3), np.uint8)
+    b = np.full((50, 60, 3), 255, np.uint8)
+    both = ov.side_by_side([a, b])
+    assert both.shape == (50, 124, 3) and (both[:, :60] == 0).all() and (both[:, 64:] == 255).all()
+    img = np.full((100, 100, 1), 100, np.uint8)
+    failed = ov.render(img, status="REGISTRATION NO_PART")
+    band = failed[:12, :60].reshape(-1, 3).astype(int)
+    assert (np.abs(band - list(ov.FAIL_COLOR)).sum(1) < 80).any()  # orange: not a verdict colour

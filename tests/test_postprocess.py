@@ -22,7 +22,7 @@ def test_score_is_max_and_verdict_uses_image_threshold() -> None:
     assert ng.score == 0.75 and ng.verdict == "NG"  # >= threshold is NG
     assert inspect_map(m, (8, 8), Thresholds(None, 0.76)).verdict == "OK"
     none = inspect_map(m, (8, 8), Thresholds())
-    assert none.verdict is None and none.area is None and none.boxes == []
+    assert none.verdict == "NO VERDICT" and none.area is None and none.boxes == []
     assert none.as_row()["n_boxes"] is None
 
 

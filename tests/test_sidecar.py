@@ -174,3 +174,51 @@ def test_a_re_export_keeps_thresholds_of_the_same_model_and_warns_for_another(mo
     with pytest.warns(UserWarning, match="thresholds belonged to the previous screw.onnx and are dropped"):
         write_sidecar(model_file, INFO)
     assert read_sidecar(model_file)["thresholds"] == {}
+
+
+def test_a_schema_1_sidecar_is_upgraded_in_memory(model_file: Path) -> None:
+    """Sidecars written before registration existed still open: they mean `registration: none`."""
+    write_sidecar(model_file, INFO)
+    path = model_file.with_suffix(".yaml")
+    old = yaml.safe_load(path.read_text())
+    old["schema"] = 1
+    del old["registration"]
+    path.write_text(yaml.safe_dump(old))
+    data = read_sidecar(model_file)
+    assert data["schema"] == SCHEMA == 2 and data["registration"] == {"method": "none", "lighting": "none"}
+    assert yaml.safe_load(path.read_text())["schema"] == 1  # reading never writes
+    update_sidecar(model_file, thresholds={"pixel": 0.1})
+    assert yaml.safe_load(path.read_text())["schema"] == 2  # writing writes the current schema
+    for bad in (0, "2", True):
+        path.write_text(yaml.safe_dump({**old, "schema": bad}))
+        with pytest.raises(SidecarError, match="is not supported"):
+            read_sidecar(model_file)
+
+
+@pytest.mark.parametrize("value", [[0.1], {"a": 1}, True, "0.5", float("nan"), float("inf")])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(model_file: Path, value: object) -> None:
+    """A list or mapping gave a traceback in post-processing and YAML's `yes` was read as 1.0."""
+    write_sidecar(model_file, INFO)
+    path = model_file.with_suffix(".yaml")
+    data = yaml.safe_load(path.read_text())
+    data["thresholds"] = {"pixel": 0.1, "image": value}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SidecarError, match=r"screw\.yaml: thresholds\.image must be a finite number"):
+        read_sidecar(model_file)
+    data["thresholds"] = {}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SidecarError, match="thresholds.image must be a finite number"):
+        update_sidecar(model_file, thresholds={"image": value})
+    assert yaml.safe_load(path.read_text())["thresholds"] == {}  # nothing written
+
+
+def test_update_with_verify_and_backup(model_file: Path) -> None:
+    write_sidecar(model_file, INFO)
+    path = model_file.with_suffix(".yaml")
+    before = path.read_bytes()
+    update_sidecar(model_file, thresholds={"pixel": 0.2, "image": 0.4}, verify=True, backup=True)
+    assert path.with_name("screw.yaml.bak").read_bytes() == before
+    model_file.write_bytes(b"another model")  # thresholds must not be written beside another model
+    with pytest.raises(SidecarError, match="does not match its sidecar"):
+        update_sidecar(model_file, thresholds={"pixel": 0.3}, verify=True)
+    assert read_sidecar(model_file, verify=False)["thresholds"]["pixel"] == 0.2

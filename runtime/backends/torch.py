@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from runtime.backends import BackendUnavailable, inference_failed
+from training.loop import torch_device
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("--device cuda: no CUDA device is visible; use --device cpu")
-    return dev
+def pick_device(device: str | None) -> torch.device:
+    """training.loop.torch_device (the one --device -> torch.device), its error as BackendUnavailable."""
+    try:
+        return torch_device(device)
+    except RuntimeError as e:
+        raise BackendUnavailable(str(e)) from None
 
 
 def _outputs(result: Any) -> dict[str, torch.Tensor]:
@@ -66,9 +66,10 @@ class TorchBackend:
         return int(self.module.height), int(self.module.width), int(self.module.channels)
 
     @property
-    def input_spec(self) -> dict[str, int]:
+    def input_spec(self) -> dict[str, Any]:
+        """The input section a sidecar would have, plus the checkpoint's registration."""
         h, w, c = self.input_shape
-        return {"height": h, "width": w, "channels": c}
+        return {"height": h, "width": w, "channels": c, "registration": self.settings.get("registration")}
 
     def _eager(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # no_grad: the gradients are explicit ops in the export module, not autograd.

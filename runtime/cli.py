@@ -1,0 +1,74 @@
+"""What every command line of the runtime shares: usage errors (exit 2), finite thresholds,
+SIGTERM taken as Ctrl-C, and silencing what C libraries print while a run draws its progress."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+class UsageError(Exception):
+    """Bad command line or paths: exit 2."""
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a threshold of nan or inf would make every comparison False or True."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (systemd, docker stop) takes the Ctrl-C path for the block, so a run stops the way
+    it stops on Ctrl-C (finished rows written, recordings closed) instead of being torn; the
+    previous handler is restored after. A no-op outside the main thread, where signals cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Send what C libraries print (libpng's and libjpeg's warnings about a broken file) to
+    /dev/null for the run: the report holds each failure with its reason, and the warnings would
+    break the progress bar. Python's own messages keep the real stderr. Only when stderr is the
+    process's file descriptor 2 (not under a test's capture)."""
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real or os.name != "posix":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    python_err = sys.stderr
+    try:
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=python_err.encoding,
+                               errors=python_err.errors)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        replaced, sys.stderr = sys.stderr, python_err
+        os.dup2(saved, 2)
+        replaced.close()
+        os.close(saved)
+        os.close(devnull)

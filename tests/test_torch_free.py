@@ -1,0 +1,59 @@
+"""The edge runtime runs without PyTorch: its modules import, and a folder is inspected, in a
+process where `import torch` fails (an edge box with ONNX Runtime only)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from core.sidecar import write_sidecar
+from test_runtime_models import make_stub_model
+
+REPO = Path(__file__).resolve().parents[1]
+# what an edge box runs: inspection, calibration, the camera, the ONNX Runtime and TensorRT backends
+RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registration", "core.template",
+                   "core.sidecar", "core.metrics", "core.ort", "core.device", "core.tensorrt",
+                   "runtime.model", "runtime.pipeline", "runtime.inspect", "runtime.overlay",
+                   "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt")
+
+
+def test_runtime_imports_and_inspects_without_torch(tmp_path: Path) -> None:
+    stub = make_stub_model(tmp_path / "model")  # built here, where torch exists
+    side = yaml.safe_load(stub.with_suffix(".yaml").read_text())
+    stub.with_suffix(".yaml").unlink()
+    write_sidecar(stub, {k: v for k, v in side.items() if k not in ("files", "schema")})  # a real, hashed sidecar
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(3):
+        img = np.full((40, 40), 30, np.uint8)
+        if i == 2:
+            img[5:15, 5:15] = 255
+        cv2.imwrite(str(inp / f"{i}.png"), img)
+    code = f"""
+import importlib, json, sys
+
+class NotInstalled:  # `import torch` raises ImportError, as where it is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision'):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+for name in {RUNTIME_MODULES!r}:
+    importlib.import_module(name)
+import runtime.inspect as ri
+rc = ri.main(['--engine', {str(stub)!r}, '--input', {str(inp)!r}, '--output', {str(tmp_path / 'out')!r},
+              '--save', 'overlay,mask', '--quiet'])
+print(json.dumps({{'rc': rc, 'torch': [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = yaml.safe_load(proc.stdout.strip().splitlines()[-1])
+    assert result == {"rc": 0, "torch": []}, proc.stderr
+    rows = [yaml.safe_load(line) for line in (tmp_path / "out" / "report.jsonl").read_text().splitlines()]
+    assert [r["verdict"] for r in rows] == ["OK", "OK", "NG"]
+    assert (tmp_path / "out" / "overlay" / "2.jpg").exists() and (tmp_path / "out" / "mask" / "2.png").exists()

@@ -59,18 +59,31 @@ class TemplateBank:
     def nbytes(self) -> int:
         return int(self.images.nbytes + self.small.nbytes)
 
-    def nearest(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, batch: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(indices int64 [N, k], RMS distances in gray levels float32 [N, k]), nearest first."""
         q = _small(self._check(batch))
         # OpenCV's brute-force k nearest: exact integer sums (at most 64^2 * 3 * 255^2 < 2^31), and
         # on OpenCV's threads; a BLAS product stalled for ms per query on a busy 2-core machine
-        d2, idx = cv2.batchDistance(q, self.small, cv2.CV_32S, normType=cv2.NORM_L2SQR, K=self.k)
+        d2, idx = cv2.batchDistance(q, self.small, cv2.CV_32S, normType=cv2.NORM_L2SQR, K=k or self.k)
         return idx.astype(np.int64), np.sqrt(d2 / q.shape[1]).astype(np.float32)
 
     def anomaly_map(self, batch: np.ndarray) -> np.ndarray:
         """Registered uint8 [N, h, w, C] at the bank's size -> float32 [N, 1, h, w], in gray / 255."""
         batch = self._check(batch)
-        idx, _ = self.nearest(batch)
+        return self._maps(batch, self.nearest(batch)[0])
+
+    def leave_one_out(self) -> np.ndarray:
+        """Each bank image's map against the others (itself left out): what the map looks like on
+        good parts it has not seen, float32 [N, 1, h, w], for the normal scale and thresholds."""
+        if len(self.images) < 2:
+            raise ValueError("template bank: leave-one-out needs at least 2 images")
+        idx, _ = self.nearest(self.images, min(self.k + 1, len(self.images)))
+        # drop each image's own index (distance 0, normally first; a duplicate image may come first)
+        own = np.arange(len(idx))[:, None]
+        others = np.array([row[row != i][:self.k] for row, i in zip(idx, own[:, 0])])
+        return self._maps(self.images, others)
+
+    def _maps(self, batch: np.ndarray, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(batch), 1) + batch.shape[1:3], np.float32)
         for i, (img, near) in enumerate(zip(batch, idx)):
             diff = np.full(img.shape, 255, np.uint8)

@@ -35,7 +35,7 @@ import cv2
 
 from core.device import device_arg
 from core.images import DEFAULT_MAX_PIXELS, is_image_name
-from runtime.backends import BackendError
+from runtime.backends import BACKENDS, BackendError
 from runtime.batch import Settings, inspect_folder
 from runtime.cli import UsageError, finite_float, quiet_native_stderr, sigterm_interrupts
 from runtime.discover import Entry, discover, report_safe
@@ -50,7 +50,7 @@ from runtime.reports import (SAVE_KINDS, OutputUnwritable, Reports, clean_tempor
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", "--model", dest="engine", required=True,
-                   help="model file: .onnx, .trt/.engine/.plan or .pt (sidecar X.yaml beside it)")
+                   help="model file: .onnx, .trt/.engine/.plan, .pt or .npz (template bank); sidecar X.yaml beside it")
     p.add_argument("--input", required=True, help="folder of images (or one image)")
     p.add_argument("--output", required=True, help="report folder (may lie inside --input: it is skipped)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous report in OUT, and its pictures (without it, or --resume, a folder "
                         "holding a report is refused)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
+    p.add_argument("--backend", choices=BACKENDS, help="override the extension's backend")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu (default: TensorRT, CUDA, CPU as available)")
     p.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N (default: cuda when available); for .onnx, "
                                                      "cpu means the CPU provider only and cuda:N the GPU of the CUDA/TensorRT providers")

@@ -127,11 +127,13 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
     implied = B.backend_for(given)
     name = backend or implied
     if name is None:
-        raise ModelError(f"{given}: unknown model extension '{given.suffix}'; use .onnx, .trt/.engine/.plan or .pt, "
-                         f"or name the backend with --backend")
+        raise ModelError(f"{given}: unknown model extension '{given.suffix}'; use .onnx, .trt/.engine/.plan, .pt "
+                         f"or .npz (a template bank), or name the backend with --backend")
     if name not in B.BACKENDS:
         raise ModelError(f"unknown backend '{name}'; choose one of {', '.join(B.BACKENDS)}")
     sidecar: dict[str, Any] | None = None
+    if name == "torch" and implied == "template":
+        raise ModelError(f"{given}: a template bank has no PyTorch model; open it with its own backend (template)")
     if name == "torch":
         settings: dict[str, Any] = {}
         if implied in ("onnxruntime", "tensorrt"):

@@ -14,11 +14,13 @@ from core.sidecar import write_sidecar
 from test_runtime_models import make_stub_model
 
 REPO = Path(__file__).resolve().parents[1]
-# what an edge box runs: inspection, calibration, the camera, the ONNX Runtime and TensorRT backends
+# what an edge box runs: inspection, calibration, the camera, the ONNX Runtime, TensorRT and template
+# backends, and building a template bank (export.template needs no PyTorch either)
 RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registration", "core.template",
                    "core.sidecar", "core.metrics", "core.ort", "core.device", "core.tensorrt",
                    "runtime.model", "runtime.pipeline", "runtime.inspect", "runtime.overlay",
-                   "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt")
+                   "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt",
+                   "runtime.backends.template", "export.template")
 
 
 def test_runtime_imports_and_inspects_without_torch(tmp_path: Path) -> None:

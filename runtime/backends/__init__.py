@@ -2,8 +2,9 @@
 
 A backend takes uint8 images [N, H, W, C] at the model's size and returns the exported graph's
 named outputs as numpy arrays (docs/architecture.md, "The exported graph's contract"). Host-side
-work beyond that (decode, resize, color) belongs to training.preprocess; everything numeric is in
-the graph, so every backend computes the same function.
+work beyond that (decode, colour, registration, resize) belongs to core.prepare; everything
+numeric is in the graph, so every backend computes the same function. The `template` backend runs
+a reference bank (export.template) instead of a graph, with the same interface.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ EXTENSIONS: dict[str, str] = {
     ".onnx": "onnxruntime",
     ".trt": "tensorrt", ".engine": "tensorrt", ".plan": "tensorrt",
     ".pt": "torch", ".pth": "torch",
+    ".npz": "template",
 }
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch", "template")
 
 
 class BackendError(RuntimeError):
@@ -71,6 +73,9 @@ def create(name: str, path: str | Path, **options: object) -> Backend:
     if name == "tensorrt":
         from runtime.backends.tensorrt import TensorRTBackend
         return TensorRTBackend(path, device=options.get("device"))  # type: ignore[arg-type]
+    if name == "template":
+        from runtime.backends.template import TemplateBackend
+        return TemplateBackend(path)
     if name == "torch":
         from runtime.backends.torch import TorchBackend
         return TorchBackend(path, device=options.get("device"),  # type: ignore[arg-type]

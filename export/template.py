@@ -1,0 +1,172 @@
+"""Build a deployable template model: registered good parts as a reference bank, no training.
+
+    python -m export.template --data DIR --out screw_template.npz [--size 256] [--channels 1] [--k 5]
+        [--sigma S] [--registration principal_axis|none] [--lighting background|none]
+    python -m export.template --config configs/screw_template.yaml --out models/screw_template.npz
+
+DIR is a folder of good images, or an MVTec category (its train/good is used). The registration is
+fitted on those images (core.registration.fit), every image is registered at the model size, and
+the bank (core.template) is written atomically as X.npz with its sidecar X.yaml: input size and
+colour, the fitted registration, the map's normal scale (the median over the bank of each image's
+99th percentile of its map against the others: overlays draw colours on it before calibration) and
+outputs [anomaly_map]. The runtime opens X.npz like any model (backend `template`, by extension):
+batch inspection, calibration and the camera run it unchanged. Torch-free: an edge box can build
+its own reference bank. Exit codes: 0 written, 1 failure (unreadable data, no usable part), 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, read_image
+from core.prepare import InputSpec, prepare
+from core.registration import LIGHTINGS, REGISTRATIONS, RegistrationSpec, fit
+from core.sidecar import SidecarError, check_sidecar_free, write_sidecar
+from core.template import TemplateBank
+
+DEFAULTS = {"size": 256, "channels": 1, "k": 5, "sigma": None, "method": "principal_axis", "lighting": "background"}
+
+
+class TemplateError(ValueError):
+    """The bank cannot be built from this data; the message names the folder and the reason."""
+
+
+def good_images(root: Path) -> list[Path]:
+    """The good images a bank is built from: DIR/train/good of an MVTec category, else DIR itself."""
+    folder = root / "train" / "good" if (root / "train" / "good").is_dir() else root
+    if not folder.is_dir():
+        raise TemplateError(f"{root}: not a folder")
+    files = sorted(p for p in folder.iterdir() if is_image_name(p) and p.is_file())
+    if len(files) < 2:
+        raise TemplateError(f"{folder}: a template bank needs at least 2 good images, found {len(files)} "
+                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1, k: int = 5,
+          sigma: float | None = None, method: str = "principal_axis", lighting: str = "background") -> dict[str, Any]:
+    """Fit, register, bank, write X.npz + X.yaml. Returns what was built (paths, counts, seconds).
+
+    Raises TemplateError (no usable images), ImageError (an unreadable file: a bank must not
+    silently miss a part), SidecarError (X.yaml belongs to another model), ValueError (settings).
+    """
+    started = time.perf_counter()
+    data, out = Path(data), Path(out)
+    check_sidecar_free(out)  # before any work: X.yaml must not be another model's
+    files = good_images(data)
+    decoded = [read_image(p, channels) for p in files]
+    with warnings.catch_warnings(record=True) as caught:  # fit's fallback to none is reported below
+        warnings.simplefilter("always")
+        spec = fit(decoded, RegistrationSpec(method, lighting)) if method != "none" or lighting != "none" \
+            else RegistrationSpec()
+    notes = [str(w.message) for w in caught]
+    input_spec = InputSpec(size, size, channels, "gray" if channels == 1 else "rgb", spec)
+    prepared = [prepare(img, input_spec, keep_image=False) for img in decoded]
+    failed = [(f.name, p.registration.status) for f, p in zip(files, prepared) if not p.ok]
+    kept = np.stack([p.input for p in prepared if p.ok]) if len(failed) < len(prepared) else None
+    if kept is None or len(kept) < 2:
+        raise TemplateError(f"{data}: fewer than 2 images could be registered ({len(failed)} of {len(files)} failed, "
+                            f"e.g. {failed[0][0]}: {failed[0][1]})")
+    bank = TemplateBank(kept, k, sigma)
+    loo = bank.leave_one_out()
+    scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
+    bank.save(out)
+    side = write_sidecar(out, sidecar_info(bank, input_spec, max(scale, 1e-8), data, len(files), failed))
+    return {"bank": out, "sidecar": side, "images": len(kept), "failed": failed, "anomaly_scale": scale,
+            "bytes": out.stat().st_size, "seconds": time.perf_counter() - started, "notes": notes}
+
+
+def sidecar_info(bank: TemplateBank, spec: InputSpec, scale: float, data: Path, n: int,
+                 failed: list[tuple[str, str]]) -> dict[str, Any]:
+    h, w, c = bank.images.shape[1:]
+    return {
+        "model": {"family": "template", "arch": "template", "anomaly_map": "template", "k": bank.k,
+                  "sigma": bank.sigma, "bank_images": int(len(bank.images)), "anomaly_scale": scale,
+                  "data": str(data), "registration_failures": [f"{name}: {status}" for name, status in failed]},
+        "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": int(h), "width": int(w),
+                  "channels": int(c), "color": spec.color},
+        "outputs": ["anomaly_map"],
+        "output_shapes": {"anomaly_map": ["N", 1, int(h), int(w)]},
+        "registration": spec.registration.to_mapping(),
+        "preprocessing": {"host": {"read": "core.images.read_image", "prepare": "core.prepare.prepare: registration "
+                                   "(the section above), then the model's size"},
+                          "map": f"per pixel the least |difference| to the {bank.k} nearest bank images "
+                                 f"(64x64 L2 search), Gaussian blur sigma {bank.sigma:g} px, gray levels / 255"},
+        "export": {"images": n, "bank_bytes": bank.nbytes},
+    }
+
+
+def from_config(path: str | Path) -> dict[str, Any]:
+    """build()'s settings from a YAML config (model: {size, channels, k, sigma}, data: {root},
+    registration: {method, lighting}); ValueError naming the file for anything else."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the config ({str(e).splitlines()[0]})") from e
+    model, reg = raw.get("model") or {}, raw.get("registration") or {}
+    if not isinstance(model, dict) or model.get("arch", "template") != "template":
+        raise ValueError(f"{path}: model.arch is {model.get('arch')!r}; export.template builds arch 'template' "
+                         "(train other models with python -m training.train)")
+    settings = {k: model[k] for k in ("size", "channels", "k", "sigma") if k in model}
+    settings.update({k: reg[k] for k in ("method", "lighting") if k in reg})
+    root = (raw.get("data") or {}).get("root")
+    return {**DEFAULTS, **settings, **({"data": root} if root else {})}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.template", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="YAML with model {size, channels, k, sigma}, data {root}, registration {...}")
+    p.add_argument("--data", help="folder of good images, or an MVTec category (uses train/good)")
+    p.add_argument("--out", required=True, help="the bank file to write (.npz; its sidecar X.yaml beside it)")
+    p.add_argument("--size", type=int, help=f"model input size (default {DEFAULTS['size']})")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="1 gray, 3 colour (default 1)")
+    p.add_argument("--k", type=int, help=f"nearest references per pixel (default {DEFAULTS['k']})")
+    p.add_argument("--sigma", type=float, help="blur in model pixels (default 3 x size / 256)")
+    p.add_argument("--registration", choices=REGISTRATIONS, help="pose normalization (default principal_axis)")
+    p.add_argument("--lighting", choices=LIGHTINGS, help="lighting normalization (default background)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if Path(args.out).suffix != ".npz":
+        p.error(f"--out must end with .npz, not '{args.out}'")
+    try:
+        settings = from_config(args.config) if args.config else dict(DEFAULTS)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    given = {"data": args.data, "size": args.size, "channels": args.channels, "k": args.k, "sigma": args.sigma,
+             "method": args.registration, "lighting": args.lighting}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if not settings.get("data"):
+        p.error("--data is required (or a --config with data.root)")
+    if not Path(settings["data"]).is_dir():
+        print(f"error: --data {settings['data']}: not a folder", file=sys.stderr)
+        return 2
+    if settings["size"] < 16 or settings["k"] < 1:
+        p.error("--size must be >= 16 and --k >= 1")
+    try:
+        r = build(**settings, out=args.out)
+    except (TemplateError, ImageError, SidecarError, ValueError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    for note in r["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    for name, status in r["failed"]:
+        print(f"note: {name}: registration {status}, left out of the bank", file=sys.stderr)
+    print(f"wrote {r['bank']} ({r['images']} references, {r['bytes'] / 2**20:.1f} MB, normal p99 "
+          f"{r['anomaly_scale']:.4g}, {r['seconds']:.0f} s) and {r['sidecar']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

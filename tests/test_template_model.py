@@ -1,0 +1,104 @@
+"""export.template + the template backend: a training-free model that inspection, calibration and
+the camera open like any other (X.npz + X.yaml)."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import export.template as et
+import runtime.inspect as ri
+from core.sidecar import read_sidecar
+from runtime.model import ModelError, open_model
+from runtime.pipeline import Pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SCREW = REPO.parent / "shared" / "data" / "mvtec" / "screw"
+
+
+def bar(rng: np.random.Generator, angle: float, defect: bool = False, size: int = 96) -> np.ndarray:
+    """A screw-like part: a long bar with a wider head, at a random pose, on a bright background."""
+    img = np.full((size, size), 200, np.uint8)
+    cv2.rectangle(img, (20, 44), (76, 52), 50, -1)
+    cv2.rectangle(img, (16, 38), (28, 58), 50, -1)  # the head
+    if defect:
+        cv2.circle(img, (60, 48), 4, 125, -1)  # a lighter spot inside the part (Otsu still calls it part)
+    m = cv2.getRotationMatrix2D((size / 2 + rng.uniform(-4, 4), size / 2 + rng.uniform(-4, 4)), angle, 1.0)
+    img = cv2.warpAffine(img, m, (size, size), borderValue=200)
+    return (img.astype(int) + rng.integers(-3, 4, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("parts")
+    rng = np.random.default_rng(0)
+    for sub in ("train/good", "test/good", "test/hole"):
+        (root / sub).mkdir(parents=True)
+    for i in range(12):
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180)))
+    for i in range(3):
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180)))
+        cv2.imwrite(str(root / "test/hole" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180), defect=True))
+    return root
+
+
+def test_build_open_and_inspect(parts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bar.npz"
+    assert et.main(["--data", str(parts), "--out", str(out), "--size", "64"]) == 0
+    side = read_sidecar(out)
+    assert side["model"]["family"] == "template" and side["outputs"] == ["anomaly_map"]
+    assert side["registration"]["method"] == "principal_axis" and side["registration"]["samples"] == 12
+    assert side["model"]["anomaly_scale"] > 0 and side["input"]["height"] == 64
+    with Pipeline.open(out) as pipe:
+        good = pipe(sorted((parts / "test/good").glob("*.png")))
+        bad = pipe(sorted((parts / "test/hole").glob("*.png")))
+        assert all(r.prepared.registration.status == "ok" for r in good + bad)
+        # the defect stands out against the nearest registered references, whatever the pose
+        assert min(r.inspection.score for r in bad) > max(r.inspection.score for r in good)
+        [r] = pipe(sorted((parts / "test/hole").glob("*.png"))[:1], keep_maps=True)
+        y, x = np.unravel_index(np.argmax(r.inspection.anomaly_map), r.inspection.anomaly_map.shape)
+        hole = cv2.imread(str(sorted((parts / "test/hole").glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+        assert 100 < hole[y, x] < 150  # the hottest pixel is on the lighter spot, in the picture's own frame
+        with pytest.raises(ModelError, match="needs the model's 'attention' output"):
+            Pipeline(pipe.model, pipe.thresholds, explain="both")
+    rc = ri.main(["--engine", str(out), "--input", str(parts / "test"), "--recursive", "--output",
+                  str(tmp_path / "report"), "--save", "overlay", "--quiet"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (tmp_path / "report" / "report.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["processing"] == "done" and r["registration"]["status"] == "ok" for r in rows)
+    with pytest.raises(ModelError, match="template bank has no PyTorch model"):
+        open_model(out, backend="torch")
+
+
+def test_a_part_without_an_axis_falls_back_to_no_registration(mvtec_dir: Path, tmp_path: Path) -> None:
+    """The fixture's parts are discs: no dominant axis, so registration is off, with a note."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = et.build(mvtec_dir, tmp_path / "disc.npz", size=32)
+    assert any("dominant axis" in n or "none" in n for n in r["notes"]), r["notes"]
+    assert read_sidecar(tmp_path / "disc.npz")["registration"]["method"] == "none"
+
+
+def test_usage_and_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        et.main(["--data", str(tmp_path), "--out", str(tmp_path / "x.onnx")])
+    assert e.value.code == 2
+    assert et.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npz")]) == 2
+    (tmp_path / "one").mkdir()
+    cv2.imwrite(str(tmp_path / "one" / "a.png"), np.zeros((8, 8), np.uint8))
+    assert et.main(["--data", str(tmp_path / "one"), "--out", str(tmp_path / "x.npz")]) == 1
+    assert "at least 2 good images" in capsys.readouterr().err
+    (tmp_path / "cfg.yaml").write_text("model: {arch: resnet18}\n")
+    assert et.main(["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "builds arch 'template'" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.skipif(not (SCREW / "train" / "good").is_dir(), reason="shared screw data absent")
+def test_the_screw_config_builds_a_bank(tmp_path: Path) -> None:
+    settings = et.from_config(REPO / "configs" / "screw_template.yaml")
+    assert settings["size"] == 256 and settings["method"] == "principal_axis" and settings["lighting"] == "background"

@@ -33,6 +33,7 @@ from typing import Any
 
 import cv2
 
+from core.deployment import is_deployment
 from core.device import device_arg
 from core.images import DEFAULT_MAX_PIXELS, is_image_name
 from runtime.backends import BACKENDS, BackendError
@@ -50,7 +51,8 @@ from runtime.reports import (SAVE_KINDS, OutputUnwritable, Reports, clean_tempor
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", "--model", dest="engine", required=True,
-                   help="model file: .onnx, .trt/.engine/.plan, .pt or .npz (template bank); sidecar X.yaml beside it")
+                   help="model file: .onnx, .trt/.engine/.plan, .pt or .npz (template bank), sidecar X.yaml beside it; "
+                        "or a deployment folder (its current version)")
     p.add_argument("--input", required=True, help="folder of images (or one image)")
     p.add_argument("--output", required=True, help="report folder (may lie inside --input: it is skipped)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -83,8 +85,9 @@ def check_paths(engine: Path, inp: Path, out: Path) -> None:
     """Usage errors (exit 2) for paths the user typed: missing, or of the wrong kind."""
     if not engine.exists():
         raise UsageError(f"--engine {engine}: not found")
-    if engine.is_dir():
-        raise UsageError(f"--engine {engine}: is a folder, not a model file (give the .onnx, .trt or .pt in it)")
+    if engine.is_dir() and not is_deployment(engine):
+        raise UsageError(f"--engine {engine}: is a folder but not a deployment folder (no `current`); give the model "
+                         f"file (.onnx, .trt, .pt, .npz) or a folder made by python -m training.retrain --deploy")
     if not inp.exists():
         raise UsageError(f"--input {inp}: not found")
     if out.exists() and not out.is_dir():

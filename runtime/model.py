@@ -3,6 +3,7 @@
     model = open_model("screw.onnx")                       # backend from the extension
     model = open_model("screw.onnx", backend="tensorrt")   # the engine beside it (screw.trt)
     model = open_model("runs/screw/model.pt")              # PyTorch, the export module itself
+    model = open_model("models/screw")                     # a deployment folder: its current version
     out = model(batch)        # uint8 [N, H, W, C] at model.spec size -> {"anomaly_map": ..., ...}
 
 The sidecar (X.yaml beside X.onnx / X.trt, export.sidecar) is read and its sha256 checked before
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from core.deployment import DeploymentError, resolve_model
 from core.prepare import InputSpec
 from core.sidecar import SidecarError
 from core.sidecar import read_sidecar as _read_sidecar
@@ -121,7 +123,10 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
     ONNX and TensorRT models need their sidecar (sha256 verified unless verify=False); a .pt
     checkpoint carries its own config, so its sidecar is optional.
     """
-    given = Path(path)
+    try:
+        given = resolve_model(path)  # a deployment folder runs its current version
+    except DeploymentError as e:
+        raise ModelError(str(e)) from e
     if not given.is_file():
         raise ModelError(f"{given}: model file not found")
     implied = B.backend_for(given)

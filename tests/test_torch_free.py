@@ -20,7 +20,8 @@ RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registrati
                    "core.sidecar", "core.metrics", "core.ort", "core.device", "core.tensorrt",
                    "runtime.model", "runtime.pipeline", "runtime.inspect", "runtime.overlay",
                    "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt",
-                   "runtime.backends.template", "export.template")
+                   "runtime.backends.template", "export.template", "core.deployment", "calibration.calibrate",
+                   "calibration.report")
 
 
 def test_runtime_imports_and_inspects_without_torch(tmp_path: Path) -> None:

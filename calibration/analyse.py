@@ -1,0 +1,152 @@
+"""From what the model measured on the calibration images to thresholds and their estimates.
+
+Pure numbers (no model, no files): `analyse(collected, pixel_rule, image_rule, folds, seed,
+resamples)` returns the body of calibration.json and the chosen thresholds. calibrate.py runs the
+model and writes the files around it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from calibration.collect import MASK_RESIZE, Collected
+from calibration.estimate import bootstrap, kfold
+from calibration.scores import Scores
+from calibration.thresholds import Chosen, Choice, Rule, choose, measure
+from core.metrics import aupro, best_iou, roc_auc
+
+REJECTED = ("an image whose registration fails has no score; the line sends such a part to manual check, so it "
+            "counts as rejected (NG) at every threshold: a false positive when good, detected when defective; "
+            "it adds no pixels to the pixel statistics")
+
+
+class CalibrationError(ValueError):
+    """Data that no threshold can be chosen on (no good parts, constant scores...)."""
+
+
+def check_scores(data: Scores) -> None:
+    """CalibrationError for data a threshold cannot mean anything on: no good images, nothing
+    scored, or constant image scores or maps (a dead or untrained model)."""
+    if not (~data.labels).any():
+        raise CalibrationError("no good images: the image threshold is chosen on good parts (add <data>/good/)")
+    finite = data.scores[data.scored]
+    if finite.size == 0:
+        raise CalibrationError("every image failed registration: nothing was scored")
+    if finite.size > 1 and np.ptp(finite) == 0:
+        raise CalibrationError(f"all {finite.size} image scores equal {finite[0]:.6g}: the model separates "
+                               "nothing (untrained or broken?)")
+    _, values = data.pixels()
+    if np.ptp(values) == 0:
+        raise CalibrationError(f"every anomaly map pixel equals {values[0]:.6g}: the model separates nothing")
+
+
+def confusion(data: Scores, image: float) -> dict[str, dict[str, int]]:
+    """Per class: inspected OK, inspected NG, failed (registration) at the image threshold:
+    what runtime.inspect's verdicts on the same images count."""
+    out = {}
+    for name, cls in (("good", ~data.labels), ("defective", data.labels)):
+        scored = cls & data.scored
+        out[name] = {"ok": int((scored & (data.scores < image)).sum()),
+                     "ng": int((scored & (data.scores >= image)).sum()), "failed": int((cls & ~data.scored).sum())}
+    return out
+
+
+def choice_json(c: Choice) -> dict[str, Any]:
+    return {"threshold": c.threshold, "rule": c.rule, "method": c.method, "note": c.note, **c.info}
+
+
+def _choose(pixel_rule: Rule, image_rule: Rule) -> Callable[[Scores], Chosen]:
+    return lambda d: choose(d, pixel_rule, image_rule)
+
+
+def _measure(d: Scores, c: Chosen) -> dict[str, Any]:
+    got = measure(d, c.pixel.threshold, c.image.threshold)
+    got["thresholds"] = {"pixel": c.pixel.threshold, "image": c.image.threshold}
+    return got
+
+
+def images_json(c: Collected, image: float) -> list[dict[str, Any]]:
+    """One row per image: file, kind, score (null when registration failed), verdict, reason."""
+    failed = {f["file"]: f["reason"] for f in c.failures}
+    rows = []
+    for s, score in zip(c.samples, c.scores.scores):
+        ok = np.isfinite(score)
+        rows.append({"file": s.rel, "kind": s.kind, "defective": s.defective,
+                     "score": float(score) if ok else None,
+                     "verdict": ("NG" if score >= image else "OK") if ok else None,
+                     "reason": failed.get(s.rel)})
+    return rows
+
+
+def analyse(c: Collected, pixel_rule: Rule, image_rule: Rule, folds: int = 5, seed: int = 0,
+            resamples: int = 1000) -> tuple[Chosen, dict[str, Any]]:
+    """Thresholds by the rules on all images, the in-sample numbers, the k-fold and bootstrap
+    estimates, ROC AUC and best IoU (core.metrics). Raises CalibrationError (check_scores)."""
+    data = c.scores
+    check_scores(data)
+    chosen = choose(data, pixel_rule, image_rule)
+    pixel, image = chosen.pixel.threshold, chosen.image.threshold
+    inside = measure(data, pixel, image)
+    defect, values = data.pixels()
+    scored = data.scored
+    labelled = chosen.mode == "labelled"
+    iou, iou_thr = best_iou(defect, values) if defect.any() else (float("nan"), float("nan"))
+    notes = [n for n in (chosen.pixel.note, chosen.image.note) if n]
+    if not labelled:
+        notes.insert(0, "no defective images: normal-only mode; recall is unknown (no defective part was seen)")
+    body: dict[str, Any] = {
+        "mode": chosen.mode,
+        "rule": {"pixel": chosen.pixel.rule, "image": chosen.image.rule},
+        "requested_rule": {"pixel": str(pixel_rule), "image": str(image_rule)},
+        "thresholds": {"pixel": pixel, "image": image},
+        "choice": {"pixel": choice_json(chosen.pixel), "image": choice_json(chosen.image)},
+        "in_sample": {"confusion": confusion(data, image), "image_fpr": inside["image_fpr"],
+                      "recall": inside["recall"] if labelled else "unknown",
+                      "precision": inside["precision"] if labelled else "unknown",
+                      "pixel_iou": inside["pixel_iou"], "pixel_fpr": inside["pixel_fpr"],
+                      "pixel_counts": inside["pixel_counts"]},
+        "auroc": {"pixel": roc_auc(defect, values) if defect.any() else None,
+                  "image": roc_auc(data.labels[scored], data.scores[scored]) if labelled else None,
+                  "note": "image AUROC over the scored images (failed registrations excluded)"},
+        "best_iou": {"iou": iou, "threshold": iou_thr},
+        # per-region overlap up to 30 % pixel FPR (MVTec AD's AUPRO): the retraining gate compares it
+        "aupro": aupro(data.masks[scored], data.maps[scored]) if labelled and defect.any() else None,
+        "pixel_statistics": {"frame": "the original image frame (registration undone), resampled to the model's "
+                                      "resolution", "resolution": list(c.resolution), "mask_resize": MASK_RESIZE,
+                             "pixels": int(values.size), "defect_pixels": int(defect.sum())},
+        "folds": kfold(data, folds, seed, _choose(pixel_rule, image_rule), _measure),
+        "bootstrap": bootstrap(data, pixel, image, resamples, seed),
+        "registration": {"statuses": c.statuses, "failed": c.failures, "policy": REJECTED},
+        "notes": notes,
+    }
+    if not labelled:
+        body["conformal"] = {k: chosen.image.info[k] for k in ("n", "k", "flagged", "bound", "target")}
+        body["conformal"]["meaning"] = (
+            f"a part passes when its score is at most the k-th smallest of the n normal scores (k = "
+            f"{chosen.image.info['k']}, n = {chosen.image.info['n']}); a new normal part like them is rejected "
+            f"with probability <= (n + 1 - k) / (n + 1) = {chosen.image.info['bound']:.4g}")
+        body["pixel_rule_reason"] = chosen.pixel.note or "per-pixel upper quantile of the normal pixels"
+    body["images"] = images_json(c, image)
+    return chosen, body
+
+
+def sidecar_section(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's `thresholds` section: the thresholds with what they mean and where they came
+    from (keys rule, created, data.path are read by runtime.inspect's Thresholds.describe)."""
+    folds = body["folds"]
+    fold_summary = {"k": folds["k"], **({"note": folds["note"]} if folds.get("note") else {})}
+    for m in ("image_fpr", "recall", "precision", "pixel_iou", "pixel_fpr"):
+        if m in folds:
+            fold_summary[m] = {"mean": folds[m]["mean"], "std": folds[m]["std"]}
+    boot = body["bootstrap"]
+    section = {"pixel": body["thresholds"]["pixel"], "image": body["thresholds"]["image"], "rule": body["rule"],
+               **extra, "mode": body["mode"], "folds": fold_summary,
+               "bootstrap": {"resamples": boot["resamples"], "level": boot["level"],
+                             **{m: boot[m] for m in ("image_fpr", "recall", "precision", "pixel_iou")}},
+               "auroc": {"pixel": body["auroc"]["pixel"], "image": body["auroc"]["image"]},
+               "best_iou": body["best_iou"]["iou"], "aupro": body["aupro"]}
+    if body["mode"] == "normal-only":
+        section["recall"] = "unknown"
+        section["conformal"] = {k: body["conformal"][k] for k in ("n", "k", "bound", "target")}
+    return section

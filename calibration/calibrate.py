@@ -1,0 +1,244 @@
+"""Choose a model's pixel and image thresholds on held-out images, estimate how they will behave,
+and write them into the model's sidecar.
+
+    python -m calibration.calibrate --engine screw.onnx --data ../shared/data/mvtec/screw
+        [--pixel-rule best-iou|fpr=X|f1] [--image-rule fpr=X|youden|f1|recall=X] [--folds 5]
+        [--report DIR] [--dry-run] [--seed 0] [--bootstrap 1000] [--worst 6]
+        [--backend onnxruntime|tensorrt|torch] [--providers cpu,cuda] [--device cpu|cuda[:N]] [--threads N]
+
+The model runs through runtime.pipeline exactly as runtime.inspect and the camera run it (backend
+by extension, registration included), so the thresholds are in the units of its anomaly_map and a
+calibrated image threshold gives the same verdicts there. --data: an MVTec category root (its
+test/ and ground_truth/), its test/ folder, or a folder of good/ and <defect>/ folders; a folder
+of good parts only selects the normal-only mode (conformal image threshold, recall unknown).
+
+Writes the sidecar's `thresholds` section (core.sidecar.update_sidecar: atomic, the previous file
+kept as X.yaml.bak, refused when the model's sha256 is not the recorded one) unless --dry-run, and
+a report folder (default <engine stem>_calibration/ beside the engine): calibration.json and the
+plots of calibration.report. Exit: 0 done, 1 failure while working (model, sidecar, data,
+non-finite or constant scores), 2 usage error (bad rule, --folds, missing --engine or --data).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from calibration.analyse import CalibrationError, analyse, sidecar_section
+from calibration.collect import collect, shift_warnings
+from calibration.data import DataError, find_dataset
+from calibration.report import summary_lines, write_plots
+from calibration.thresholds import parse_rule
+from core.device import device_arg
+from core.files import json_text, sha256, write_json
+from core.sidecar import SidecarError, now, read_sidecar, sidecar_path, update_sidecar
+from runtime.backends import BackendError
+from runtime.model import ModelError
+from runtime.pipeline import Pipeline, model_scale
+from runtime.postprocess import OutputError
+
+SCHEMA = 1  # of calibration.json
+
+
+class UsageError(ValueError):
+    """Something typed wrong on the command line (or passed wrong to calibrate()): exit 2."""
+
+
+# errors that end a calibration with `error: <file>: <reason>` and exit 1
+FAILURES = (ModelError, SidecarError, BackendError, OutputError, DataError, CalibrationError, OSError)
+
+
+def check_writable(engine: Path) -> Path:
+    """The sidecar calibration will replace: it must exist, match the model (sha256), and not be
+    read-only (its write bits cleared is a "do not touch", even for root, whom the OS lets
+    write anyway). Checked before the model runs, so nothing is computed for nothing."""
+    side = sidecar_path(engine)
+    if not side.is_file():
+        raise SidecarError(f"{side}: sidecar missing for {engine.name}; calibrate an exported model "
+                           f"(python -m export.onnx writes it) or use --dry-run")
+    read_sidecar(engine, verify=True)
+    mode = side.stat().st_mode
+    if not os.access(side, os.W_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise SidecarError(f"{side}: read-only; make it writable (chmod u+w) to let calibration replace its "
+                           f"thresholds, or use --dry-run")
+    if not os.access(side.parent, os.W_OK | os.X_OK):
+        raise SidecarError(f"{side.parent}: folder not writable (the sidecar is replaced atomically through a "
+                           f"temporary file beside it)")
+    return side
+
+
+def engine_notes(engine: Path, sidecar: dict[str, Any] | None) -> list[str]:
+    """Who else the new thresholds reach or not: files sharing the sidecar get them; engines of
+    another stem built from this model keep a frozen copy (export.tensorrt) and do not."""
+    notes = []
+    shared = [f for f in ((sidecar or {}).get("files") or {}) if f != engine.name]
+    if shared:
+        notes.append(f"the thresholds also apply to {', '.join(shared)} (same sidecar {sidecar_path(engine).name})")
+    for other in sorted(engine.parent.glob("*.yaml")):
+        if other == sidecar_path(engine):
+            continue
+        try:
+            data = yaml.safe_load(other.read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        files = data.get("files") if isinstance(data, dict) else None
+        for name, entry in (files or {}).items() if isinstance(files, dict) else ():
+            src = entry.get("source") if isinstance(entry, dict) else None
+            if isinstance(src, dict) and src.get("file") == engine.name:
+                notes.append(f"{name} was built from {engine.name} with a sidecar of its own ({other.name}) and keeps "
+                             f"its old thresholds: calibrate it (--engine {name}) or rebuild it")
+    return notes
+
+
+def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou", image_rule: str = "fpr=0.05",
+              folds: int = 5, report: str | Path | None = None, dry_run: bool = False, seed: int = 0,
+              resamples: int = 1000, worst: int = 6, batch: int = 8, backend: str | None = None,
+              providers: str | None = None, device: str | None = None, threads: int | None = None,
+              progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Calibrate `engine` on the held-out images under `data`; see the module docstring.
+
+    Args:
+        engine: the model file (.onnx, .trt/.engine/.plan, .pt), its sidecar beside it.
+        data: the held-out images (calibration.data layouts).
+        pixel_rule, image_rule: calibration.thresholds rules ('best-iou', 'fpr=0.05', ...).
+        folds: k of the stratified k-fold estimate (>= 2; reduced when a class has fewer images).
+        report: the report folder (default <engine stem>_calibration/ beside the engine).
+        dry_run: compute and report, leave the sidecar alone.
+        seed, resamples: of the folds and the bootstrap.
+        worst: good and defective parts drawn in worst.png (0: none).
+        batch, backend, providers, device, threads: how the model runs (runtime.pipeline).
+        progress: a progress bar on stderr; log: where the summary lines go (default stderr).
+    Returns calibration.json's content (also written to the report folder).
+    Raises UsageError (bad rule or folds, missing paths); ModelError, SidecarError (missing,
+    stale, read-only), DataError (missing masks, masks of another size, unreadable images),
+    OutputError (non-finite maps), CalibrationError (no good images, constant scores), OSError.
+
+        body = calibrate("screw.onnx", "../shared/data/mvtec/screw", image_rule="fpr=0.05")
+        body["thresholds"], body["folds"]["image_fpr"]["mean"], body["in_sample"]["confusion"]
+    """
+    say = log or (lambda line: print(line, file=sys.stderr))
+    engine, data = Path(engine), Path(data)
+    try:
+        rules = parse_rule(pixel_rule, "pixel"), parse_rule(image_rule, "image")
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if not isinstance(folds, int) or folds < 2:
+        raise UsageError(f"--folds {folds}: at least 2 (k-fold chooses on k - 1 folds, measures on the other)")
+    if resamples < 1 or batch < 1 or worst < 0:
+        raise UsageError("--bootstrap and --batch must be positive, --worst >= 0")
+    if not engine.is_file():
+        raise UsageError(f"--engine {engine}: not found" + (" (a folder)" if engine.is_dir() else ""))
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: not a folder")
+    ds = find_dataset(data)
+    if not ds.good:  # known before the model runs: say it now
+        raise CalibrationError(f"{data}: no good images: the image threshold is chosen on good parts (add good/)")
+    if "train" in data.resolve().parts:
+        say(f"warning: {data} looks like training data: thresholds must be chosen on held-out images")
+    if not dry_run:
+        check_writable(engine)
+    folder = Path(report) if report is not None else engine.parent / f"{engine.stem}_calibration"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--report {folder}: exists and is not a folder")
+    if folder.resolve().is_relative_to(ds.root.resolve()):  # its plots would be calibration images next time
+        raise UsageError(f"--report {folder}: inside the calibration data {ds.root}; choose a folder outside it")
+    with Pipeline.open(engine, backend=backend, providers=providers, device=device, threads=threads,
+                       warmup=1) as pipe:
+        collected = collect(pipe, ds, batch, progress)
+        try:
+            _, body = analyse(collected, *rules, folds=folds, seed=seed, resamples=resamples)
+        except CalibrationError as e:
+            raise CalibrationError(f"{data}: {e}") from e
+        warnings, stats = shift_warnings(collected, model_scale(pipe.model, "anomaly_scale"))
+        model = pipe.model
+        described = pipe.describe()
+        folder.mkdir(parents=True, exist_ok=True)
+        plots = write_plots(pipe, collected, body, folder, worst)
+    created = now()
+    used = {"backend": described.get("backend"), "file": model.path.name, "sha256": sha256(model.path)}
+    data_info = ds.fingerprint()
+    body = {"schema": SCHEMA, "created": created, "engine": {"path": str(engine.resolve()), **used},
+            "data": data_info, **body, "shift": {"warning": _shift_line(warnings), **stats}, "plots": plots}
+    body["notes"] = body["notes"] + engine_notes(engine, model.sidecar)
+    extra = {"data": {k: data_info[k] for k in ("path", "images", "sha256")}, "created": created,
+             "calibrated_with": {k: used[k] for k in ("backend", "file")},
+             "report": str((folder / "calibration.json").resolve())}
+    section = json.loads(json_text(sidecar_section(body, extra)))  # NaN -> null, plain types for YAML
+    body["sidecar"] = {"path": str(sidecar_path(engine)), "written": False, "section": section}
+    try:
+        if not dry_run:
+            update_sidecar(engine, thresholds=section, verify=True, backup=True)
+            body["sidecar"].update(written=True, backup=str(sidecar_path(engine)) + ".bak")
+    finally:
+        write_json(folder / "calibration.json", body)
+    for line in summary_lines(body):
+        say(line)
+    if body["shift"]["warning"]:
+        say(f"warning: {body['shift']['warning']}")
+    say(f"thresholds written to {sidecar_path(engine)} (previous kept as {sidecar_path(engine).name}.bak)"
+        if not dry_run else "dry run: the sidecar is unchanged")
+    say(f"report: {folder / 'calibration.json'}")
+    return body
+
+
+def _shift_line(reasons: list[str]) -> str | None:
+    if not reasons:
+        return None
+    return ("the held-out normals look shifted from the training images: " + "; ".join(reasons)
+            + "; thresholds chosen on them may not hold on the line")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m calibration.calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine", "--model", dest="engine", required=True,
+                   help="model file: .onnx, .trt/.engine/.plan or .pt (sidecar X.yaml beside it)")
+    p.add_argument("--data", required=True, help="held-out images: MVTec category root, its test/ folder, or "
+                                                 "good/ + <defect>/ folders (masks in ground_truth/)")
+    p.add_argument("--pixel-rule", default="best-iou", help="best-iou (default) | fpr=X | f1")
+    p.add_argument("--image-rule", default="fpr=0.05", help="fpr=X (default fpr=0.05) | youden | f1 | recall=X")
+    p.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold estimate (default 5)")
+    p.add_argument("--report", help="report folder (default <engine stem>_calibration/ beside the engine)")
+    p.add_argument("--dry-run", action="store_true", help="compute and report, do not write the sidecar")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the images (default 1000)")
+    p.add_argument("--worst", type=int, default=6, help="good and defective parts drawn in worst.png (default 6)")
+    p.add_argument("--batch", type=int, default=8, help="images per model call (default 8)")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
+    p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu")
+    p.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (off anyway when stderr is not a terminal)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: 2 on usage errors (its message printed), 0 on --help
+        return int(e.code or 0)
+    try:
+        calibrate(args.engine, args.data, args.pixel_rule, args.image_rule, args.folds, args.report, args.dry_run,
+                  args.seed, args.bootstrap, args.worst, args.batch, args.backend, args.providers, args.device,
+                  args.threads, progress=not args.quiet and sys.stderr.isatty())
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FAILURES as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

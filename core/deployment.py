@@ -1,0 +1,176 @@
+"""Versioned deployment folders: every model the line has run, and an atomic pointer to the one
+it runs now.
+
+    models/screw/
+        v0001/  screw.onnx  screw.yaml  calibration/  train.yaml  deployment.json  [model.pt]
+        v0002/  ...
+        current -> v0002          (a symlink, replaced atomically: rename over the old one)
+
+A version folder is staged under a temporary name, written completely, then renamed into place
+(`publish`), and only then does `current` move (`switch`): a crash or kill at any moment leaves
+`current` naming a complete version, the old one until the switch. A version is never modified
+after it is published, so a rollback restores the previous model byte for byte. Torch-free: the
+edge runtime resolves `current` (runtime.model.open_model accepts a deployment folder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.files import atomic_write, json_text
+
+MANIFEST = "deployment.json"
+CURRENT = "current"
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+class DeploymentError(RuntimeError):
+    """A deployment folder that cannot be read or changed; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str          # "v0003"
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def number(self) -> int:
+        return int(self.name[1:])
+
+    @property
+    def model(self) -> Path:
+        """The model file this version runs (the manifest's `model`)."""
+        return self.path / str(self.manifest["model"])
+
+
+def is_deployment(path: str | Path) -> bool:
+    """Whether `path` is a deployment folder (it has a `current` pointer or version folders)."""
+    p = Path(path)
+    return p.is_dir() and ((p / CURRENT).is_symlink() or any(_VERSION.match(c.name) for c in p.iterdir()))
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DeploymentError(f"{folder / MANIFEST}: unreadable ({e.__class__.__name__}: {str(e)[:120]})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        raise DeploymentError(f"{folder / MANIFEST}: not a deployment manifest (no model file named)")
+    return data
+
+
+class Deployment:
+    """One deployment folder (see the module docstring)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[Version]:
+        """Published versions, oldest first (unreadable ones are skipped: list() says why)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for child in sorted(self.root.iterdir(), key=lambda c: c.name):
+            m = _VERSION.match(child.name)
+            if m and child.is_dir() and not child.is_symlink():
+                try:
+                    out.append(Version(child.name, child, read_manifest(child)))
+                except DeploymentError:
+                    continue
+        return sorted(out, key=lambda v: v.number)
+
+    def current(self) -> Version | None:
+        """The version `current` points at, or None before the first deployment."""
+        link = self.root / CURRENT
+        if not link.is_symlink() and not link.exists():
+            return None
+        target = Path(os.readlink(link)) if link.is_symlink() else link
+        name = target.name
+        if not _VERSION.match(name) or not (self.root / name).is_dir():
+            raise DeploymentError(f"{link}: points at {target}, not a version folder of {self.root}")
+        return Version(name, self.root / name, read_manifest(self.root / name))
+
+    def model(self) -> Path:
+        """The model file of the current version (DeploymentError when nothing is deployed)."""
+        cur = self.current()
+        if cur is None:
+            raise DeploymentError(f"{self.root}: nothing deployed yet (no `{CURRENT}`); deploy with "
+                                  f"python -m training.retrain --deploy {self.root}")
+        if not cur.model.is_file():
+            raise DeploymentError(f"{cur.model}: the model of the current version is missing")
+        return cur.model
+
+    def stage(self) -> Path:
+        """A fresh, empty staging folder inside the deployment (same file system: the publish is a
+        rename). Stale stagings a killed run left are removed first."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def publish(self, staged: Path, manifest: dict[str, Any]) -> Version:
+        """Write the manifest into a complete staging folder and rename it to the next version."""
+        if not (staged / str(manifest.get("model", ""))).is_file():
+            raise DeploymentError(f"{staged}: the staged version has no model file {manifest.get('model')!r}")
+        text = json_text(manifest) + "\n"
+        atomic_write(staged / MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        existing = [v.number for v in self.versions()]
+        existing += [int(m.group(1)) for c in self.root.iterdir() if (m := _VERSION.match(c.name))]
+        name = f"v{max(existing, default=0) + 1:04d}"
+        os.rename(staged, self.root / name)
+        _fsync_dir(self.root)
+        return Version(name, self.root / name, manifest)
+
+    def switch(self, version: Version | str) -> Version:
+        """Point `current` at `version` atomically (a new symlink renamed over the old one)."""
+        name = version.name if isinstance(version, Version) else version
+        target = self.root / name
+        if not _VERSION.match(name) or not target.is_dir():
+            raise DeploymentError(f"{self.root}: no version {name}")
+        chosen = Version(name, target, read_manifest(target))
+        if not chosen.model.is_file():
+            raise DeploymentError(f"{chosen.model}: missing: {name} cannot be made current")
+        tmp = self.root / f".{CURRENT}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(name, tmp)  # relative: the deployment folder can move as a whole
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+        return chosen
+
+    def rollback(self) -> tuple[Version, Version]:
+        """Point `current` back at the version it replaced (its manifest's `parent`, else the newest
+        older version). Returns (from, to)."""
+        cur = self.current()
+        if cur is None:
+            raise DeploymentError(f"{self.root}: nothing deployed, nothing to roll back")
+        parent = cur.manifest.get("parent")
+        older = [v for v in self.versions() if v.number < cur.number]
+        target = parent if isinstance(parent, str) and (self.root / parent).is_dir() else (older[-1].name if older else None)
+        if target is None:
+            raise DeploymentError(f"{self.root}: {cur.name} is the first version; there is nothing to roll back to")
+        return cur, self.switch(target)
+
+
+def resolve_model(path: str | Path) -> Path:
+    """A model path as given on a command line: a deployment folder means its current model; any
+    other path is returned as it is."""
+    p = Path(path)
+    return Deployment(p).model() if p.is_dir() and is_deployment(p) else p
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut must not bring back the old name)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

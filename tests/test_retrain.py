@@ -1,0 +1,145 @@
+"""training.retrain: build, calibrate, gate, publish, switch; rollback; a crash keeps what serves."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core.deployment import Deployment
+from test_template_model import bar
+from training.retrain import gate, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_parts(root: Path, noise: float = 0.0, seed: int = 0, n_train: int = 14) -> Path:
+    """MVTec layout of screw-like bars: train/good, test/{good,hole}, ground_truth/hole masks.
+    `noise` makes the good images worse references (a deliberately worse candidate)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("train/good", "test/good", "test/hole", "ground_truth/hole"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        img = bar(rng, rng.uniform(-180, 180)).astype(float) + rng.normal(0, noise, (96, 96))
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), img.clip(0, 255).astype(np.uint8))
+    for i in range(5):
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180)))
+        angle = rng.uniform(-180, 180)
+        img = bar(rng, angle, defect=True, defect_gray=80)  # subtle: noisy references would hide it
+        mask = np.zeros_like(img)
+        cv2.circle(mask, (60, 48), 4, 255, -1)
+        m = cv2.getRotationMatrix2D((48, 48), angle, 1.0)
+        cv2.imwrite(str(root / "test/hole" / f"{i:03d}.png"), img)
+        cv2.imwrite(str(root / "ground_truth/hole" / f"{i:03d}_mask.png"), cv2.warpAffine(mask, m, (96, 96)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "bars.yaml"
+    path.write_text("model: {arch: template, size: 64, channels: 1, k: 3}\n"
+                    "registration: {method: principal_axis, lighting: background}\n")
+    return path
+
+
+def test_gate_rule() -> None:
+    assert gate({"recall": 0.8, "aupro": 0.9}, None, 0.02) == (True, ["first deployment: nothing to compare with"])
+    ok, reasons = gate({"recall": 0.79, "aupro": 0.95}, {"recall": 0.8, "aupro": 0.9}, 0.02)
+    assert ok and len(reasons) == 2
+    ok, reasons = gate({"recall": 0.7, "aupro": 0.95}, {"recall": 0.8, "aupro": 0.9}, 0.02)
+    assert not ok and "recall: 0.7000 < deployed 0.8000" in reasons[0]
+    assert not gate({"recall": None, "aupro": 0.95}, {"recall": 0.8, "aupro": 0.9}, 0.02)[0]
+
+
+def test_deploy_gate_rollback(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture) -> None:
+    good = write_parts(tmp_path / "good")
+    worse = write_parts(tmp_path / "worse", noise=40.0, seed=1)
+    deploy = tmp_path / "models" / "bars"
+    base = ["--config", str(config), "--deploy", str(deploy), "--heldout", str(good / "test")]
+    assert main(base + ["--data", str(good)]) == 0
+    dep = Deployment(deploy)
+    v1 = dep.current()
+    assert v1.name == "v0001" and v1.model.suffix == ".npz"
+    side = (v1.path / "bars.yaml").read_text()
+    assert "rule:" in side and "best-iou" in side  # calibrated thresholds in the deployed sidecar
+    assert (v1.path / "calibration" / "calibration.json").is_file() and (v1.path / "train.yaml").is_file()
+    before = {p.name: p.read_bytes() for p in v1.path.rglob("*") if p.is_file()}
+    # a deliberately worse candidate (noisy references) is rejected and nothing changes
+    assert main(base + ["--data", str(worse)]) == 1
+    err = capsys.readouterr().err
+    assert "not deployed" in err and dep.current().name == "v0001"
+    rejected = list((deploy / "rejected").iterdir())
+    assert len(rejected) == 1 and json.loads((rejected[0] / "deployment.json").read_text())["gate"]["passed"] is False
+    # as good as the deployed one: accepted
+    assert main(base + ["--data", str(good)]) == 0 and dep.current().name == "v0002"
+    # forced: deployed, and the manifest says so
+    assert main(base + ["--data", str(worse), "--force"]) == 0
+    v3 = dep.current()
+    assert v3.name == "v0003" and v3.manifest["gate"]["forced"] is True
+    assert main(["--rollback", str(deploy)]) == 0 and dep.current().name == "v0002"
+    assert main(["--rollback", str(deploy)]) == 0 and dep.current().name == "v0001"
+    after = {p.name: p.read_bytes() for p in dep.current().path.rglob("*") if p.is_file()}
+    assert after == before  # the first version, byte for byte
+    assert main(["--list", str(deploy)]) == 0
+    listing = capsys.readouterr().out
+    assert "* v0001" in listing and "forced" in listing
+
+
+def test_usage_errors(tmp_path: Path, config: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(config)])
+    assert e.value.code == 2
+    assert main(["--config", str(config), "--data", str(tmp_path / "nope"), "--deploy", str(tmp_path / "d")]) == 2
+    (tmp_path / "flat").mkdir()
+    cv2.imwrite(str(tmp_path / "flat" / "a.png"), np.zeros((8, 8), np.uint8))
+    # a plain folder of good images and no held-out set: nothing to calibrate or gate on
+    assert main(["--config", str(config), "--data", str(tmp_path / "flat"), "--deploy", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_kill_mid_retrain_leaves_the_deployment_serving(tmp_path: Path, config: Path) -> None:
+    good = write_parts(tmp_path / "good")
+    deploy = tmp_path / "models" / "bars"
+    base = [sys.executable, "-m", "training.retrain", "--config", str(config), "--deploy", str(deploy),
+            "--heldout", str(good / "test"), "--data", str(good)]
+    assert subprocess.run(base, cwd=REPO, capture_output=True).returncode == 0
+    dep = Deployment(deploy)
+    serving = dep.model().read_bytes()
+    proc = subprocess.Popen(base, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # kill the whole process group in the middle of calibration
+        if line.startswith("== calibrate:"):
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert dep.current().name == "v0001" and dep.model().read_bytes() == serving
+    assert list(deploy.glob(".staging-*"))  # what the kill left is only a hidden staging folder...
+    assert main(["--config", str(config), "--deploy", str(deploy), "--heldout", str(good / "test"),
+                 "--data", str(good)]) == 0
+    assert not list(deploy.glob(".staging-*")) and dep.current().name == "v0002"  # ...removed by the next run
+
+
+def test_a_failed_step_keeps_its_logs_and_deploys_nothing(tmp_path: Path, config: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    good = write_parts(tmp_path / "good")
+    blank = tmp_path / "blank" / "good"
+    blank.mkdir(parents=True)
+    for i in range(3):  # nothing to register: calibration cannot score any part
+        cv2.imwrite(str(blank / f"{i}.png"), np.full((96, 96), 200, np.uint8))
+    deploy = tmp_path / "d"
+    assert main(["--config", str(config), "--deploy", str(deploy), "--data", str(good),
+                 "--heldout", str(blank.parent)]) == 1
+    err = capsys.readouterr().err
+    assert "step 'calibrate' failed" in err and "nothing was deployed" in err
+    assert Deployment(deploy).current() is None and Deployment(deploy).versions() == []
+    [kept] = list((deploy / "failed").iterdir())
+    assert "failed registration" in (kept / "logs" / "calibrate.log").read_text()

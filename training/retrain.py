@@ -1,0 +1,327 @@
+"""Offline retraining with a quality gate, versioned deployment and rollback, in one command.
+
+    python -m training.retrain --config configs/screw_template.yaml --data NEW_DIR --deploy models/screw
+        [--heldout DIR] [--init current|scratch|CHECKPOINT] [--force] [--tolerance 0.02] [--epochs N]
+    python -m training.retrain --list models/screw
+    python -m training.retrain --rollback models/screw
+
+The candidate is built in a staging folder inside the deployment (core.deployment), step by step,
+each step being the project's own command run as a child process (what a user would type, and a
+crash in one step cannot leave another's state half-changed):
+  train      training.train (warm-started from the deployed checkpoint by default: --init) or, for a
+             template config (model.arch template), export.template (the reference bank, no training)
+  export     export.onnx, and export.tensorrt where TensorRT and a GPU exist (else said: ONNX only)
+  check      export.check: the ONNX graph against PyTorch autograd
+  calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar
+  baseline   the deployed model calibrated on the same held-out set, without touching it (--dry-run)
+  gate       the candidate deploys only if, on that same data, its image recall at the calibrated
+             FPR and its AUPRO are not worse than the deployed model's by more than --tolerance
+             (--force deploys anyway and records it)
+Then the staging folder is published as the next version vNNNN and `current` is switched to it
+atomically. A crash or kill at any step leaves the previous deployment untouched and serving: the
+stage is only a hidden folder, removed by the next run. A rejected candidate is kept under
+DEPLOY/rejected/ with its reports. Exit: 0 deployed (or listed / rolled back), 1 a step failed or the
+gate rejected the candidate, 2 usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.deployment import Deployment, DeploymentError
+from core.files import write_json
+from core.images import is_image_name
+from training.config import load_config, merge
+
+DEFAULT_TOLERANCE = 0.02
+GATE_METRICS = ("recall", "aupro")  # higher is better; compared candidate vs deployed on the same data
+
+
+class StepFailed(RuntimeError):
+    """A step's command exited non-zero; its own message is above and in the step's log."""
+
+
+def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float]) -> None:
+    """`python -m module args` as a child, its output shown and kept in logs/<name>.log."""
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
+    started = time.perf_counter()
+    with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        rc = proc.wait()
+    timings[name] = round(time.perf_counter() - started, 1)
+    if rc:
+        raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")
+    print(f"== {name} done in {timings[name]:.0f} s", flush=True)
+
+
+def data_section(data: Path) -> dict[str, Any]:
+    """How training reads NEW_DIR: an MVTec category (train/good) or a plain folder of good images."""
+    if (data / "train" / "good").is_dir():
+        return {"format": "mvtec", "root": str(data)}
+    if any(is_image_name(p) for p in data.iterdir()):
+        return {"format": "folder", "root": str(data)}
+    raise ValueError(f"--data {data}: neither an MVTec category (train/good) nor a folder of images")
+
+
+def heldout_folder(data: Path, heldout: Path | None) -> Path:
+    """The held-out images: --heldout, else NEW_DIR's own test/ (an MVTec category)."""
+    folder = heldout or (data / "test" if (data / "test").is_dir() else None)
+    if folder is None or not folder.is_dir():
+        raise ValueError("--heldout DIR is needed (good and defective parts with masks, or good parts only): "
+                         f"{data} has no test/ folder to take them from")
+    return folder
+
+
+def file_list_digest(folder: Path) -> dict[str, Any]:
+    """What data a version was built from: its path, the number of images and a digest of their
+    names and sizes (cheap, and enough to tell two data sets apart)."""
+    files = sorted(p for p in folder.rglob("*") if is_image_name(p) and p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(folder)}\0{p.stat().st_size}\n".encode())
+    return {"path": str(folder.resolve()), "images": len(files), "sha256": h.hexdigest()}
+
+
+def gate_metrics(calibration_json: Path) -> dict[str, float | None]:
+    """The gate's numbers from a calibration report: image recall at the calibrated threshold
+    (held-out folds' mean when labelled data allowed folds, else in-sample) and the pixel AUPRO."""
+    data = json.loads(calibration_json.read_text(encoding="utf-8"))
+    folds = (data.get("folds") or {}).get("recall") or {}
+    recall = folds.get("mean") if isinstance(folds, dict) and folds.get("mean") is not None else \
+        (data.get("in_sample") or {}).get("recall")
+    return {"recall": recall if isinstance(recall, (int, float)) else None, "aupro": data.get("aupro")}
+
+
+def gate(candidate: dict[str, float | None], deployed: dict[str, float | None] | None,
+         tolerance: float) -> tuple[bool, list[str]]:
+    """(passes, reasons): every gate metric of the candidate >= the deployed one - tolerance. A
+    metric the deployed model lacks does not block (nothing to compare); one the candidate lacks
+    while the deployed has it does."""
+    if deployed is None:
+        return True, ["first deployment: nothing to compare with"]
+    ok, reasons = True, []
+    for k in GATE_METRICS:
+        new, old = candidate.get(k), deployed.get(k)
+        if old is None:
+            reasons.append(f"{k}: the deployed model has none; not compared")
+        elif new is None:
+            ok = False
+            reasons.append(f"{k}: the candidate has none, the deployed model {old:.4f}")
+        elif new < old - tolerance:
+            ok = False
+            reasons.append(f"{k}: {new:.4f} < deployed {old:.4f} - {tolerance:g}")
+        else:
+            reasons.append(f"{k}: {new:.4f} vs deployed {old:.4f} (tolerance {tolerance:g})")
+    return ok, reasons
+
+
+def tensorrt_available() -> str | None:
+    """None when an engine can be built here, else why not (one line)."""
+    probe = "import tensorrt, sys; from core.tensorrt import cuda_memory; cuda_memory().close()"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["TensorRT unavailable"])[-1][:200]
+
+
+def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Path, dep: Deployment,
+                    timings: dict[str, float], notes: list[str]) -> Path:
+    """Train (or bank), export and check the candidate inside `stage`; returns its model file."""
+    logs = stage / "logs"
+    stem = Path(args.deploy).name or "model"
+    train_cfg = stage / "train.yaml"
+    train_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    if config["model"].get("arch") == "template":
+        model = stage / f"{stem}.npz"
+        run_step("train", "export.template", ["--config", str(train_cfg), "--out", str(model)], logs, timings)
+        notes.append("template model: a reference bank, no training (--init does not apply)")
+        return model
+    train_args = ["--config", str(train_cfg), "--out", str(stage / "train"), "--quiet"]
+    init = None if args.init == "scratch" else (current_checkpoint(dep) if args.init == "current" else Path(args.init))
+    if args.init == "current" and init is None:
+        notes.append("--init current: nothing deployed yet (or no checkpoint in it): trained from scratch")
+    if init is not None:
+        train_args += ["--init", str(init)]
+    for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps), ("--device", args.device)):
+        if value is not None:
+            train_args += [flag, str(value)]
+    run_step("train", "training.train", train_args, logs, timings)
+    ckpt = stage / "model.pt"
+    (stage / "train" / "model.pt").rename(ckpt)
+    shutil.rmtree(stage / "train")
+    model = stage / f"{stem}.onnx"
+    run_step("export", "export.onnx", ["--checkpoint", str(ckpt), "--out", str(model)], logs, timings)
+    run_step("check", "export.check", ["--onnx", str(model), "--checkpoint", str(ckpt)], logs, timings)
+    why = tensorrt_available()
+    if why is None:
+        run_step("tensorrt", "export.tensorrt", ["--onnx", str(model), "--out", str(model.with_suffix(".trt")),
+                                                 "--fp16", "--verify", "4"], logs, timings)
+    else:
+        notes.append(f"ONNX only: no TensorRT engine built here ({why})")
+    return model
+
+
+def set_aside(dep: Deployment, stage: Path, why: str) -> Path:
+    """Move a staged candidate that is not deployed to DEPLOY/<why>/<UTC time>/ (never a version)."""
+    target = dep.root / why / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage.rename(target)
+    return target
+
+
+def current_checkpoint(dep: Deployment) -> Path | None:
+    cur = dep.current()
+    ckpt = cur.path / "model.pt" if cur is not None else None
+    return ckpt if ckpt is not None and ckpt.is_file() else None
+
+
+def plan(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
+    """(config, data, held-out folder), checked before anything runs: ValueError / FileNotFoundError
+    are the user's to fix (exit 2)."""
+    for flag in ("config", "data"):
+        if not Path(getattr(args, flag)).exists():
+            raise FileNotFoundError(f"--{flag} {getattr(args, flag)}: not found")
+    data = Path(args.data)
+    config = merge(load_config(args.config), {"data": data_section(data)})
+    if args.init not in ("current", "scratch") and not Path(args.init).is_file():
+        raise FileNotFoundError(f"--init {args.init}: not a checkpoint file (or use current / scratch)")
+    return config, data, heldout_folder(data, Path(args.heldout) if args.heldout else None)
+
+
+def retrain(args: argparse.Namespace, config: dict[str, Any], data: Path, heldout: Path) -> int:
+    dep = Deployment(args.deploy)
+    deployed = dep.current()  # read first: a broken pointer must fail before hours of training
+    stage = dep.stage()
+    logs = stage / "logs"
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    started = time.perf_counter()
+    try:
+        model = build_candidate(args, config, stage, dep, timings, notes)
+        run_step("calibrate", "calibration.calibrate", ["--engine", str(model), "--data", str(heldout),
+                                                        "--report", str(stage / "calibration"), "--quiet"],
+                 logs, timings)
+        candidate = gate_metrics(stage / "calibration" / "calibration.json")
+        baseline = None
+        if deployed is not None:
+            run_step("baseline", "calibration.calibrate", ["--engine", str(deployed.model), "--data", str(heldout),
+                                                           "--report", str(stage / "baseline"), "--dry-run", "--quiet"],
+                     logs, timings)
+            baseline = gate_metrics(stage / "baseline" / "calibration.json")
+        passed, reasons = gate(candidate, baseline, args.tolerance)
+        manifest = {"model": model.name, "parent": deployed.name if deployed else None,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "config": str(args.config), "data": file_list_digest(data), "heldout": file_list_digest(heldout),
+                    "metrics": {"candidate": candidate, "deployed": baseline},
+                    "gate": {"passed": passed, "forced": bool(args.force and not passed), "tolerance": args.tolerance,
+                             "reasons": reasons},
+                    "steps_s": timings, "notes": notes}
+        for reason in reasons:
+            print(f"gate: {reason}")
+        if not passed and not args.force:
+            write_json(stage / "deployment.json", manifest)
+            rejected = set_aside(dep, stage, "rejected")
+            print(f"error: the candidate is worse than {deployed.name if deployed else 'the deployed model'} "
+                  f"beyond --tolerance {args.tolerance:g}; not deployed (kept in {rejected}; --force deploys it)",
+                  file=sys.stderr)
+            return 1
+        manifest["steps_s"]["total"] = round(time.perf_counter() - started, 1)
+        version = dep.publish(stage, manifest)
+        dep.switch(version)
+    except StepFailed as e:
+        # the deployment stays exactly as it was; the candidate's logs and reports are kept to read
+        kept = set_aside(dep, stage, "failed")
+        raise StepFailed(f"{e} (the candidate's files are in {kept}); nothing was deployed") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # the deployment stays exactly as it was
+        raise
+    for note in notes:
+        print(f"note: {note}")
+    print(f"deployed {version.name}: {version.model} (current -> {version.name}"
+          f"{'' if deployed is None else f', was {deployed.name}'}; python -m training.retrain --rollback "
+          f"{dep.root} switches back)")
+    return 0
+
+
+def list_versions(root: str) -> int:
+    dep = Deployment(root)
+    if not dep.root.is_dir():
+        raise ValueError(f"--list {root}: not a deployment folder")
+    cur = dep.current()
+    print(f"{'':2}{'version':<8} {'created':<26} {'model':<18} {'recall':>7} {'aupro':>7}  gate")
+    for v in dep.versions():
+        m = (v.manifest.get("metrics") or {}).get("candidate") or {}
+        g = v.manifest.get("gate") or {}
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"{'*' if cur and cur.name == v.name else ' ':2}{v.name:<8} {str(v.manifest.get('created')):<26} "
+              f"{v.manifest['model']:<18} {fmt(m.get('recall')):>7} {fmt(m.get('aupro')):>7}  "
+              f"{'forced' if g.get('forced') else 'passed' if g.get('passed') else '-'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.retrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="training config (configs/*.yaml; model.arch template builds a reference bank)")
+    p.add_argument("--data", help="the new good images: an MVTec category (train/good) or a folder of images")
+    p.add_argument("--heldout", help="held-out parts for calibration and the gate (default: DATA/test)")
+    p.add_argument("--deploy", help="deployment folder (versions vNNNN and the `current` pointer)")
+    p.add_argument("--init", default="current", help="current (the deployed checkpoint), scratch, or a checkpoint path")
+    p.add_argument("--force", action="store_true", help="deploy even when the gate rejects the candidate")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"how much worse (absolute) recall and AUPRO may be (default {DEFAULT_TOLERANCE})")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--max-steps", type=int, help="stop training after this many steps (tests, quick runs)")
+    p.add_argument("--device", help="training device: auto, cpu, cuda or cuda:N")
+    p.add_argument("--list", metavar="DEPLOY", help="list the versions of a deployment folder")
+    p.add_argument("--rollback", metavar="DEPLOY", help="switch `current` back to the version it replaced")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        if args.list:
+            return list_versions(args.list)
+        if args.rollback:
+            frm, to = Deployment(args.rollback).rollback()
+            print(f"rolled back: current -> {to.name} (was {frm.name}); {to.model}")
+            return 0
+        missing = [f"--{k}" for k in ("config", "data", "deploy") if not getattr(args, k)]
+        if missing:
+            p.error(f"{', '.join(missing)} required (or --list / --rollback)")
+        if args.tolerance < 0:
+            p.error("--tolerance must be >= 0")
+        config, data, heldout = plan(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DeploymentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        return retrain(args, config, data, heldout)
+    except (StepFailed, DeploymentError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was deployed; the previous deployment is unchanged", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

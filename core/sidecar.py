@@ -148,12 +148,13 @@ def _listed(old: dict[str, Any]) -> list[str]:
     return [str(f) for f in files] if isinstance(files, dict) else []
 
 
-def check_sidecar_free(model_path: str | Path, old: dict[str, Any] | None = None) -> None:
+def check_sidecar_free(model_path: str | Path, old: dict[str, Any] | None = None, own: tuple[str, ...] = ()) -> None:
     """SidecarError when X.yaml already describes other files and not X: X.onnx and X.trt share
     one sidecar, so writing X's would destroy another model's (its thresholds included); or when
     X.yaml is not a sidecar at all (a config named like the model; ours carry `schema`, even a
     damaged one, whose replacement loses nothing). Called before a long export or build, so
-    nothing is written when the name is taken. `old`: the sidecar already read, if it was."""
+    nothing is written when the name is taken. `old`: the sidecar already read, if it was; `own`:
+    other file names of the same stem this write also replaces (a template's X.onnx and X.npz)."""
     model_path = Path(model_path)
     path = sidecar_path(model_path)
     old = _previous(path) if old is None else old
@@ -161,7 +162,7 @@ def check_sidecar_free(model_path: str | Path, old: dict[str, Any] | None = None
     if path.is_file() and not listed and "schema" not in old:
         raise SidecarError(f"{path}: exists and is not a model sidecar (a config?); writing {model_path.name}'s "
                            "sidecar there would replace it: move it or choose another name")
-    if listed and model_path.name not in listed:
+    if listed and model_path.name not in listed and not set(listed) <= set(own):
         raise SidecarError(f"{path}: already the sidecar of {', '.join(listed)} (another "
                            f"model); writing {model_path.name} there would replace it: choose another name")
 
@@ -187,7 +188,7 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
             raise SidecarError(f"{sidecar_path(model_path)}: sidecar info lacks '{key}'")
     path = sidecar_path(model_path)
     old = _previous(path)
-    check_sidecar_free(model_path, old)
+    check_sidecar_free(model_path, old, own=tuple(data["files"]))  # the files this sidecar will list
     dropped = [f for f in _listed(old) if f not in data["files"]]
     if dropped:  # a re-export: what was built from the previous model no longer matches it
         warnings.warn(f"{path}: no longer lists {', '.join(dropped)} (made from the previous "

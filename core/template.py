@@ -29,8 +29,11 @@ FORMAT = "template_bank/1"
 
 
 def _small(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, h, w, C] -> uint8 [N, SEARCH * SEARCH * C] (INTER_AREA: no aliasing)."""
-    return np.stack([cv2.resize(img, (SEARCH, SEARCH), interpolation=cv2.INTER_AREA).ravel() for img in images])
+    """uint8 [N, h, w, C] -> float32 [N, SEARCH * SEARCH * C], HWC order: block means (INTER_AREA,
+    no aliasing) kept in float, not rounded to uint8, so that the exported graph (an average pool)
+    computes the very same copies."""
+    return np.stack([cv2.resize(img.astype(np.float32), (SEARCH, SEARCH), interpolation=cv2.INTER_AREA).ravel()
+                     for img in images])
 
 
 def _check_batch(images: np.ndarray, what: str) -> np.ndarray:
@@ -62,9 +65,9 @@ class TemplateBank:
     def nearest(self, batch: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(indices int64 [N, k], RMS distances in gray levels float32 [N, k]), nearest first."""
         q = _small(self._check(batch))
-        # OpenCV's brute-force k nearest: exact integer sums (at most 64^2 * 3 * 255^2 < 2^31), and
-        # on OpenCV's threads; a BLAS product stalled for ms per query on a busy 2-core machine
-        d2, idx = cv2.batchDistance(q, self.small, cv2.CV_32S, normType=cv2.NORM_L2SQR, K=k or self.k)
+        # OpenCV's brute-force k nearest, on OpenCV's threads: a BLAS product stalled for ms per
+        # query on a busy 2-core machine
+        d2, idx = cv2.batchDistance(q, self.small, cv2.CV_32F, normType=cv2.NORM_L2SQR, K=k or self.k)
         return idx.astype(np.int64), np.sqrt(d2 / q.shape[1]).astype(np.float32)
 
     def anomaly_map(self, batch: np.ndarray) -> np.ndarray:

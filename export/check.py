@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core import ort
 from export.graph import ExportError
@@ -214,7 +215,10 @@ def check_parity(onnx_path: str | Path, model: VAE, meta: dict[str, Any], batche
     except ort.ort_errors() as e:
         raise CheckError(f"{onnx_path}: inference failed ({e.__class__.__name__}: {str(e).strip()[:300]})") from e
     reports: list[OutputReport] = []
-    for n, img, ours in zip(batches, inputs, outputs):
+    # the autograd reference (two passes per batch) is the slow part on a large model: a bar with
+    # the time left on a terminal, nothing in logs and pipes
+    for n, img, ours in tqdm(list(zip(batches, inputs, outputs)), desc="parity (autograd reference)", unit="batch",
+                             disable=not sys.stderr.isatty(), leave=False):
         timg = torch.from_numpy(img)
         ref = reference_outputs(model, timg, meta["layer"], meta["score"], meta["anomaly_map"], meta["blur_sigma"],
                                 meta["per_dim"], meta["recon"])

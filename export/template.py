@@ -1,17 +1,20 @@
 """Build a deployable template model: registered good parts as a reference bank, no training.
 
-    python -m export.template --data DIR --out screw_template.npz [--size 256] [--channels 1] [--k 5]
+    python -m export.template --data DIR --out screw.onnx [--size 256] [--channels 1] [--k 5]
         [--sigma S] [--registration principal_axis|none] [--lighting background|none]
-    python -m export.template --config configs/screw_template.yaml --out models/screw_template.npz
+    python -m export.template --config configs/screw_template.yaml --out models/screw.onnx
 
 DIR is a folder of good images, or an MVTec category (its train/good is used). The registration is
 fitted on those images (core.registration.fit), every image is registered at the model size, and
-the bank (core.template) is written atomically as X.npz with its sidecar X.yaml: input size and
-colour, the fitted registration, the map's normal scale (the median over the bank of each image's
-99th percentile of its map against the others: overlays draw colours on it before calibration) and
-outputs [anomaly_map]. The runtime opens X.npz like any model (backend `template`, by extension):
-batch inspection, calibration and the camera run it unchanged. Torch-free: an edge box can build
-its own reference bank. Exit codes: 0 written, 1 failure (unreadable data, no usable part), 2 usage.
+the bank (core.template) is written atomically as X.npz, the reference implementation, and, with
+--out X.onnx, as an ONNX graph that computes the same map with the bank inside (so ONNX Runtime and
+TensorRT run a template model like an exported VAE), checked against the numpy map before it is
+kept. One sidecar X.yaml describes both: input size and colour, the fitted registration, the map's
+normal scale (the median over the bank of each image's 99th percentile of its map against the
+others: overlays draw colours on it before calibration) and outputs [anomaly_map]. The runtime
+opens X.onnx or X.npz like any model (by extension). Building the .npz is torch-free (an edge box
+can build its own bank); the .onnx needs the `onnx` package. Exit codes: 0 written, 1 failure
+(unreadable data, no usable part, a graph that disagrees), 2 usage.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import yaml
 from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, read_image
 from core.prepare import InputSpec, prepare
 from core.registration import LIGHTINGS, REGISTRATIONS, RegistrationSpec, fit
-from core.sidecar import SidecarError, check_sidecar_free, write_sidecar
+from core.sidecar import SidecarError, check_sidecar_free, file_entry, write_sidecar
 from core.template import TemplateBank
 
 DEFAULTS = {"size": 256, "channels": 1, "k": 5, "sigma": None, "method": "principal_axis", "lighting": "background"}
@@ -52,14 +55,19 @@ def good_images(root: Path) -> list[Path]:
 
 def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1, k: int = 5,
           sigma: float | None = None, method: str = "principal_axis", lighting: str = "background") -> dict[str, Any]:
-    """Fit, register, bank, write X.npz + X.yaml. Returns what was built (paths, counts, seconds).
+    """Fit, register, bank, write X.npz (+ X.onnx when `out` ends in .onnx) and X.yaml. Returns
+    what was built (paths, counts, the graph's parity, seconds).
 
-    Raises TemplateError (no usable images), ImageError (an unreadable file: a bank must not
-    silently miss a part), SidecarError (X.yaml belongs to another model), ValueError (settings).
+    Raises TemplateError (no usable images, a graph that disagrees with the bank), ImageError (an
+    unreadable file: a bank must not silently miss a part), SidecarError (X.yaml belongs to another
+    model), ValueError (settings).
     """
     started = time.perf_counter()
     data, out = Path(data), Path(out)
-    check_sidecar_free(out)  # before any work: X.yaml must not be another model's
+    # before any work: X.yaml must not be another model's (a rebuild replaces its own X.onnx and X.npz)
+    check_sidecar_free(out, own=(out.with_suffix(".onnx").name, out.with_suffix(".npz").name))
+    if out.suffix == ".onnx":
+        from export.template_graph import template_graph  # noqa: PLC0415 - needs the onnx package
     files = good_images(data)
     decoded = [read_image(p, channels) for p in files]
     with warnings.catch_warnings(record=True) as caught:  # fit's fallback to none is reported below
@@ -77,10 +85,17 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
     bank = TemplateBank(kept, k, sigma)
     loo = bank.leave_one_out()
     scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
-    bank.save(out)
-    side = write_sidecar(out, sidecar_info(bank, input_spec, max(scale, 1e-8), data, len(files), failed))
+    npz = out.with_suffix(".npz")
+    bank.save(npz)
+    info = sidecar_info(bank, input_spec, max(scale, 1e-8), data, len(files), failed)
+    parity = None
+    if out.suffix == ".onnx":
+        parity = template_graph(bank, out, kept)  # writes X.onnx atomically once it agrees with the bank
+        info["files"] = {npz.name: file_entry(npz, format="template_bank", role="reference: the numpy map")}
+        info["export"]["parity"] = parity
+    side = write_sidecar(out, info)
     return {"bank": out, "sidecar": side, "images": len(kept), "failed": failed, "anomaly_scale": scale,
-            "bytes": out.stat().st_size, "seconds": time.perf_counter() - started, "notes": notes}
+            "bytes": out.stat().st_size, "parity": parity, "seconds": time.perf_counter() - started, "notes": notes}
 
 
 def sidecar_info(bank: TemplateBank, spec: InputSpec, scale: float, data: Path, n: int,
@@ -124,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.template", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML with model {size, channels, k, sigma}, data {root}, registration {...}")
     p.add_argument("--data", help="folder of good images, or an MVTec category (uses train/good)")
-    p.add_argument("--out", required=True, help="the bank file to write (.npz; its sidecar X.yaml beside it)")
+    p.add_argument("--out", required=True, help="X.onnx (graph + X.npz reference bank) or X.npz (bank only); "
+                                                "the sidecar X.yaml beside it")
     p.add_argument("--size", type=int, help=f"model input size (default {DEFAULTS['size']})")
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 gray, 3 colour (default 1)")
     p.add_argument("--k", type=int, help=f"nearest references per pixel (default {DEFAULTS['k']})")
@@ -137,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if Path(args.out).suffix != ".npz":
-        p.error(f"--out must end with .npz, not '{args.out}'")
+    if Path(args.out).suffix not in (".onnx", ".npz"):
+        p.error(f"--out must end with .onnx (graph and bank) or .npz (bank only), not '{args.out}'")
     try:
         settings = from_config(args.config) if args.config else dict(DEFAULTS)
     except ValueError as e:
@@ -156,13 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--size must be >= 16 and --k >= 1")
     try:
         r = build(**settings, out=args.out)
-    except (TemplateError, ImageError, SidecarError, ValueError, OSError) as e:
+    except (TemplateError, ImageError, SidecarError, ValueError, OSError, ImportError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     for note in r["notes"]:
         print(f"note: {note}", file=sys.stderr)
     for name, status in r["failed"]:
         print(f"note: {name}: registration {status}, left out of the bank", file=sys.stderr)
+    if r["parity"]:
+        print(f"parity: the graph's anomaly_map against the numpy bank on {r['parity']['images']} images: max |err| "
+              f"{r['parity']['max_abs_err']:.2e} ({r['parity']['rel_err']:.1e} of its range), "
+              f"{r['parity']['nearest_differ']} different nearest sets")
     print(f"wrote {r['bank']} ({r['images']} references, {r['bytes'] / 2**20:.1f} MB, normal p99 "
           f"{r['anomaly_scale']:.4g}, {r['seconds']:.0f} s) and {r['sidecar']}")
     return 0

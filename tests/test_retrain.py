@@ -66,7 +66,7 @@ def test_deploy_gate_rollback(tmp_path: Path, config: Path, capsys: pytest.Captu
     assert main(base + ["--data", str(good)]) == 0
     dep = Deployment(deploy)
     v1 = dep.current()
-    assert v1.name == "v0001" and v1.model.suffix == ".npz"
+    assert v1.name == "v0001" and v1.model.suffix == ".onnx" and v1.model.with_suffix(".npz").is_file()
     side = (v1.path / "bars.yaml").read_text()
     assert "rule:" in side and "best-iou" in side  # calibrated thresholds in the deployed sidecar
     assert (v1.path / "calibration" / "calibration.json").is_file() and (v1.path / "train.yaml").is_file()

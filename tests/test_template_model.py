@@ -85,7 +85,7 @@ def test_a_part_without_an_axis_falls_back_to_no_registration(mvtec_dir: Path, t
 
 def test_usage_and_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
-        et.main(["--data", str(tmp_path), "--out", str(tmp_path / "x.onnx")])
+        et.main(["--data", str(tmp_path), "--out", str(tmp_path / "x.pt")])
     assert e.value.code == 2
     assert et.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npz")]) == 2
     (tmp_path / "one").mkdir()
@@ -102,3 +102,23 @@ def test_usage_and_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_the_screw_config_builds_a_bank(tmp_path: Path) -> None:
     settings = et.from_config(REPO / "configs" / "screw_template.yaml")
     assert settings["size"] == 256 and settings["method"] == "principal_axis" and settings["lighting"] == "background"
+
+
+def test_the_onnx_graph_computes_the_banks_map(parts: Path, tmp_path: Path) -> None:
+    """--out X.onnx: the graph (run by ONNX Runtime, as TensorRT would) and the numpy bank X.npz
+    share one sidecar and give the same scores; the graph passes the TensorRT 10 check."""
+    from export.tensorrt import check_graph
+
+    out = tmp_path / "bar.onnx"
+    r = et.build(parts, out, size=64)
+    assert r["parity"]["rel_err"] < 1e-4 and r["parity"]["nearest_differ"] == 0
+    side = read_sidecar(out)
+    assert set(side["files"]) == {"bar.onnx", "bar.npz"} and read_sidecar(out.with_suffix(".npz"))
+    assert check_graph(out).ok
+    files = sorted((parts / "test").rglob("*.png"))
+    with Pipeline.open(out) as graph, Pipeline.open(out.with_suffix(".npz")) as bank:
+        assert graph.model.backend.name == "onnxruntime" and bank.model.backend.name == "template"
+        a = [r.inspection.score for r in graph(files)]
+        b = [r.inspection.score for r in bank(files)]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    et.build(parts, out, size=64)  # a rebuild replaces its own pair, never refused as another model's

@@ -9,7 +9,8 @@ The candidate is built in a staging folder inside the deployment (core.deploymen
 each step being the project's own command run as a child process (what a user would type, and a
 crash in one step cannot leave another's state half-changed):
   train      training.train (warm-started from the deployed checkpoint by default: --init) or, for a
-             template config (model.arch template), export.template (the reference bank, no training)
+             template config (model.arch template), export.template (the reference bank, no training,
+             written as an ONNX graph checked against the numpy bank)
   export     export.onnx, and export.tensorrt where TensorRT and a GPU exist (else said: ONNX only)
   check      export.check: the ONNX graph against PyTorch autograd
   calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar
@@ -146,7 +147,8 @@ def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Pat
     train_cfg = stage / "train.yaml"
     train_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     if config["model"].get("arch") == "template":
-        model = stage / f"{stem}.npz"
+        # the bank as an ONNX graph (checked against the numpy bank before it is written) beside X.npz
+        model = stage / f"{stem}.onnx"
         run_step("train", "export.template", ["--config", str(train_cfg), "--out", str(model)], logs, timings)
         notes.append("template model: a reference bank, no training (--init does not apply)")
         return model

@@ -1,0 +1,133 @@
+"""The template map (core.template) as an ONNX graph, so that ONNX Runtime and TensorRT run a
+template model as they run an exported VAE, under the same contract: input `image` uint8
+[N, H, W, C] (registered on the host), output `anomaly_map` float32 [N, 1, H, W].
+
+    search copies   AveragePool of f x f blocks (f = H / 64): the bank's float block means
+    nearest k       squared distances to the bank's copies (a constant), TopK of their negation
+    the map         Gather the k bank images (fp16: 0..255 exactly), min |difference| over them,
+                    max over channels, / 255, the Gaussian blur of cv2.GaussianBlur (its own kernel,
+                    reflect-101 padding) as two 1-D convolutions
+Opset 17 (reduce axes as attributes: constants for TensorRT); the graph is checked against the
+numpy bank on the bank's own images and noise before it is written (`template_graph`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.files import atomic_write
+from core.template import SEARCH, TemplateBank
+
+OPSET = 17
+PARITY_TOL = 1e-4  # x the map's range: float summation order only, the same references chosen
+
+
+def _onnx() -> Any:
+    try:
+        import onnx  # noqa: PLC0415
+    except ImportError as e:
+        raise ImportError("writing the template as ONNX needs the onnx package: pip install onnx "
+                          "(or pip install -e '.[train]'), or write the bank alone with --out X.npz") from e
+    return onnx
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """cv2.GaussianBlur's own 1-D kernel for a float image: size round(8 sigma + 1) | 1."""
+    size = int(round(sigma * 4 * 2 + 1)) | 1
+    return cv2.getGaussianKernel(size, sigma, cv2.CV_32F).ravel().astype(np.float32)
+
+
+def build_graph(bank: TemplateBank) -> Any:
+    """The onnx.ModelProto of `bank`'s anomaly map."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    n_bank, h, w, c = bank.images.shape
+    if h % SEARCH or w % SEARCH or h // SEARCH != w // SEARCH:
+        raise ValueError(f"template ONNX: the model size {h}x{w} must be a square multiple of {SEARCH}")
+    f = h // SEARCH
+    init = [numpy_helper.from_array(bank.small.astype(np.float32)[None], "bank_small"),      # [1, B, D]
+            numpy_helper.from_array(bank.images.astype(np.float16), "bank_images"),          # [B, H, W, C]
+            numpy_helper.from_array(np.array([bank.k], np.int64), "k"),
+            numpy_helper.from_array(np.array([-1, 1, SEARCH * SEARCH * c], np.int64), "query_shape"),
+            numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255")]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("AveragePool", ["x_nchw"], ["small_nchw"], kernel_shape=[f, f], strides=[f, f]),
+        helper.make_node("Transpose", ["small_nchw"], ["small_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["small_nhwc", "query_shape"], ["query"]),                 # [N, 1, D]
+        helper.make_node("Sub", ["query", "bank_small"], ["delta"]),                            # [N, B, D]
+        helper.make_node("ReduceSumSquare", ["delta"], ["d2"], axes=[2], keepdims=0),           # [N, B]
+        helper.make_node("Neg", ["d2"], ["closeness"]),
+        helper.make_node("TopK", ["closeness", "k"], ["_top", "nearest"], axis=1, largest=1, sorted=1),
+        helper.make_node("Gather", ["bank_images", "nearest"], ["refs16"], axis=0),            # [N, k, H, W, C]
+        helper.make_node("Cast", ["refs16"], ["refs"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["x", "axis1"], ["x5"]),
+        helper.make_node("Sub", ["refs", "x5"], ["diff"]),
+        helper.make_node("Abs", ["diff"], ["absdiff"]),
+        helper.make_node("ReduceMin", ["absdiff"], ["least"], axes=[1], keepdims=0),           # [N, H, W, C]
+        helper.make_node("ReduceMax", ["least"], ["worst_channel"], axes=[3], keepdims=1),     # [N, H, W, 1]
+        helper.make_node("Transpose", ["worst_channel"], ["raw255"], perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["raw255", "inv255"], ["raw"]),
+    ]
+    init.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    out = "raw"
+    if bank.sigma > 0:
+        kernel = gaussian_kernel(bank.sigma)
+        r = len(kernel) // 2
+        init += [numpy_helper.from_array(np.array([0, 0, r, r, 0, 0, r, r], np.int64), "pads"),
+                 numpy_helper.from_array(kernel.reshape(1, 1, -1, 1), "blur_v"),
+                 numpy_helper.from_array(kernel.reshape(1, 1, 1, -1), "blur_h")]
+        nodes += [helper.make_node("Pad", ["raw", "pads"], ["padded"], mode="reflect"),  # cv2's reflect-101
+                  helper.make_node("Conv", ["padded", "blur_v"], ["blur_rows"]),
+                  helper.make_node("Conv", ["blur_rows", "blur_h"], ["blurred"])]
+        out = "blurred"
+    nodes.append(helper.make_node("Identity", [out], ["anomaly_map"]))
+    graph = helper.make_graph(
+        nodes, "template_map",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", h, w, c])],
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, h, w])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vae-inspect")
+    model.ir_version = 8  # readable by every ONNX Runtime and TensorRT 10 parser of opset 17
+    onnx.checker.check_model(model)
+    helper.set_model_props(model, {"family": "template", "k": str(bank.k), "sigma": str(bank.sigma),
+                                   "bank_images": str(n_bank)})
+    return model
+
+
+def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray) -> dict[str, Any]:
+    """ONNX Runtime (CPU) against the numpy bank on `images`: max |err|, relative to the map's range,
+    and how many images got another nearest set (a near-tie broken otherwise: then the maps differ)."""
+    from core import ort  # noqa: PLC0415
+
+    import onnxruntime  # noqa: PLC0415
+
+    so = onnxruntime.SessionOptions()
+    so.log_severity_level = 3
+    sess = onnxruntime.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    got = np.concatenate([ort.run(sess, images[i:i + 8])["anomaly_map"] for i in range(0, len(images), 8)])
+    want = bank.anomaly_map(images)
+    err = float(np.abs(got - want).max())
+    span = float(want.max() - want.min()) or 1.0
+    return {"images": int(len(images)), "max_abs_err": err, "rel_err": err / span,
+            "nearest_differ": int(sum(not np.allclose(g, w, atol=PARITY_TOL * span) for g, w in zip(got, want)))}
+
+
+def template_graph(bank: TemplateBank, out: Path, registered: np.ndarray) -> dict[str, Any]:
+    """Build the graph, check it on the registered training images and as many noise images against
+    the numpy bank, and write it atomically when every image agrees within PARITY_TOL x range.
+    Raises TemplateError (from export.template) when it does not."""
+    from export.template import TemplateError  # noqa: PLC0415 - the CLI's error type
+
+    data = build_graph(bank).SerializeToString()
+    noise = np.random.default_rng(0).integers(0, 256, (min(len(registered), 16),) + registered.shape[1:], np.uint8)
+    check = parity(data, bank, np.concatenate([registered[:16], noise]))
+    if check["rel_err"] > PARITY_TOL:
+        raise TemplateError(f"{out}: the graph's map differs from the bank's by {check['rel_err']:.1e} of its range "
+                            f"on {check['nearest_differ']} of {check['images']} images; not written")
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    return check

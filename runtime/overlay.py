@@ -6,6 +6,7 @@ Everything returns BGR uint8 images ready for cv2.imwrite / cv2.imshow:
                   and a legend that says what the colours and the outline are
   side_by_side()  panels next to each other (the map that decides beside the paper's attention)
   heatmap()       a map alone in colour
+  draw_info()     a line of live counters (the camera: FPS, latency, drops) under the badge
   to_bgr()        a decoded RGB / gray model-space image to BGR
 
 Colour scales are fixed wherever the model says what "normal" is, so that the same colour means
@@ -111,20 +112,39 @@ def draw_colorbar(img: np.ndarray, vmin: float, vmax: float, colormap: int = cv2
     return img
 
 
+def _label_font(img: np.ndarray, size: float) -> tuple[float, int, int]:
+    """draw_label's font scale, stroke and padding for an image of this size."""
+    scale = max(0.35, min(img.shape[:2]) / 500.0) * size
+    return scale, max(1, round(scale * 2)), max(2, round(4 * scale))
+
+
+def label_height(img: np.ndarray, size: float = 1.0) -> int:
+    """The height of draw_label's band on this image (text with descenders, padded)."""
+    scale, thick, pad = _label_font(img, size)
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    return min(img.shape[0], th + base + 2 * pad)
+
+
 def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: bool = False,
-               size: float = 1.0) -> np.ndarray:
-    """Text on a dark band at the top-left (or bottom-left), sized to the image, in place."""
+               size: float = 1.0, top: int = 0) -> np.ndarray:
+    """Text on a dark band at the top-left (`top` pixels down) or bottom-left, sized to the
+    image, in place."""
     h, w = img.shape[:2]
-    scale = max(0.35, min(w, h) / 500.0) * size
-    thick = max(1, round(scale * 2))
+    scale, thick, pad = _label_font(img, size)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    pad = max(2, round(4 * scale))
     x1, bh = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)
-    y0 = h - bh if bottom else 0
+    y0 = h - bh if bottom else min(top, h - bh)
     band = img[y0:y0 + bh, :x1]
     band[:] = (band * 0.35).astype(np.uint8)  # darken so the text reads on any heatmap
     cv2.putText(img, text, (pad, y0 + pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
     return img
+
+
+def draw_info(img: np.ndarray, text: str, color: tuple[int, int, int] = NONE_COLOR) -> np.ndarray:
+    """A line of live counters (the camera's FPS, latency, drops) in place, in the legend's small
+    font on its own band just under the verdict badge: clear of the badge, the colour bar and the
+    legend on any frame size."""
+    return draw_label(img, text, color, size=0.6, top=label_height(img))
 
 
 # what each layer is, in the legend's words

@@ -21,7 +21,8 @@ RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registrati
                    "runtime.model", "runtime.pipeline", "runtime.inspect", "runtime.overlay",
                    "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt",
                    "runtime.backends.template", "export.template", "core.deployment", "calibration.calibrate",
-                   "calibration.report")
+                   "calibration.report", "runtime.camera", "runtime.live", "runtime.capture", "runtime.stream",
+                   "runtime.recorder")
 
 
 def test_runtime_imports_and_inspects_without_torch(tmp_path: Path) -> None:

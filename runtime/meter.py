@@ -1,0 +1,80 @@
+"""Live counters of the camera loop: frame rate and end-to-end latency, in constant memory.
+
+    meter = LatencyMeter()
+    meter.add(latency_s, done_at)              # once per frame shown / written
+    meter.window_percentiles()                 # exact p50 / p99 over the last frames (/status)
+    meter.run_percentiles()                    # p50 / p99 since the start, within 1 % (the summary)
+    meter.fps()                                # frames per second over the last ~2 s
+
+A camera runs for weeks: keeping every latency would grow without bound, so the whole run is a
+histogram of log-spaced bins (1 % wide, 10 us .. 1000 s) and only the recent window is exact.
+Thread-safe: the HTTP server reads while the loop writes.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+
+import numpy as np
+
+_LO, _HI, _STEP = 1e-5, 1e3, 1.01   # seconds; bin edges LO * STEP**k
+_BINS = math.ceil(math.log(_HI / _LO) / math.log(_STEP)) + 1
+
+
+class LatencyMeter:
+    """Latencies (seconds) and completion times of the frames the loop finished."""
+
+    def __init__(self, window: int = 300, rate_span_s: float = 2.0) -> None:
+        self._lock = threading.Lock()
+        self.window = window
+        self._recent: deque[float] = deque(maxlen=window)
+        self._done: deque[float] = deque(maxlen=1000)
+        self._span = rate_span_s
+        self._hist = np.zeros(_BINS, np.int64)
+        self.count = 0
+
+    def add(self, latency_s: float, done_at: float) -> None:
+        """One finished frame: its capture -> ready latency, and when it was ready (monotonic)."""
+        k = int(math.log(max(latency_s, _LO) / _LO) / math.log(_STEP))
+        with self._lock:
+            self._recent.append(latency_s)
+            self._done.append(done_at)
+            self._hist[min(k, _BINS - 1)] += 1
+            self.count += 1
+
+    def fps(self, now: float | None = None) -> float:
+        """Frames finished per second over the last `rate_span_s` (0 when fewer than two, or
+        when the newest is older than that: a stalled source reads 0, not its last rate)."""
+        with self._lock:
+            if len(self._done) < 2 or (now is not None and now - self._done[-1] > self._span):
+                return 0.0
+            last = self._done[-1]
+            times = [t for t in self._done if last - t <= self._span]
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def window_percentiles(self) -> dict[str, float | None]:
+        """{"p50", "p99"} in milliseconds over the recent window (None before the first frame)."""
+        with self._lock:
+            values = np.array(self._recent, np.float64)
+        if values.size == 0:
+            return {"p50": None, "p99": None}
+        p50, p99 = np.percentile(values, [50, 99]) * 1e3
+        return {"p50": float(p50), "p99": float(p99)}
+
+    def run_percentiles(self) -> dict[str, float | None]:
+        """{"p50", "p99"} in milliseconds since the start, from the histogram (bin centres, so
+        within half a bin, 0.5 %, of the exact value)."""
+        with self._lock:
+            hist = self._hist.copy()
+        total = int(hist.sum())
+        if total == 0:
+            return {"p50": None, "p99": None}
+        cum = np.cumsum(hist)
+        out: dict[str, float | None] = {}
+        for name, q in (("p50", 0.50), ("p99", 0.99)):
+            k = int(np.searchsorted(cum, q * total))
+            out[name] = _LO * _STEP ** (k + 0.5) * 1e3
+        return out

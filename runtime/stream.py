@@ -1,0 +1,219 @@
+"""The camera's HTTP face for a headless edge box: a live MJPEG stream, a page, and a status JSON.
+
+    server = StreamServer(parse_bind("127.0.0.1:8080"), status=lambda: {...}).start()
+    server.publish(picture)     # BGR overlay of the newest frame; encoded only when someone asks
+    server.url                  # http://127.0.0.1:8080/ (port 0 becomes the port the system gave)
+    server.close()              # stops the threads and releases the socket
+
+Endpoints: /  a small HTML page showing the stream with the live counters (refreshed from /status
+once a second); /stream.mjpg  multipart/x-mixed-replace JPEG frames; /status  JSON;
+/snapshot.jpg  the newest picture. Standard library only (http.server, one thread per client).
+Bound to loopback unless the user names another address: there is no authentication.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from core.files import json_text
+
+JPEG_QUALITY = 80
+BOUNDARY = "frame"
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>vae-inspect camera</title>
+<style>body{margin:0;background:#111;color:#ddd;font:14px sans-serif}
+img{display:block;max-width:100%;margin:auto}#c{padding:6px 10px;white-space:pre-wrap}</style></head>
+<body><img id="live" src="/stream.mjpg" alt="live overlay"><div id="c">waiting for /status</div>
+<script>
+const ms = v => v == null ? "-" : v.toFixed(0);
+async function tick() {
+  try {
+    const s = await (await fetch("/status", {cache: "no-store"})).json();
+    const v = s.verdicts;
+    document.getElementById("c").textContent =
+      `source ${s.source.state}  ${s.fps.toFixed(1)} fps  latency p50 ${ms(s.latency_ms.p50)} ms ` +
+      `p99 ${ms(s.latency_ms.p99)} ms  frames ${s.frames.inspected}  dropped ${s.frames.dropped}  ` +
+      `OK ${v.OK}  NG ${v.NG}  NO VERDICT ${v["NO VERDICT"]}  failed ${v.failed}`;
+  } catch (e) { document.getElementById("c").textContent = "no status: " + e; }
+}
+setInterval(tick, 1000); tick();
+</script></body></html>
+"""
+
+
+@dataclass(frozen=True)
+class Bind:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+def parse_bind(text: str) -> Bind:
+    """--serve: PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT; port 0 = any free port.
+    ValueError with the expected form otherwise."""
+    t = text.strip()
+    host, sep, port = t.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", t
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    bare_ipv6 = ":" in host and "[" not in t  # 'fe80::1:8080' is ambiguous: the port needs brackets
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or not host or bare_ipv6:
+        raise ValueError(f"--serve {text!r}: expected PORT, HOST:PORT or [IPv6]:PORT, e.g. 127.0.0.1:8080")
+    return Bind(host, int(port))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True       # a client stuck on a slow link never holds the process
+    allow_reuse_address = True  # a restart binds at once, not after TIME_WAIT
+    owner: "StreamServer"
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class StreamServer:
+    """The server and the newest picture; see the module docstring."""
+
+    def __init__(self, bind: Bind, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+        try:
+            self.httpd = (_Server6 if ":" in bind.host else _Server)((bind.host, bind.port), _Handler)
+        except OSError as e:
+            raise OSError(f"--serve {bind.host}:{bind.port}: cannot listen ({e.strerror or e})") from e
+        self.httpd.owner = self
+        self._cond = threading.Condition()
+        self._picture: np.ndarray | None = None
+        self._seq = 0
+        self._jpeg: tuple[int, bytes] | None = None   # (seq, bytes): encoded once for every client
+        self._closing = False
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="http", daemon=True)
+        self.clients = 0
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        return f"http://{shown}:{port}/"
+
+    def start(self) -> "StreamServer":
+        self._thread.start()
+        return self
+
+    def publish(self, picture: np.ndarray) -> None:
+        """The newest picture (BGR). Kept by reference: the caller must not draw on it later."""
+        with self._cond:
+            self._picture = picture
+            self._seq += 1
+            self._cond.notify_all()
+
+    def jpeg(self, after: int = -1, timeout: float = 1.0) -> tuple[int, bytes] | None:
+        """(seq, JPEG) of the newest picture newer than `after`, waiting up to `timeout` for one;
+        None when there is none (yet) or the server is closing. Encoded by the first client that
+        asks for it, outside the loop's thread."""
+        with self._cond:
+            if self._seq <= after and not self._closing:
+                self._cond.wait(timeout)
+            if self._closing or self._picture is None or self._seq <= after:
+                return None
+            if self._jpeg is not None and self._jpeg[0] == self._seq:
+                return self._jpeg
+            seq, picture = self._seq, self._picture
+        ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return None
+        with self._cond:
+            self._jpeg = (seq, buf.tobytes())
+            return self._jpeg
+
+    def count_client(self, change: int) -> None:
+        with self._cond:
+            self.clients += change
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop serving, end the streams and release the socket."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Quiet: one line per request would flood a headless box's journal."""
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        owner = self.server.owner
+        path = self.path.split("?", 1)[0]
+        try:
+            if path in ("/", "/index.html"):
+                self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+            elif path == "/status":
+                self._send(200, (json_text(owner.status(), indent=None) + "\n").encode(), "application/json")
+            elif path == "/snapshot.jpg":
+                got = owner.jpeg(timeout=0)
+                if got is None:
+                    self._send(503, b"no frame yet\n", "text/plain")
+                else:
+                    self._send(200, got[1], "image/jpeg")
+            elif path == "/stream.mjpg":
+                self._stream(owner)
+            else:
+                self._send(404, json.dumps({"error": f"no such page {path}"}).encode(), "application/json")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client went away
+
+    def _stream(self, owner: StreamServer) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        owner.count_client(+1)
+        try:
+            seq = -1
+            while not owner.closing:
+                got = owner.jpeg(seq)
+                if got is None:
+                    continue
+                seq, data = got
+                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+                                 .encode() + data + b"\r\n")
+                self.wfile.flush()
+        finally:
+            owner.count_client(-1)

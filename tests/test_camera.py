@@ -1,0 +1,404 @@
+"""runtime.camera without a camera: keys, the command line, sources, reconnection, the server, the
+sinks and the .trt fallback, on the stub model (anomaly_map = brightness) and synthetic frames."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from runtime import camera
+from runtime.keys import View, handle_key
+from runtime.live import Session, Settings, make_capture
+from runtime.meter import LatencyMeter
+from runtime.pipeline import Pipeline
+from runtime.recorder import read_log
+from runtime.capture import Capture, FrameBuffer
+from runtime.sources import Frame, SourceError, SourceSpec, parse_source
+from runtime.stream import Bind, StreamServer, parse_bind
+from test_camera_real import hashed_stub
+from test_runtime_models import make_stub_model, stub_sidecars  # noqa: F401 - fixture
+
+
+def frame(bright: bool, size: int = 48) -> np.ndarray:
+    """A BGR frame: dark, with a bright square when `bright` (NG for the stub at thresholds 0.5)."""
+    img = np.full((size, size, 3), 40, np.uint8)
+    if bright:
+        img[10:20, 25:35] = 250
+    return img
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_stub_model(tmp_path_factory.mktemp("cam"))
+
+
+@pytest.fixture
+def frames_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(d / f"{i:03d}.png"), frame(i % 3 == 2))
+    return d
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+def test_keys_are_a_pure_function_of_the_view() -> None:
+    v = View(pixel=0.5)
+    assert handle_key(v, -1) is v
+    assert handle_key(v, ord("q")).quit and handle_key(v, 27).quit
+    paused = handle_key(v, ord(" "))
+    assert paused.paused and not handle_key(paused, ord(" ")).paused
+    assert not handle_key(v, ord("o")).overlay and not handle_key(v, ord("m")).mask
+    assert handle_key(v, ord("s")).action == "snapshot" and handle_key(v, ord("w")).action == "write"
+    assert handle_key(v, ord("]")).pixel == pytest.approx(0.525)
+    assert handle_key(handle_key(v, ord("]")), ord("[")).pixel == pytest.approx(0.5)
+    assert handle_key(v, ord("x")) == v and v == View(pixel=0.5)  # unknown keys change nothing; v is untouched
+    none = View(pixel=None)  # a model without a pixel threshold: nothing to move or write
+    assert handle_key(none, ord("]")) == none and handle_key(none, ord("w")).action is None
+
+
+def test_sources_and_binds_parse_or_say_what_is_expected(frames_dir: Path) -> None:
+    assert parse_source("0") == SourceSpec("camera", 0, "0") and parse_source("0").live
+    assert parse_source("rtsp://cam/stream").kind == "url" and parse_source(str(frames_dir)).kind == "folder"
+    with pytest.raises(ValueError, match="no such file or folder"):
+        parse_source("nope.mp4")
+    assert parse_bind("8080") == Bind("127.0.0.1", 8080) and parse_bind("[::1]:0") == Bind("::1", 0)
+    assert parse_bind("127.0.0.1:0").loopback and not parse_bind("0.0.0.0:80").loopback
+    for bad in ("x", "host:", "1.2.3.4:99999", "fe80::1:80"):
+        with pytest.raises(ValueError, match="expected PORT"):
+            parse_bind(bad)
+
+
+def test_latency_meter_is_exact_recently_and_close_over_the_run() -> None:
+    m = LatencyMeter(window=50)
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.010, 0.050, 2000)
+    for i, v in enumerate(values):
+        m.add(float(v), i * 0.04)
+    assert m.window_percentiles()["p50"] == pytest.approx(np.percentile(values[-50:], 50) * 1e3)
+    run = m.run_percentiles()
+    assert run["p50"] == pytest.approx(np.percentile(values, 50) * 1e3, rel=0.01)
+    assert run["p99"] == pytest.approx(np.percentile(values, 99) * 1e3, rel=0.01)
+    assert m.fps() == pytest.approx(25.0) and m.fps(now=2000 * 0.04 + 10) == 0.0  # stalled: 0, not the last rate
+
+
+def test_latest_frame_slot_drops_stale_frames_and_the_queue_waits() -> None:
+    slot = FrameBuffer(1, drop=True)
+    for i in range(5):
+        slot.put(Frame(i, np.zeros((2, 2)), 0.0, 0.0))
+    assert [f.index for f in slot.take(4, 0.01)] == [4] and slot.dropped == 4
+    q = FrameBuffer(2, drop=False)
+    q.put(Frame(0, np.zeros((2, 2)), 0.0, 0.0))
+    q.put(Frame(1, np.zeros((2, 2)), 0.0, 0.0))
+    done = threading.Event()
+    threading.Thread(target=lambda: (q.put(Frame(2, np.zeros((2, 2)), 0.0, 0.0)), done.set()), daemon=True).start()
+    assert not done.wait(0.2)  # full: the capture waits instead of dropping
+    assert [f.index for f in q.take(8, 0.01)] == [0, 1]  # a batch of what is waiting, oldest first
+    assert done.wait(2) and [f.index for f in q.take(8, 0.5)] == [2] and q.dropped == 0
+    q.close()
+    assert q.take(1, 5.0) == [] and q.drained
+
+
+# ----------------------------------------------------------------------------- reconnection
+
+class FakeCamera:
+    """A live source's reader: `frames` frames, then it stops delivering (unplugged)."""
+    fps = None
+
+    def __init__(self, frames: int) -> None:
+        self.left = frames
+
+    def read(self) -> np.ndarray | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        time.sleep(0.01)  # ~100 frames/s
+        return frame(self.left % 4 == 0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_backoff_doubles_up_to_its_cap_then_gives_up() -> None:
+    waited: list[Any] = []
+    cap: Capture
+
+    def opener() -> FakeCamera:
+        waited.append(cap.status()["retry_in_s"])  # the wait before this attempt
+        raise SourceError("cannot open camera 7")
+
+    cap = Capture(opener, live=True, retries=5, backoff=(0.01, 0.04))
+    cap.start()
+    deadline = time.monotonic() + 5
+    while not cap.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waited == [None, 0.01, 0.02, 0.04, 0.04, 0.04]
+    assert cap.state == "failed" and cap.status()["error"] == "cannot open camera 7 after 6 attempts"
+
+
+def test_a_source_that_dies_mid_run_is_reconnected(stub: Path, stub_sidecars: None) -> None:
+    """First connection: 15 frames, then the camera stops; the next attempt fails (still
+    unplugged); the one after delivers again. /status says 'reconnecting' meanwhile."""
+    plan = iter([FakeCamera(15), SourceError("cannot open camera 0"), FakeCamera(10_000)])
+
+    def opener() -> FakeCamera:
+        step = next(plan)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    s = Settings(SourceSpec("camera", 0, "fake camera"), serve=Bind("127.0.0.1", 0), max_frames=40)
+    stop = threading.Event()
+    with Pipeline.open(stub) as pipe:
+        session = Session(pipe, make_capture(pipe, s, opener, backoff=(0.2, 0.4)), s, stop)
+        runner = threading.Thread(target=session.run, daemon=True)
+        runner.start()
+        seen: list[str] = []
+        deadline = time.monotonic() + 20
+        while runner.is_alive() and time.monotonic() < deadline:
+            if session.server is not None:
+                try:
+                    seen.append(json.loads(get(session.server.url + "status", 2)[1])["source"]["state"])
+                except OSError:  # the session closed the server between two polls
+                    pass
+            time.sleep(0.03)
+        stop.set()
+        runner.join(5)
+    st = session.status()
+    assert "reconnecting" in seen and seen.index("reconnecting") < len(seen) - 1 - seen[::-1].index("live")
+    assert st["source"]["reconnects"] == 1 and st["source"]["connects"] == 2
+    assert st["frames"]["inspected"] == 40 and st["verdicts"]["NG"] > 0  # frames flowed again after the outage
+
+
+# ----------------------------------------------------------------------------- the server
+
+def test_server_endpoints_and_socket_release() -> None:
+    server = StreamServer(Bind("127.0.0.1", 0), status=lambda: {"fps": 1.5}).start()
+    try:
+        assert get(server.url + "snapshot.jpg")[0] == 503  # nothing published yet
+        picture = np.zeros((40, 60, 3), np.uint8)
+        picture[:, 30:] = 200
+        server.publish(picture)
+        code, body, ctype = get(server.url + "status")
+        assert code == 200 and ctype == "application/json" and json.loads(body) == {"fps": 1.5}
+        code, body, ctype = get(server.url)
+        assert code == 200 and b'<img id="live" src="/stream.mjpg"' in body and "text/html" in ctype
+        code, body, ctype = get(server.url + "snapshot.jpg")
+        assert code == 200 and ctype == "image/jpeg"
+        assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (40, 60, 3)
+        assert get(server.url + "nothing")[0] == 404
+        with urllib.request.urlopen(server.url + "stream.mjpg", timeout=5) as r:
+            assert r.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
+            assert r.readline() == b"--frame\r\n" and r.readline() == b"Content-Type: image/jpeg\r\n"
+            n = int(r.readline().split(b":")[1])
+            r.readline()
+            part = r.read(n)
+            assert cv2.imdecode(np.frombuffer(part, np.uint8), cv2.IMREAD_COLOR).shape == (40, 60, 3)
+            assert server.clients == 1
+    finally:
+        server.close()
+    port = server.httpd.server_address[1]
+    with socket.socket() as sock:  # released: the port can be bound again at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("extra, message", [
+    (["--roi", "1,2,3"], "--roi '1,2,3': expected x,y,w,h"),
+    (["--serve", "here:there"], "--serve 'here:there': expected PORT"),
+    (["--source", "0", "--no-realtime"], "--no-realtime: a camera cannot wait"),
+    (["--batch", "4"], "--batch N needs --no-realtime"),
+    (["--record", "out.flv"], "--record out.flv: use one of"),
+])
+def test_usage_errors_exit_2_with_one_line(stub: Path, frames_dir: Path, extra: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--engine", str(stub), "--source", str(frames_dir), "--headless"] + extra
+    assert camera.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_missing_engine_is_usage_and_unopenable_sources_and_models_are_failures(
+        stub: Path, stub_sidecars: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert camera.main(["--engine", str(tmp_path / "none.onnx")]) == 2
+    assert "error: --engine" in capsys.readouterr().err
+    assert camera.main(["--engine", str(stub), "--source", "97", "--retries", "0", "--headless"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "error: cannot open camera 97 after 1 attempt"
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(stub.read_bytes())  # no sidecar beside it
+    assert camera.main(["--engine", str(bare), "--source", "0", "--headless"]) == 1
+    assert "sidecar missing" in capsys.readouterr().err
+
+
+def test_trt_without_tensorrt_is_an_error_or_falls_back_when_asked(
+        stub: Path, stub_sidecars: None, tmp_path: Path, frames_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = make_stub_model(tmp_path / "m", name="screw")
+    engine = model.with_suffix(".trt")
+    engine.write_bytes(b"not an engine: TensorRT is missing here anyway")
+    side = yaml.safe_load(model.with_suffix(".yaml").read_text())
+    side["files"]["screw.trt"] = {"sha256": "stub"}
+    model.with_suffix(".yaml").write_text(yaml.safe_dump(side))
+    argv = ["--engine", str(engine), "--source", str(frames_dir), "--headless", "--no-realtime"]
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the engine would be loaded for real")
+    assert camera.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "add --fallback onnx" in err[0]
+    assert camera.main(argv + ["--fallback", "onnx", "--log", str(tmp_path / "f.jsonl")]) == 0
+    assert "--fallback onnx: running" in capsys.readouterr().err
+    header, rows = read_log(tmp_path / "f.jsonl")
+    assert header["model"]["path"].endswith("screw.onnx") and len(rows) == 6
+
+
+def test_a_window_less_machine_runs_headless_and_never_aborts(
+        stub: Path, stub_sidecars: None, frames_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No --headless: runtime.display.probe decides, in a child process; here there is no display
+    (or a display that does not answer), so the run goes on headless and says so."""
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("DISPLAY", ":987")  # no X server there: Qt would abort a process that imshows
+    assert camera.main(["--engine", str(stub), "--source", str(frames_dir), "--no-realtime"]) == 0
+    err = capsys.readouterr().err
+    assert "headless: no window" in err and "done: 6 frames" in err
+
+
+def test_frames_log_verdicts_failures_and_ng_pictures(stub: Path, stub_sidecars: None, tmp_path: Path,
+                                                      frames_dir: Path) -> None:
+    """--log rows and --save-ng pictures; a frame whose registration fails is logged with its reason."""
+    model = make_stub_model(tmp_path / "reg")
+    side = yaml.safe_load(model.with_suffix(".yaml").read_text())
+    side["registration"] = {"method": "principal_axis", "lighting": "none"}  # a blank frame has no part
+    model.with_suffix(".yaml").write_text(yaml.safe_dump(side))
+    cv2.imwrite(str(frames_dir / "999_blank.png"), np.full((48, 48, 3), 30, np.uint8))
+    log, ng = tmp_path / "log.jsonl", tmp_path / "ng"
+    for engine in (stub, model):
+        assert camera.main(["--engine", str(engine), "--source", str(frames_dir), "--no-realtime", "--headless",
+                            "--log", str(log), "--save-ng", str(ng)]) == 0
+        header, rows = read_log(log)
+        assert [r["index"] for r in rows] == list(range(7)) and header["source"] == str(frames_dir)
+        if engine == stub:
+            assert [r["verdict"] for r in rows] == ["OK", "OK", "NG", "OK", "OK", "NG", "OK"]
+            assert rows[2]["file"] == "002.png" and rows[2]["area"] > 0 and rows[2]["latency_ms"] > 0
+            assert sorted(p.name for p in ng.iterdir()) == sorted(
+                f"ng_{i:08d}{k}" for i in (2, 5) for k in ("_raw.png", "_overlay.jpg", ".json"))
+            assert json.loads((ng / "ng_00000002.json").read_text())["verdict"] == "NG"
+    blank = rows[-1]
+    assert blank["verdict"] is None and blank["score"] is None
+    assert blank["reason"].startswith("registration ") and blank["file"] == "999_blank.png"
+
+
+def test_live_threshold_keys_write_the_sidecar(tmp_path: Path, frames_dir: Path) -> None:
+    """] raises the pixel threshold 5 % for the next frames; w writes it with update_sidecar
+    (a real, hashed sidecar: verify=True), keeping the previous one as .yaml.bak."""
+    model = hashed_stub(tmp_path / "w")
+    s = Settings(parse_source(str(frames_dir)), realtime=False)
+    with Pipeline.open(model) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        session.press(ord("]"))
+        assert pipe.thresholds.pixel == pytest.approx(0.525) and pipe.thresholds.image == 0.5
+        session.press(ord("w"))
+    written = yaml.safe_load(model.with_suffix(".yaml").read_text())["thresholds"]
+    assert written["pixel"] == pytest.approx(0.525) and written["image"] == 0.5
+    assert "runtime.camera" in written["rule"]["pixel"]
+    assert yaml.safe_load(model.with_suffix(".yaml.bak").read_text())["thresholds"]["pixel"] == 0.5
+    with Pipeline.open(model) as pipe:  # the hash still matches: the model opens with the new value
+        assert pipe.thresholds.pixel == pytest.approx(0.525)
+
+
+def test_scores_only_without_thresholds_is_said_on_the_picture(tmp_path: Path, stub_sidecars: None,
+                                                                frames_dir: Path) -> None:
+    model = make_stub_model(tmp_path / "n", thresholds={})
+    s = Settings(parse_source(str(frames_dir)), realtime=False, max_frames=3, serve=Bind("127.0.0.1", 0))
+    with Pipeline.open(model) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        session.run()
+        frame_, _, picture, row = session.last
+        assert "no thresholds: scores only" in session.info(frame_.index)
+        assert row["verdict"] == "NO VERDICT" and session.status()["model"]["thresholds"]["note"].startswith(
+            "no thresholds")
+        assert picture is not None and picture.shape == (48, 48, 3)
+
+
+def test_the_camera_imports_and_runs_without_torch(tmp_path: Path, frames_dir: Path) -> None:
+    """An edge box with ONNX Runtime only: `import torch` fails, and the camera still runs."""
+    import subprocess
+    import sys
+
+    model = hashed_stub(tmp_path / "m")  # built here, where torch exists
+    code = f"""
+import importlib, json, sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision'):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+for name in ('runtime.camera', 'runtime.live', 'runtime.sources', 'runtime.capture', 'runtime.stream', 'runtime.recorder',
+             'runtime.meter', 'runtime.keys', 'bench.camera'):
+    importlib.import_module(name)
+import runtime.camera as rc
+rc_ = rc.main(['--engine', {str(model)!r}, '--source', {str(frames_dir)!r}, '--no-realtime', '--headless',
+               '--log', {str(tmp_path / 'log.jsonl')!r}])
+print(json.dumps({{'rc': rc_, 'torch': [m for m in sys.modules if m.split('.')[0] == 'torch']}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": []}
+    assert len(read_log(tmp_path / "log.jsonl")[1]) == 6
+
+
+def test_the_benchmark_runs_end_to_end(stub: Path, stub_sidecars: None, tmp_path: Path) -> None:
+    """python -m bench.camera on a few 1080p frames, soak included: its table and JSON files."""
+    from bench import camera as bench
+
+    assert bench.main(["--engine", str(stub), "--frames", "6", "--rounds", "1", "--soak", "1",
+                       "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "camera.json").read_text())
+    assert [r["config"] for r in result["rows"]] == ["bare", "decode", "camera", "+overlay", "realtime"]
+    assert result["rows"][2]["frames"] == 6 and result["size"] == [1920, 1080]
+    assert set(result["targets_met"]) == {"overhead_le_10pct", "loop_cpu_le_10pct_of_backend", "realtime_p99_le_2x_p50"}
+    soak = json.loads((tmp_path / "soak.json").read_text())
+    assert soak["samples"] and soak["samples"][0]["fds"] > 0
+
+
+def test_roi_and_batches(stub: Path, stub_sidecars: None, tmp_path: Path, frames_dir: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--roi inspects the region only (the bright square of frame 2 lies outside 0,25,48,23: OK);
+    --batch 3 gives the rows batch 1 gives; a region that does not fit the frames stops the run."""
+    base = ["--engine", str(stub), "--source", str(frames_dir), "--no-realtime", "--headless"]
+    rows = {}
+    for name, extra in (("one", []), ("batched", ["--batch", "3"]), ("roi", ["--roi", "0,25,48,23"])):
+        assert camera.main(base + extra + ["--log", str(tmp_path / f"{name}.jsonl")]) == 0
+        rows[name] = read_log(tmp_path / f"{name}.jsonl")[1]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "latency_ms")}  # noqa: E731
+    assert [strip(r) for r in rows["batched"]] == [strip(r) for r in rows["one"]]
+    assert [r["verdict"] for r in rows["one"]].count("NG") == 2 and {r["verdict"] for r in rows["roi"]} == {"OK"}
+    assert read_log(tmp_path / "roi.jsonl")[0]["roi"] == {"x": 0, "y": 25, "w": 48, "h": 23}
+    capsys.readouterr()
+    assert camera.main(base + ["--roi", "40,40,20,20"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "error: --roi 40,40,20,20 does not fit the 48x48 frame"

@@ -1,0 +1,65 @@
+"""The camera follows its deployment folder: a new `current` version (training.retrain, --rollback)
+or SIGHUP reloads the model without stopping the stream; a model that fails to open is reported
+and the running one keeps serving."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from core.deployment import Deployment
+from test_camera import get
+from test_camera_real import hashed_stub, served_url, start_camera, wait_for
+
+
+def publish(dep: Deployment, folder: Path, thresholds: dict) -> str:
+    model = hashed_stub(folder, thresholds=thresholds)
+    stage = dep.stage()
+    for f in model.parent.iterdir():
+        shutil.copy(f, stage / f.name)
+    return dep.publish(stage, {"model": model.name}).name
+
+
+def test_a_new_current_version_and_sighup_reload_without_stopping(tmp_path: Path) -> None:
+    dep = Deployment(tmp_path / "models")
+    v1 = publish(dep, tmp_path / "a", {"pixel": 0.5, "image": 0.5})
+    v2 = publish(dep, tmp_path / "b", {"pixel": 0.3, "image": 0.9})
+    dep.switch(v1)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        img = np.full((48, 48, 3), 40, np.uint8)
+        img[10:20, 25:35] = 250 if i % 2 else 40
+        cv2.imwrite(str(frames / f"{i}.png"), img)
+    proc, err = start_camera(["--engine", str(dep.root), "--source", str(frames), "--loop", "--fps", "20",
+                              "--headless", "--serve", "127.0.0.1:0"], tmp_path)
+    try:
+        url = served_url(proc, err)
+
+        def status() -> dict:
+            return json.loads(get(url + "status")[1])
+
+        first = status()["model"]
+        assert first["thresholds"]["image"] == 0.5
+        inspected = status()["frames"]["inspected"]
+        dep.switch(v2)  # what a deployment (or a rollback) does
+        wait_for(lambda: status()["model"]["thresholds"]["image"] == 0.9, 30, "the reload to v2", proc, err)
+        later = status()
+        assert f"/{v2}/" in later["model"]["path"] and f"/{v1}/" in first["path"] and later["model"]["reloaded"]
+        assert later["frames"]["inspected"] > inspected and later["source"]["state"] == "live"  # never stopped
+        # SIGHUP reloads too; a model that cannot open leaves the running one serving
+        (dep.root / v2 / "stub.onnx").write_bytes(b"broken")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed, the running model keeps serving" in err.read_text(), 30,
+                 "the failed reload's message", proc, err)
+        n = status()["frames"]["inspected"]
+        wait_for(lambda: status()["frames"]["inspected"] > n + 5, 30, "frames after a failed reload", proc, err)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

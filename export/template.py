@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {name}: registration {status}, left out of the bank", file=sys.stderr)
     if r["parity"]:
         print(f"parity: the graph's anomaly_map against the numpy bank on {r['parity']['images']} images: max |err| "
-              f"{r['parity']['max_abs_err']:.2e} ({r['parity']['rel_err']:.1e} of its range), "
-              f"{r['parity']['nearest_differ']} different nearest sets")
+              f"{r['parity']['max_abs_err']:.2e} ({r['parity']['rel_err']:.1e} of its range); "
+              f"{r['parity']['ties']} image(s) at a tie between equally near references")
     print(f"wrote {r['bank']} ({r['images']} references, {r['bytes'] / 2**20:.1f} MB, normal p99 "
           f"{r['anomaly_scale']:.4g}, {r['seconds']:.0f} s) and {r['sidecar']}")
     return 0

@@ -1,78 +1,151 @@
-"""The main job end to end on the embedded default (ONNX Runtime on the CPU):
+"""The main job end to end on the embedded default (ONNX Runtime on the CPU, a video file as the camera):
 
-    python -m runtime.demo [--config configs/demo.yaml] [--out runs/demo] [--input DIR]
+    python -m runtime.demo [--config configs/screw_template.yaml] [--data ../shared/data/mvtec/screw]
+        [--out runs/demo] [--epochs N]
 
-train on the good parts -> export screw.onnx with its sidecar -> check ONNX Runtime against
-PyTorch autograd -> inspect a folder of test images (report.csv, overlays). Each step is the
-project's own CLI, called in-process, so the demo cannot drift from what a user runs by hand.
-Exit 0 when every step succeeded, 1 when one failed (its own message says why), 2 on usage errors.
+  1 retrain  python -m training.retrain --config CFG --data DATA --heldout DATA/test --deploy OUT/models/screw
+             the model (the shipped screw default: registered parts and a reference bank, exported
+             as ONNX; --config configs/demo.yaml trains a small VAE instead, ~4 min), its parity
+             check, calibration on the held-out half (thresholds, plots), the quality gate, and the
+             deployment OUT/models/screw/vNNNN with `current` pointing at it
+  2 inspect  python -m runtime.inspect --engine OUT/models/screw --input DATA/test --recursive ...
+  3 video    OUT/camera/parts.avi: the test parts as a short video, standing in for a camera
+  4 camera   python -m runtime.camera --engine OUT/models/screw --source OUT/camera/parts.avi --headless ...
+Then where every kind of output is, and the disk the run used. Each step is the project's own
+command in a child process (core.steps), exactly what a user types by hand. Without the shared
+screw data it builds synthetic parts (core.synthetic) and says so. Nothing is downloaded.
+Exit 0 when every step succeeded, 1 when one failed (its own message says why), 2 usage errors.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
-from export import check as export_check
-from export import onnx as export_onnx
-from runtime import inspect as runtime_inspect
-from training import train as training_train
-from training.config import load_config
+import cv2
+
+from core.images import IMAGE_EXTENSIONS, read_image
+from core.steps import StepFailed, run_step
+from core.synthetic import make_parts
+from runtime.recorder import VideoRecorder
+
+SHARED_SCREW = Path("../shared/data/mvtec/screw")
+VIDEO_FPS = 5.0
+VIDEO_SIZE = 512  # the camera stand-in's frame side: the 1024-px parts, halved
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")
+    p.add_argument("--config", default="configs/screw_template.yaml",
+                   help="model config (default configs/screw_template.yaml, the shipped screw model; "
+                        "configs/demo.yaml: a small VAE with the paper's attention)")
+    p.add_argument("--data", help=f"an MVTec-layout part folder (default {SHARED_SCREW}, else synthetic parts)")
     p.add_argument("--out", default="runs/demo", help="work folder (default runs/demo)")
-    p.add_argument("--input", help="folder to inspect (default: the config's data root /test)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted training in OUT/train")
+    p.add_argument("--epochs", type=int, help="override train.epochs of a VAE config")
     return p
+
+
+def test_images(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "test").rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def make_video(images: list[Path], out: Path) -> int:
+    """The test parts, each shown once, as a short video (the camera's source here)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rec = VideoRecorder(out, VIDEO_FPS)
+    try:
+        for p in images:
+            frame = cv2.cvtColor(read_image(p, 1), cv2.COLOR_GRAY2BGR)
+            h, w = frame.shape[:2]
+            scale = VIDEO_SIZE / max(h, w)
+            rec.write(cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA))
+    finally:
+        rec.close()
+    return len(images)
+
+
+def disk_used(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def summary(out: Path, deploy: Path, seconds: dict[str, float]) -> str:
+    cur = deploy / "current"
+    version = os.readlink(cur) if cur.is_symlink() else "?"
+    rows = [
+        ("deployed model", f"{deploy} (current -> {version}; python -m training.retrain --list {deploy})"),
+        ("thresholds", f"{cur}/*.yaml, section thresholds (calibrated on the held-out parts)"),
+        ("calibration report", f"{cur}/calibration/ (calibration.json, roc.png, scores.png, pixel_threshold.png, "
+                               "worst.png)"),
+        ("inspection report", f"{out / 'inspect' / 'report.csv'} and summary.json"),
+        ("pictures", f"{out / 'inspect' / 'overlay'}/ (colour: the anomaly map that decides; outline: the defect "
+                     f"mask; badge: OK / NG) and {out / 'inspect' / 'mask'}/"),
+        ("camera recording", f"{out / 'camera' / 'overlay.mp4'} (the live overlay of every frame)"),
+        ("camera log", f"{out / 'camera' / 'frames.jsonl'} (one line per frame) and NG frames in "
+                       f"{out / 'camera' / 'ng'}/"),
+        ("step logs", f"{cur}/logs/"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    lines.append(f"{'time':<{width}}  {steps}; disk used by {out}: {disk_used(out) / 2**20:.0f} MB")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        data = load_config(args.config)["data"]
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if not Path(args.config).is_file():
+        print(f"error: --config {args.config}: not found", file=sys.stderr)
         return 2
-    # dSprites is generated arrays (root null: rendered on the fly): nothing for inspect to read
-    if data.get("format") == "dsprites" or not isinstance(data.get("root"), str):
-        print(f"error: {args.config}: the demo needs an image dataset config (data.root naming a folder of "
-              f"images, as in configs/demo.yaml), not data.format {data.get('format')!r} with root "
-              f"{data.get('root')!r}", file=sys.stderr)
-        return 2
-    root = Path(data["root"])
-    if args.input and not Path(args.input).exists():  # a typo must not cost the training run first
-        print(f"error: --input {args.input}: no such file or folder", file=sys.stderr)
+    if args.data and not Path(args.data).is_dir():
+        print(f"error: --data {args.data}: not a folder", file=sys.stderr)
         return 2
     out = Path(args.out)
-    ckpt, onnx_path = out / "train" / "model.pt", out / "deploy" / "screw.onnx"
-    train_args = ["--config", args.config, "--out", str(out / "train")]
-    train_args += ["--epochs", str(args.epochs)] if args.epochs else []
-    # a run interrupted in its first epoch left nothing to resume: it starts again
-    train_args += ["--resume"] if args.resume and ckpt.is_file() else []
-    steps: list[tuple[str, Callable[[list[str]], int], list[str]]] = [
-        ("train", training_train.main, train_args),
-        ("export", export_onnx.main, ["--checkpoint", str(ckpt), "--out", str(onnx_path)]),
-        ("parity", export_check.main, ["--onnx", str(onnx_path), "--checkpoint", str(ckpt)]),
-        ("inspect", runtime_inspect.main, ["--engine", str(onnx_path), "--input", args.input or str(root / "test"),
-                                           "--recursive", "--output", str(out / "inspect"), "--overwrite",
-                                           "--save", "overlay"]),  # masks need thresholds: calibration, later
-    ]
-    for name, step, step_args in steps:
-        print(f"== {name}: python -m {step.__module__} {' '.join(step_args)}", flush=True)
-        started = time.time()
-        rc = step(step_args)
-        if rc:
-            print(f"error: step '{name}' failed (exit {rc}); see its message above", file=sys.stderr)
-            return 1
-        print(f"== {name} done in {time.time() - started:.0f} s", flush=True)
-    print(f"report: {out / 'inspect' / 'report.csv'}  overlays: {out / 'inspect'}  model: {onnx_path}")
+    data = Path(args.data) if args.data else SHARED_SCREW
+    if not args.data and not (data / "train" / "good").is_dir():
+        data = make_parts(out / "data")
+        print(f"note: {SHARED_SCREW} not found: using synthetic screw-like parts in {data}", flush=True)
+    if not (data / "test").is_dir():
+        print(f"error: --data {data}: needs test/ (held-out parts) beside train/good", file=sys.stderr)
+        return 2
+    deploy = out / "models" / "screw"
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        retrain = ["--config", args.config, "--data", str(data), "--heldout", str(data / "test"),
+                   "--deploy", str(deploy)] + (["--epochs", str(args.epochs)] if args.epochs else [])
+        run_step("retrain", "training.retrain", retrain, out / "logs", seconds)
+        run_step("inspect", "runtime.inspect", ["--engine", str(deploy), "--input", str(data / "test"), "--recursive",
+                                                "--output", str(out / "inspect"), "--overwrite", "--save",
+                                                "overlay,mask", "--quiet"], out / "logs", seconds)
+        t0 = time.perf_counter()
+        video = out / "camera" / "parts.avi"
+        n = make_video(test_images(data), video)
+        seconds["video"] = round(time.perf_counter() - t0, 1)
+        print(f"== video: {video} ({n} frames, {VIDEO_FPS:g} fps)", flush=True)
+        log = out / "camera" / "frames.jsonl"
+        log.unlink(missing_ok=True)  # the camera appends; the demo shows this run's frames only
+        run_step("camera", "runtime.camera", ["--engine", str(deploy), "--source", str(video), "--headless",
+                                              "--no-realtime", "--record", str(out / "camera" / "overlay.mp4"),
+                                              "--log", str(log), "--save-ng", str(out / "camera" / "ng")],
+                 out / "logs", seconds)
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    seconds["total"] = round(time.perf_counter() - started, 1)
+    print("\n" + summary(out, deploy, seconds))
     return 0
 
 

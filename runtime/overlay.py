@@ -132,6 +132,10 @@ def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: 
     h, w = img.shape[:2]
     scale, thick, pad = _label_font(img, size)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    if tw + 2 * pad > w:  # a line wider than the picture shrinks to fit instead of losing its end
+        scale *= (w - 2 * pad) / tw
+        thick = max(1, min(thick, round(scale * 2)))
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     x1, bh = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)
     y0 = h - bh if bottom else min(top, h - bh)
     band = img[y0:y0 + bh, :x1]

@@ -14,31 +14,16 @@ import numpy as np
 import pytest
 
 from core.deployment import Deployment
-from test_template_model import bar
+from core.synthetic import make_parts
 from training.retrain import gate, main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_parts(root: Path, noise: float = 0.0, seed: int = 0, n_train: int = 14) -> Path:
-    """MVTec layout of screw-like bars: train/good, test/{good,hole}, ground_truth/hole masks.
-    `noise` makes the good images worse references (a deliberately worse candidate)."""
-    rng = np.random.default_rng(seed)
-    for sub in ("train/good", "test/good", "test/hole", "ground_truth/hole"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n_train):
-        img = bar(rng, rng.uniform(-180, 180)).astype(float) + rng.normal(0, noise, (96, 96))
-        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), img.clip(0, 255).astype(np.uint8))
-    for i in range(5):
-        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180)))
-        angle = rng.uniform(-180, 180)
-        img = bar(rng, angle, defect=True, defect_gray=80)  # subtle: noisy references would hide it
-        mask = np.zeros_like(img)
-        cv2.circle(mask, (60, 48), 4, 255, -1)
-        m = cv2.getRotationMatrix2D((48, 48), angle, 1.0)
-        cv2.imwrite(str(root / "test/hole" / f"{i:03d}.png"), img)
-        cv2.imwrite(str(root / "ground_truth/hole" / f"{i:03d}_mask.png"), cv2.warpAffine(mask, m, (96, 96)))
-    return root
+def write_parts(root: Path, noise: float = 0.0, seed: int = 0) -> Path:
+    """Small MVTec-layout sets of screw-like bars with subtle defects; `noise` makes the good images
+    worse references (a deliberately worse candidate)."""
+    return make_parts(root, n_train=14, n_good=5, n_defect=3, size=96, seed=seed, noise=noise, defect_gray=80)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import export.template as et
+from core.synthetic import part
 import runtime.inspect as ri
 from core.sidecar import read_sidecar
 from runtime.model import ModelError, open_model
@@ -20,18 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCREW = REPO.parent / "shared" / "data" / "mvtec" / "screw"
 
 
-def bar(rng: np.random.Generator, angle: float, defect: bool = False, size: int = 96, defect_gray: int = 125) -> np.ndarray:
-    """A screw-like part: a long bar with a wider head, at a random pose, on a bright background."""
-    img = np.full((size, size), 200, np.uint8)
-    cv2.rectangle(img, (20, 44), (76, 52), 50, -1)
-    cv2.rectangle(img, (16, 38), (28, 58), 50, -1)  # the head
-    if defect:
-        cv2.circle(img, (60, 48), 4, defect_gray, -1)  # a lighter spot inside the part (Otsu still calls it part)
-    m = cv2.getRotationMatrix2D((size / 2 + rng.uniform(-4, 4), size / 2 + rng.uniform(-4, 4)), angle, 1.0)
-    img = cv2.warpAffine(img, m, (size, size), borderValue=200)
-    return (img.astype(int) + rng.integers(-3, 4, img.shape)).clip(0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("parts")
@@ -39,10 +28,10 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for sub in ("train/good", "test/good", "test/hole"):
         (root / sub).mkdir(parents=True)
     for i in range(12):
-        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180)))
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), part(rng)[0])
     for i in range(3):
-        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180)))
-        cv2.imwrite(str(root / "test/hole" / f"{i:03d}.png"), bar(rng, rng.uniform(-180, 180), defect=True))
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), part(rng)[0])
+        cv2.imwrite(str(root / "test/hole" / f"{i:03d}.png"), part(rng, defect="spot")[0])
     return root
 
 

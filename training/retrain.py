@@ -41,34 +41,12 @@ import yaml
 
 from core.deployment import Deployment, DeploymentError
 from core.files import write_json
+from core.steps import StepFailed, run_step
 from core.images import is_image_name
 from training.config import load_config, merge
 
 DEFAULT_TOLERANCE = 0.02
 GATE_METRICS = ("recall", "aupro")  # higher is better; compared candidate vs deployed on the same data
-
-
-class StepFailed(RuntimeError):
-    """A step's command exited non-zero; its own message is above and in the step's log."""
-
-
-def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float]) -> None:
-    """`python -m module args` as a child, its output shown and kept in logs/<name>.log."""
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
-    started = time.perf_counter()
-    with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-        rc = proc.wait()
-    timings[name] = round(time.perf_counter() - started, 1)
-    if rc:
-        raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")
-    print(f"== {name} done in {timings[name]:.0f} s", flush=True)
 
 
 def data_section(data: Path) -> dict[str, Any]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -23,6 +21,7 @@ import runtime.inspect as ri
 from core.sidecar import read_sidecar, write_sidecar
 from runtime.pipeline import Pipeline
 from test_runtime_models import Stub, StubOutputs, make_stub_model
+from torchless import run_without_torch
 
 REGISTERED = {"method": "principal_axis", "lighting": "none"}
 
@@ -300,22 +299,10 @@ def test_agreement_on_real_screw_files(tmp_path: Path) -> None:
 def test_calibration_runs_without_torch(tmp_path: Path, parts: Path) -> None:
     """The edge box calibrates where it inspects: no torch import anywhere on the way."""
     model = hashed_stub(tmp_path / "m")  # built here, where torch exists
-    code = f"""
-import json, sys
-
-class NotInstalled:  # `import torch` raises ImportError, as where it is not installed
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ModuleNotFoundError(f"No module named {{name!r}}")
-        return None
-
-sys.meta_path.insert(0, NotInstalled())
+    result = run_without_torch(f"""
 import calibration.calibrate as cc
 rc = cc.main(['--engine', {str(model)!r}, '--data', {str(parts)!r}, '--threads', '1', '--quiet', '--folds', '2',
               '--bootstrap', '50', '--worst', '1'])
-print(json.dumps({{'rc': rc, 'torch': [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]}}))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": []}, proc.stderr
+""")
+    assert result == {"rc": 0, "torch": []}
     assert read_sidecar(model)["thresholds"]["rule"] == {"pixel": "best-iou", "image": "fpr=0.05"}

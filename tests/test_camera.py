@@ -27,6 +27,7 @@ from runtime.capture import Capture, FrameBuffer
 from runtime.sources import Frame, SourceError, SourceSpec, parse_source
 from runtime.stream import Bind, StreamServer, parse_bind
 from test_camera_real import hashed_stub
+from torchless import run_without_torch
 from test_runtime_models import make_stub_model, stub_sidecars  # noqa: F401 - fixture
 
 
@@ -343,32 +344,16 @@ def test_scores_only_without_thresholds_is_said_on_the_picture(tmp_path: Path, s
 
 def test_the_camera_imports_and_runs_without_torch(tmp_path: Path, frames_dir: Path) -> None:
     """An edge box with ONNX Runtime only: `import torch` fails, and the camera still runs."""
-    import subprocess
-    import sys
-
     model = hashed_stub(tmp_path / "m")  # built here, where torch exists
-    code = f"""
-import importlib, json, sys
-
-class NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ModuleNotFoundError(f"No module named {{name!r}}")
-        return None
-
-sys.meta_path.insert(0, NotInstalled())
+    result = run_without_torch(f"""
 for name in ('runtime.camera', 'runtime.live', 'runtime.sources', 'runtime.capture', 'runtime.stream', 'runtime.recorder',
              'runtime.meter', 'runtime.keys', 'bench.camera'):
     importlib.import_module(name)
 import runtime.camera as rc
-rc_ = rc.main(['--engine', {str(model)!r}, '--source', {str(frames_dir)!r}, '--no-realtime', '--headless',
-               '--log', {str(tmp_path / 'log.jsonl')!r}])
-print(json.dumps({{'rc': rc_, 'torch': [m for m in sys.modules if m.split('.')[0] == 'torch']}}))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": []}
+rc = rc.main(['--engine', {str(model)!r}, '--source', {str(frames_dir)!r}, '--no-realtime', '--headless',
+              '--log', {str(tmp_path / 'log.jsonl')!r}])
+""", timeout=60)
+    assert result == {"rc": 0, "torch": []}
     assert len(read_log(tmp_path / "log.jsonl")[1]) == 6
 
 

@@ -2,8 +2,6 @@
 process where `import torch` fails (an edge box with ONNX Runtime only)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,8 +10,8 @@ import yaml
 
 from core.sidecar import write_sidecar
 from test_runtime_models import make_stub_model
+from torchless import run_without_torch
 
-REPO = Path(__file__).resolve().parents[1]
 # what an edge box runs: inspection, calibration, the camera, the ONNX Runtime, TensorRT and template
 # backends, and building a template bank (export.template needs no PyTorch either)
 RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registration", "core.template",
@@ -37,27 +35,14 @@ def test_runtime_imports_and_inspects_without_torch(tmp_path: Path) -> None:
         if i == 2:
             img[5:15, 5:15] = 255
         cv2.imwrite(str(inp / f"{i}.png"), img)
-    code = f"""
-import importlib, json, sys
-
-class NotInstalled:  # `import torch` raises ImportError, as where it is not installed
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ModuleNotFoundError(f"No module named {{name!r}}")
-        return None
-
-sys.meta_path.insert(0, NotInstalled())
+    result = run_without_torch(f"""
 for name in {RUNTIME_MODULES!r}:
     importlib.import_module(name)
 import runtime.inspect as ri
 rc = ri.main(['--engine', {str(stub)!r}, '--input', {str(inp)!r}, '--output', {str(tmp_path / 'out')!r},
               '--save', 'overlay,mask', '--quiet'])
-print(json.dumps({{'rc': rc, 'torch': [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]}}))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    result = yaml.safe_load(proc.stdout.strip().splitlines()[-1])
-    assert result == {"rc": 0, "torch": []}, proc.stderr
+""")
+    assert result == {"rc": 0, "torch": []}
     rows = [yaml.safe_load(line) for line in (tmp_path / "out" / "report.jsonl").read_text().splitlines()]
     assert [r["verdict"] for r in rows] == ["OK", "OK", "NG"]
     assert (tmp_path / "out" / "overlay" / "2.jpg").exists() and (tmp_path / "out" / "mask" / "2.png").exists()

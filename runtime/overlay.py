@@ -27,6 +27,7 @@ NG_COLOR = (40, 40, 230)      # BGR red
 NONE_COLOR = (220, 220, 220)  # no verdict: light gray
 FAIL_COLOR = (0, 165, 255)    # BGR orange: the part could not be inspected (registration)
 CONTOUR_COLOR = (255, 255, 255)
+MIN_FONT = 0.3  # OpenCV font scale below which text is no longer readable
 LEGEND_MIN_WIDTH = 200  # pixels: the legend line needs ~170 at the smallest readable font
 
 
@@ -133,7 +134,7 @@ def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: 
     scale, thick, pad = _label_font(img, size)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     if tw + 2 * pad > w:  # a line wider than the picture shrinks to fit instead of losing its end
-        scale *= (w - 2 * pad) / tw
+        scale = max(MIN_FONT, scale * (w - 2 * pad) / tw)  # (down to a readable size; a tiny picture clips)
         thick = max(1, min(thick, round(scale * 2)))
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     x1, bh = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)

@@ -264,7 +264,9 @@ def test_no_thresholds_reports_scores_only(tmp_path: Path, stub_sidecars: None,
                                            capsys: pytest.CaptureFixture) -> None:
     m = make_stub_model(tmp_path / "m", thresholds={})
     inp = tmp_path / "in"
-    png(inp / "a.png", part(True))
+    big = part(False, size=200)  # large enough for a readable badge
+    big[40:120, 60:160] = 255
+    png(inp / "a.png", big)
     out = tmp_path / "out"
     assert ri.main(["--engine", str(m), "--input", str(inp), "--output", str(out), "--quiet",
                     "--save", "mask,heatmap,overlay"]) == 0

@@ -41,6 +41,8 @@ import numpy as np
 
 from core.files import write_json
 from runtime.live import Session, Settings, make_capture
+from core.cli import require
+from runtime.model import ModelError
 from runtime.pipeline import Pipeline, Result
 from runtime.postprocess import Thresholds
 from runtime.sources import parse_source
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
     p.add_argument("--out", default="runs/bench/camera")
     args = p.parse_args(argv)
+    require(p, engine=args.engine, video=args.video)
     if min(args.frames, args.batch, args.rounds) < 1 or (args.soak is not None and args.soak <= 0):
         p.error("--frames, --batch, --rounds and --soak must be positive")
     out = Path(args.out)
@@ -235,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     cv2.setNumThreads(1)  # as runtime.camera runs: its threads are the parallelism
-    with Pipeline.open(args.engine, providers=args.providers, threads=args.threads, warmup=args.batch) as pipe:
+    try:
+        pipe = Pipeline.open(args.engine, providers=args.providers, threads=args.threads, warmup=args.batch)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    with pipe:
         prepared = decode_prepared(pipe, video, args.frames)
         pipe.thresholds = crude_thresholds(pipe, prepared)
         configs = {"bare": lambda: bare(pipe, prepared, args.batch),

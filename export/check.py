@@ -33,15 +33,16 @@ import torch
 from tqdm import tqdm
 
 from core import ort
+from core.cli import require
+from core.files import write_json
+from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name
+from core.prepare import InputSpec, load
+from core.sidecar import SidecarError, read_sidecar, sidecar_path
 from export.graph import ExportError
 from export.onnx import fp16_storable, read_metadata
-from core.sidecar import SidecarError, read_sidecar, sidecar_path
-from core.files import write_json
 from training.checkpoint import load_model_hashed
 from training.inference import reference_outputs
 from training.models import VAE
-from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name
-from core.prepare import InputSpec, load
 
 DEFAULT_TOL = 1e-4
 # A graph with fp16-stored weights is compared with autograd on the checkpoint's weights rounded
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    require(p, onnx=args.onnx, checkpoint=args.checkpoint, images=args.images)
     if any(b < 1 for b in args.batch):
         p.error("--batch sizes must be >= 1")
     if args.tol is not None and not args.tol > 0:

@@ -24,10 +24,22 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from export.graph import OUTPUT_DOCS, ExportError, ExportModule, build_export_module, output_shapes
-from core.sidecar import NO_REGISTRATION, SidecarError, check_sidecar_free, write_sidecar
-from training.attention import SCORES
+from core.cli import require
 from core.files import atomic_write
+from core.sidecar import (
+    NO_REGISTRATION,
+    SidecarError,
+    check_sidecar_free,
+    write_sidecar,
+)
+from export.graph import (
+    OUTPUT_DOCS,
+    ExportError,
+    ExportModule,
+    build_export_module,
+    output_shapes,
+)
+from training.attention import SCORES
 
 DEFAULT_OPSET = 17
 # 13: Split/Squeeze/Unsqueeze/Resize semantics the exporter relies on; 20: the newest opset
@@ -319,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    require(p, checkpoint=args.checkpoint)
     if Path(args.out).suffix != ".onnx":
         p.error(f"--out must end with .onnx, not '{args.out}'")
     if not OPSET_RANGE[0] <= args.opset <= OPSET_RANGE[1]:

@@ -33,13 +33,28 @@ import onnx
 from onnx import shape_inference
 
 from core import ort
+from core.cli import require
+from core.files import atomic_write
 from core.prepare import InputSpec
-from core.tensorrt import CudaMemory, Engine, TensorRTError, api_mismatch, cuda_memory, import_tensorrt
+from core.sidecar import (
+    SidecarError,
+    check_sidecar_free,
+    file_entry,
+    read_sidecar,
+    sidecar_path,
+    update_sidecar,
+    write_sidecar,
+)
+from core.tensorrt import (
+    CudaMemory,
+    Engine,
+    TensorRTError,
+    api_mismatch,
+    cuda_memory,
+    import_tensorrt,
+)
 from export.check import load_images, output_scale
 from export.onnx import load_onnx, onnx_opset, read_metadata, relative_to
-from core.sidecar import (SidecarError, check_sidecar_free, file_entry, read_sidecar, sidecar_path,
-                          update_sidecar, write_sidecar)
-from core.files import atomic_write
 
 # TensorRT 10.0's ONNX parser accepts opsets 9..20 (later 10.x accept more; 20 builds on all).
 TRT_OPSET_RANGE = (9, 20)
@@ -398,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    require(p, onnx=args.onnx, calib_data=args.calib_data)
     if not args.check_only and not args.out:
         p.error("--out is required (or use --check-only)")
     if args.out and Path(args.out).suffix not in (".trt", ".engine", ".plan"):

@@ -44,7 +44,7 @@ from core.device import device_arg
 from core.deployment import is_deployment
 from runtime import display
 from runtime.backends import BackendError, BackendUnavailable
-from runtime.cli import UsageError, finite_float
+from core.cli import UsageError, finite_float
 from runtime.live import Session, Settings, make_capture
 from runtime.model import ModelError
 from runtime.pipeline import EXPLAIN, Pipeline

@@ -38,7 +38,7 @@ from core.device import device_arg
 from core.images import DEFAULT_MAX_PIXELS, is_image_name
 from runtime.backends import BACKENDS, BackendError
 from runtime.batch import Settings, inspect_folder
-from runtime.cli import UsageError, finite_float, quiet_native_stderr, sigterm_interrupts
+from core.cli import UsageError, finite_float, quiet_native_stderr, sigterm_interrupts
 from runtime.discover import Entry, discover, report_safe
 from runtime.model import ModelError
 from runtime.pipeline import EXPLAIN, Pipeline

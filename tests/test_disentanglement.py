@@ -127,8 +127,9 @@ def test_cli_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         dis.main(["--checkpoint", "x.pt", "--num-train", "0"])
     assert e.value.code == 2
-    assert dis.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 1
-    assert "missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a path typed wrong: a usage error
+        dis.main(["--checkpoint", str(tmp_path / "missing.pt")])
+    assert e.value.code == 2 and "missing.pt" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     assert dis.main(["--checkpoint", str(bad)]) == 1

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import runtime.inspect as ri
-from runtime import batch, cli, reports
+from core import cli
+from runtime import batch, reports
 from runtime import discover as discover_mod
 from core import images
 from test_runtime_models import make_stub_model, stub_sidecars  # noqa: F401 - fixture

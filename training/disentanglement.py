@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.cli import require
 from core.device import GRAMMAR, device_arg
 from core.files import atomic_write, write_json
 from training.checkpoint import load_model
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require(build_parser(), checkpoint=args.checkpoint)
     for name in ("num_train", "num_eval", "num_variance", "recon_images", "images"):
         if getattr(args, name) < 1:
             build_parser().error(f"--{name.replace('_', '-')} must be at least 1")

@@ -1,5 +1,6 @@
-"""What every command line of the runtime shares: usage errors (exit 2), finite thresholds,
-SIGTERM taken as Ctrl-C, and silencing what C libraries print while a run draws its progress."""
+"""What every command line shares: one exit-code rule (2 for anything typed wrong, missing paths
+included; 1 for failures while working), finite thresholds, SIGTERM taken as Ctrl-C, and silencing
+what C libraries print while a run draws its progress."""
 from __future__ import annotations
 
 import argparse
@@ -9,11 +10,20 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 
 class UsageError(Exception):
     """Bad command line or paths: exit 2."""
+
+
+def require(parser: argparse.ArgumentParser, **paths: str | None) -> None:
+    """parser.error (exit 2, with the usage) for a path the user typed that does not exist:
+    require(p, config=args.config, data=args.data) checks --config and --data when given."""
+    for name, value in paths.items():
+        if value is not None and not Path(value).exists():
+            parser.error(f"--{name.replace('_', '-')} {value}: not found")
 
 
 def finite_float(text: str) -> float:

@@ -1,0 +1,45 @@
+"""One exit-code rule for every command: 2 for anything typed wrong (a missing path included), with
+one line naming it; 1 for failures while working; 0 for --help."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+MISSING = "/nonexistent/input"
+COMMANDS = [
+    ("export.onnx", ["--checkpoint", MISSING, "--out", "{tmp}/m.onnx"]),
+    ("export.check", ["--onnx", MISSING, "--checkpoint", MISSING]),
+    ("export.tensorrt", ["--onnx", MISSING, "--check-only"]),
+    ("export.template", ["--data", MISSING, "--out", "{tmp}/t.onnx"]),
+    ("training.disentanglement", ["--checkpoint", MISSING]),
+    ("training.retrain", ["--config", MISSING, "--data", MISSING, "--deploy", "{tmp}/d"]),
+    ("calibration.calibrate", ["--engine", MISSING, "--data", MISSING]),
+    ("runtime.inspect", ["--engine", MISSING, "--input", MISSING, "--output", "{tmp}/o"]),
+    ("runtime.camera", ["--engine", MISSING]),
+    ("runtime.demo", ["--config", MISSING]),
+    ("bench.camera", ["--engine", MISSING]),
+]
+
+
+@pytest.mark.parametrize("module, argv", COMMANDS, ids=[m for m, _ in COMMANDS])
+def test_a_missing_path_is_a_usage_error(module: str, argv: list[str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    main = importlib.import_module(module).main
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as e:  # argparse's parser.error
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert MISSING in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module", sorted({m for m, _ in COMMANDS}))
+def test_help_exits_0(module: str, capsys: pytest.CaptureFixture) -> None:
+    try:
+        code = importlib.import_module(module).main(["--help"])
+    except SystemExit as e:
+        code = e.code
+    assert code in (0, None) and "usage:" in capsys.readouterr().out

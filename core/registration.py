@@ -1,5 +1,8 @@
 """Registration: each part turned to one pose, and lit to one background gray, before the model.
 
+(Over 400 lines on purpose: fit() learns exactly the measurements register() checks, from the same
+silhouette code; apart they could disagree on what a part is.)
+
 MVTec screws lie at random rotations and positions, and the shared test half is ~15 gray levels
 darker than training. `register` turns the part so that its principal axis is horizontal with the
 wider end (the head) on the left, centres it, and can bring the background to one gray; `fit`

@@ -1,5 +1,8 @@
 """The export module: preprocessing + encoder + an explicit backward + attention, in plain tensor ops.
 
+(Over 400 lines on purpose: the forward steps and their backward steps are one unit; split, a
+step's forward and its backward would drift apart, which is what the parity check exists to catch.)
+
 PyTorch's ONNX exporters cannot trace autograd (pytorch#15644; pytorch#89675 even freezes the
 gradients as constants), so the vector-Jacobian product ds/dA that the attention needs (paper
 Eq. 2-3) is written out here op by op, in reverse order of the forward:

@@ -1,5 +1,8 @@
 """Build a TensorRT 10 engine from an exported ONNX graph.
 
+(Over 400 lines on purpose: the graph check, the build and --verify are one command whose
+parts share the ONNX reading and the sidecar rules; the engine runner itself is core.tensorrt.)
+
     python -m export.tensorrt --onnx screw.onnx --out screw.trt [--fp16] [--int8 --calib-data DIR]
         [--max-batch 8] [--opt-batch 1] [--workspace-gb 2] [--timing-cache FILE] [--verify N]
     python -m export.tensorrt --onnx screw.onnx --check-only      (no TensorRT needed)

@@ -27,15 +27,15 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from core.deployment import Deployment, DeploymentError
 from core.images import ImageError
 from core.sidecar import SidecarError, update_sidecar
 from runtime import overlay as ov
 from runtime.capture import Capture
 from runtime.keys import View, handle_key
 from runtime.meter import LatencyMeter
-from runtime.pipeline import Pipeline, Result, registration_error
-from runtime.postprocess import OutputError
+from runtime.inference_thread import END, Inspector
+from runtime.pipeline import Pipeline, Result
+from runtime.reload import Reloader
 from runtime.recorder import FrameLog, PictureSaver, VideoRecorder
 from runtime.reports import _num, model_identity
 from runtime.sources import Frame, FrameError, Reader, Request, Roi, SourceSpec, open_reader
@@ -43,127 +43,9 @@ from runtime.stream import Bind, StreamServer
 
 WINDOW = "vae-inspect camera"
 PROGRESS_EVERY_S = 10.0  # one status line on stderr this often
-END = object()           # the inference thread has nothing more
-
-
-# ----------------------------------------------------------------------------- the inference thread
-
-def inspect_frames(pipe: Pipeline, frames: list[Frame], keep_maps: bool) -> list[tuple[Frame, Result]]:
-    """Infer (one batch) and judge frames the capture thread prepared. A frame whose registration
-    failed, or whose output is unusable, gets its Result with the reason: it is shown and logged,
-    and the run goes on."""
-    for f in frames:  # prepared before a reload for another model's input: prepare again
-        if f.prepared_for != pipe.spec:
-            f.prepared, f.prepared_for = pipe.prepare(f.image, bgr=True), pipe.spec
-    good = [f for f in frames if f.prepared.ok]
-    outs = iter(pipe.infer([f.prepared for f in good]))
-    done = []
-    for f in frames:
-        p = f.prepared
-        if not p.ok:
-            done.append((f, Result(p, error=registration_error(p))))
-            continue
-        out = next(outs)
-        try:
-            done.append((f, Result(p, out, pipe.judge(p, out, keep_maps=keep_maps))))
-        except OutputError as e:
-            done.append((f, Result(p, out, error=str(e))))
-    return done
-
-
-class Inspector(threading.Thread):
-    """The inference thread: frames from the capture buffer -> (frame, result) on `results`; an
-    exception (the backend failed) is passed on for the main thread to raise.
-
-    Realtime, it hands one result at a time and takes the next frame only once the main thread
-    has taken that result: a result computed ahead would wait in the queue, and a frame taken
-    then is fresher (inference of frame k still overlaps the drawing of frame k - 1). Otherwise
-    (--no-realtime) it runs ahead by a few batches, for throughput."""
-
-    def __init__(self, pipe: Pipeline, capture: Capture, batch: int, keep_maps: bool, stop: threading.Event) -> None:
-        super().__init__(name="inference", daemon=True)
-        self.pipe, self.capture, self.batch, self.keep_maps, self.stop = pipe, capture, batch, keep_maps, stop
-        self.results: queue.Queue[Any] = queue.Queue(maxsize=1 if capture.realtime else 2 * batch)
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                frames = self.capture.buffer.take(self.batch, timeout=0.1)
-                if not frames:
-                    if self.capture.buffer.drained:
-                        break
-                    continue
-                for item in inspect_frames(self.pipe, frames, self.keep_maps):
-                    self._put(item)
-                if self.capture.realtime:
-                    while not self.results.empty() and not self.stop.is_set():
-                        time.sleep(0.001)  # a poll: the handover is once a frame, the wait a few ms
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which reports it
-            self._put(e)
-        self._put(END)
-
-    def _put(self, item: Any) -> None:
-        while True:  # waits while the main thread is busy or paused; gives up once stopping
-            try:
-                self.results.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                if self.stop.is_set():
-                    return
 
 
 # ----------------------------------------------------------------------------- the main thread
-
-class Reloader:
-    """Opens the model again in a background thread when asked (an Event: SIGHUP) or when the
-    deployment folder `watch` points `current` at another version (checked every WATCH_EVERY_S);
-    poll() hands over a freshly opened Pipeline once, between frames."""
-    WATCH_EVERY_S = 2.0
-
-    def __init__(self, reload: Callable[[], Pipeline], event: threading.Event | None, watch: Path | None) -> None:
-        self.reload, self.event, self.watch = reload, event or threading.Event(), watch
-        self.version = self._version()
-        self.next_check = time.monotonic() + self.WATCH_EVERY_S
-        self.ready: Pipeline | None = None
-        self.busy: threading.Thread | None = None
-
-    def _version(self) -> str | None:
-        if self.watch is None:
-            return None
-        try:
-            cur = Deployment(self.watch).current()
-        except DeploymentError:
-            return None
-        return cur.name if cur is not None else None
-
-    def poll(self) -> Pipeline | None:
-        if self.ready is not None:
-            ready, self.ready = self.ready, None
-            return ready
-        if self.busy is not None and self.busy.is_alive():
-            return None
-        why = None
-        if self.event.is_set():
-            self.event.clear()
-            why = "SIGHUP"
-        elif self.watch is not None and time.monotonic() >= self.next_check:
-            self.next_check = time.monotonic() + self.WATCH_EVERY_S
-            version = self._version()
-            if version is not None and version != self.version:
-                why, self.version = f"{self.watch}: current -> {version}", version
-        if why is not None:
-            print(f"reloading the model ({why})", file=sys.stderr, flush=True)
-            self.busy = threading.Thread(target=self._open, name="reload", daemon=True)
-            self.busy.start()
-        return None
-
-    def _open(self) -> None:
-        try:
-            self.ready = self.reload()
-        except Exception as e:  # noqa: BLE001 - any failure: the running model keeps serving
-            print(f"error: reload failed, the running model keeps serving: {str(e).splitlines()[0]}",
-                  file=sys.stderr, flush=True)
-
 
 @dataclass
 class Settings:

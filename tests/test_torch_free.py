@@ -20,7 +20,7 @@ RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registrati
                    "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt",
                    "runtime.backends.template", "export.template", "core.deployment", "calibration.calibrate",
                    "calibration.report", "runtime.camera", "runtime.live", "runtime.capture", "runtime.stream",
-                   "runtime.recorder")
+                   "runtime.recorder", "runtime.inference_thread", "runtime.reload")
 
 
 def test_runtime_imports_and_inspects_without_torch(tmp_path: Path) -> None:

@@ -57,7 +57,14 @@ def choice_json(c: Choice) -> dict[str, Any]:
 
 
 def _choose(pixel_rule: Rule, image_rule: Rule) -> Callable[[Scores], Chosen]:
-    return lambda d: choose(d, pixel_rule, image_rule)
+    def on_fold(d: Scores) -> Chosen:
+        try:
+            return choose(d, pixel_rule, image_rule)
+        except ValueError as e:  # the whole set had a scored part, the other folds of one fold none
+            raise CalibrationError(f"k-fold: a fold's thresholds cannot be chosen on the other folds ({e}): too "
+                                   "few parts registered for a held-out estimate; fix the framing or lighting "
+                                   "(see the registration failures) or add parts") from e
+    return on_fold
 
 
 def _measure(d: Scores, c: Chosen) -> dict[str, Any]:

@@ -161,7 +161,12 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
         folder.mkdir(parents=True, exist_ok=True)
         plots = write_plots(pipe, collected, body, folder, worst)
     created = now()
-    used = {"backend": described.get("backend"), "file": model.path.name, "sha256": sha256(model.path)}
+    # the sha256 of the files as opened (the sidecar read and verified then), not as they are now:
+    # a model re-exported during the run must not get these thresholds, nor its hash in the report
+    opened = ((model.sidecar or {}).get("files") or {})
+    engine_sha = (opened.get(engine.name) or {}).get("sha256")
+    used = {"backend": described.get("backend"), "file": model.path.name,
+            "sha256": (opened.get(model.path.name) or {}).get("sha256") or sha256(model.path)}
     data_info = ds.fingerprint()
     body = {"schema": SCHEMA, "created": created, "engine": {"path": str(engine.resolve()), **used},
             "data": data_info, **body, "shift": {"warning": _shift_line(warnings), **stats}, "plots": plots}
@@ -173,7 +178,7 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
     body["sidecar"] = {"path": str(sidecar_path(engine)), "written": False, "section": section}
     try:
         if not dry_run:
-            update_sidecar(engine, thresholds=section, verify=True, backup=True)
+            update_sidecar(engine, thresholds=section, verify=True, backup=True, expect_sha256=engine_sha)
             body["sidecar"].update(written=True, backup=str(sidecar_path(engine)) + ".bak")
     finally:
         write_json(folder / "calibration.json", body)

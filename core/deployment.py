@@ -25,8 +25,14 @@ from typing import Any
 
 from core.files import atomic_write, json_text
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: stagings are cleared unguarded
+    fcntl = None  # type: ignore[assignment]
+
 MANIFEST = "deployment.json"
 CURRENT = "current"
+STAGING_LOCK = ".staging.lock"
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -71,6 +77,7 @@ class Deployment:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._lock: int | None = None  # the staging lock's descriptor while this run holds it
 
     def versions(self) -> list[Version]:
         """Published versions, oldest first (unreadable ones are skipped: list() says why)."""
@@ -109,11 +116,35 @@ class Deployment:
 
     def stage(self) -> Path:
         """A fresh, empty staging folder inside the deployment (same file system: the publish is a
-        rename). Stale stagings a killed run left are removed first."""
+        rename). Stale stagings a killed run left are removed first, under the staging lock, which
+        this run then holds until publish() or release(): another run still building its candidate
+        keeps its folder, and this one is refused (DeploymentError) instead of deleting it."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._hold_lock()
         for stale in self.root.glob(".staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def _hold_lock(self) -> None:
+        """flock on DEPLOY/.staging.lock, held by this object: the kernel drops it when the process
+        dies, however it dies, so a killed run's stagings become removable at once."""
+        if self._lock is not None or fcntl is None:
+            return
+        fd = os.open(self.root / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise DeploymentError(f"{self.root}: another run is staging a version here (it holds "
+                                  f"{STAGING_LOCK}: a training.retrain still building?); wait for it to end") from e
+        self._lock = fd
+
+    def release(self) -> None:
+        """Give up the staging lock (publish does; a run whose candidate is set aside or removed
+        calls it)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def publish(self, staged: Path, manifest: dict[str, Any]) -> Version:
         """Write the manifest into a complete staging folder and rename it to the next version."""
@@ -126,6 +157,7 @@ class Deployment:
         name = f"v{max(existing, default=0) + 1:04d}"
         os.rename(staged, self.root / name)
         _fsync_dir(self.root)
+        self.release()  # nothing of this run is staged any more
         return Version(name, self.root / name, manifest)
 
     def switch(self, version: Version | str) -> Version:
@@ -163,6 +195,13 @@ def resolve_model(path: str | Path) -> Path:
     other path is returned as it is."""
     p = Path(path)
     return Deployment(p).model() if p.is_dir() and is_deployment(p) else p
+
+
+def published_version(model_path: str | Path) -> Path | None:
+    """The version folder a model file lies in when it is part of a published version (a vNNNN
+    folder holding a manifest), else None: writers that would modify it (the camera's w key) refuse."""
+    folder = Path(model_path).parent
+    return folder if _VERSION.match(folder.name) and (folder / MANIFEST).is_file() else None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -36,20 +36,27 @@ class ImageError(ValueError):
     """An input image that cannot be used; the message names the file and the reason."""
 
 
-def read_regular(path: Path) -> np.ndarray:
-    """A regular file's bytes. Opened non-blocking and checked on the open descriptor: a FIFO or a
-    device put where an image was listed would otherwise block the reading thread for ever (and
-    with it the run and its Ctrl-C), and a check by path before opening could be raced."""
+def open_regular(path: Path) -> int:
+    """A descriptor of a regular file, opened for reading. Opened non-blocking and checked on the
+    open descriptor: a FIFO or a device put where an image was listed would otherwise block the
+    reading thread for ever (and with it the run and its Ctrl-C), and a check by path before
+    opening could be raced. OSError (EINVAL "not a regular file") otherwise."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         if hasattr(os, "O_NONBLOCK"):  # regular files never block; reads are plain from here
             os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return np.frombuffer(f.read(), dtype=np.uint8)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path) -> np.ndarray:
+    """A regular file's bytes (open_regular: a FIFO or a device is refused, never waited on)."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8)
 
 
 def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -142,9 +149,10 @@ def probe_size(path: Path) -> tuple[int, int] | None:
     except ImportError:  # pragma: no cover - Pillow comes with matplotlib
         return None
     try:
-        with warnings.catch_warnings():
+        # through open_regular, not by path: Pillow's own open of a FIFO blocks until a writer comes
+        with os.fdopen(open_regular(path), "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
+            with Image.open(f) as im:
                 return int(im.size[0]), int(im.size[1])
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: image too large to decode safely ({e})") from e

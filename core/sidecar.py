@@ -34,7 +34,7 @@ import platform
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -237,7 +237,8 @@ def read_sidecar(model_path: str | Path, verify: bool = True) -> dict[str, Any]:
 
 
 def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | None = None,
-                   thresholds: dict[str, Any] | None = None, verify: bool = False, backup: bool = False,
+                   thresholds: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   verify: bool = False, backup: bool = False, expect_sha256: str | None = None,
                    **sections: Any) -> dict[str, Any]:
     """Add or replace sections of the sidecar of `model_path`, atomically (a crash leaves the old
     or the new file, never half of one).
@@ -245,11 +246,17 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     Args:
         model_path: X.onnx / X.trt; its sidecar X.yaml must exist already (written by export).
         files: file entries to add or replace, e.g. the engine beside the ONNX {"X.trt": {sha256, ...}}.
-        thresholds: the whole thresholds section (calibration), replacing the old one.
+        thresholds: the whole thresholds section (calibration), replacing the old one; or a
+            function of the section as the file holds it now, for a change of some keys (the
+            camera's w key: the pixel threshold only) that must not revert the others to a copy
+            read earlier.
         verify: refuse (SidecarError) when `model_path`'s sha256 is not the one recorded: thresholds
             must never be written beside another model than the one they were computed on.
         backup: keep the previous sidecar as X.yaml.bak (calibration does: a threshold change can
             be undone by hand).
+        expect_sha256: the sha256 the sidecar must record for `model_path`: the model the new
+            values were computed on. verify alone passes when a re-export replaced the model and
+            its sidecar together meanwhile (calibration running for minutes).
         **sections: other top-level sections (not `schema`).
     Returns the new content. Raises SidecarError naming the file (missing, unreadable, wrong
     types, a hash mismatch with verify) and OSError when the folder is not writable.
@@ -258,9 +265,16 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     """
     path = sidecar_path(model_path)
     data = read_sidecar(model_path, verify=verify)
+    recorded = (data["files"].get(Path(model_path).name) or {}).get("sha256")
+    if expect_sha256 is not None and recorded != expect_sha256:
+        raise SidecarError(f"{Path(model_path)}: re-exported since the new values were computed on it (sha256 "
+                           f"{str(recorded)[:16]}... now, {expect_sha256[:16]}... then): they belong to the previous "
+                           f"model and are not written to {path}; compute them again")
     if files:
         data["files"].update(copy.deepcopy(files))
-    if thresholds is not None:
+    if callable(thresholds):
+        data["thresholds"] = copy.deepcopy(thresholds(copy.deepcopy(data["thresholds"])))
+    elif thresholds is not None:
         data["thresholds"] = copy.deepcopy(thresholds)
     for key, value in sections.items():
         if key == "schema":

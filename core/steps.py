@@ -22,11 +22,28 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+        except BaseException:
+            # interrupted here (SIGTERM to this process alone, Ctrl-C, a failed write): the step
+            # must not run on as an orphan, writing into a staging folder nobody owns any more
+            stop(proc)
+            raise
         rc = proc.wait()
     timings[name] = round(time.perf_counter() - started, 1)
     if rc:
         raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")
     print(f"== {name} done in {timings[name]:.0f} s", flush=True)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Ask a step's child to end (SIGTERM: it takes its own Ctrl-C path), then kill it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -32,7 +32,7 @@ from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, read_image
 from core.prepare import InputSpec, prepare
 from core.registration import LIGHTINGS, REGISTRATIONS, RegistrationSpec, fit
 from core.sidecar import SidecarError, check_sidecar_free, file_entry, write_sidecar
-from core.template import TemplateBank
+from core.template import SEARCH, TemplateBank
 
 DEFAULTS = {"size": 256, "channels": 1, "k": 5, "sigma": None, "method": "principal_axis", "lighting": "background"}
 
@@ -64,6 +64,8 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
     """
     started = time.perf_counter()
     data, out = Path(data), Path(out)
+    if out.suffix == ".onnx" and size % SEARCH:  # before any work or write: see onnx_size_error
+        raise ValueError(onnx_size_error(size))
     # before any work: X.yaml must not be another model's (a rebuild replaces its own X.onnx and X.npz)
     check_sidecar_free(out, own=(out.with_suffix(".onnx").name, out.with_suffix(".npz").name))
     if out.suffix == ".onnx":
@@ -86,16 +88,26 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
     loo = bank.leave_one_out()
     scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
     npz = out.with_suffix(".npz")
-    bank.save(npz)
     info = sidecar_info(bank, input_spec, max(scale, 1e-8), data, len(files), failed)
     parity = None
     if out.suffix == ".onnx":
+        # checked before X.npz is replaced: a graph that disagrees leaves the previous pair whole
         parity = template_graph(bank, out, kept)  # writes X.onnx atomically once it agrees with the bank
+    bank.save(npz)
+    if out.suffix == ".onnx":
         info["files"] = {npz.name: file_entry(npz, format="template_bank", role="reference: the numpy map")}
         info["export"]["parity"] = parity
     side = write_sidecar(out, info)
     return {"bank": out, "sidecar": side, "images": len(kept), "failed": failed, "anomaly_scale": scale,
             "bytes": out.stat().st_size, "parity": parity, "seconds": time.perf_counter() - started, "notes": notes}
+
+
+def onnx_size_error(size: int) -> str:
+    """The graph's search copies are SEARCH x SEARCH block means (an AveragePool of size / SEARCH):
+    a size that is not a multiple used to fail only after the bank was written, without its sidecar."""
+    near = max(SEARCH, size // SEARCH * SEARCH)
+    return (f"--size {size}: a template ONNX graph needs a multiple of {SEARCH} (e.g. {near}); --out X.npz writes "
+            "the bank alone at any size")
 
 
 def sidecar_info(bank: TemplateBank, spec: InputSpec, scale: float, data: Path, n: int,
@@ -170,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings["size"] < 16 or settings["k"] < 1:
         p.error("--size must be >= 16 and --k >= 1")
+    if Path(args.out).suffix == ".onnx" and settings["size"] % SEARCH:
+        p.error(onnx_size_error(settings["size"]))
     try:
         r = build(**settings, out=args.out)
     except (TemplateError, ImageError, SidecarError, ValueError, OSError, ImportError) as e:

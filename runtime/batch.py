@@ -76,9 +76,13 @@ def error_row(job: Job) -> dict[str, Any]:
 
 
 def registration_row(p: Prepared) -> dict[str, Any]:
-    """What registration did, for the row (angle, centre, flip, gain, status); nothing when off."""
+    """What registration did, for the row (angle, centre, flip, gain, status); nothing when off.
+    The centre in the file's pixels, as the boxes are (registration ran on the reduced decode of
+    a huge file)."""
     r = p.registration.as_row()
     r.pop("matrix", None)
+    if p.scale != 1.0:
+        r["centre"] = [None if c is None else round(c * p.scale, 4) for c in r["centre"]]
     return r
 
 

@@ -19,7 +19,7 @@ pixels. Three threads, each stage never waiting on a slower one behind it:
 A window opens only where runtime.display.probe() says one can (Qt aborts a process without a
 display) and --headless is not given. Keys: q quit, space pause the window (inspection goes on),
 o overlay, m mask, s snapshot (raw frame, overlay, JSON into --snapshots), [ ] pixel threshold
--/+5 %, w write it to the sidecar.
+-/+5 %, w write it to the sidecar (not into a published deployment version).
 A lost live source is reopened with a doubling backoff (--retries); SIGINT / SIGTERM stop cleanly
 (recording finalized, files closed, socket released). SIGHUP, or a deployment folder's `current`
 moving to another version (training.retrain, --rollback), reloads the model beside the running

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 
+from core.cli import sigterm_interrupts
 from core.images import IMAGE_EXTENSIONS, read_image
 from core.steps import StepFailed, run_step
 from core.synthetic import make_parts
@@ -121,28 +122,32 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     try:
-        retrain = ["--config", args.config, "--data", str(data), "--heldout", str(data / "test"),
-                   "--deploy", str(deploy)] + (["--epochs", str(args.epochs)] if args.epochs else [])
-        run_step("retrain", "training.retrain", retrain, out / "logs", seconds)
-        run_step("inspect", "runtime.inspect", ["--engine", str(deploy), "--input", str(data / "test"), "--recursive",
-                                                "--output", str(out / "inspect"), "--overwrite", "--save",
-                                                "overlay,mask", "--quiet"], out / "logs", seconds)
-        t0 = time.perf_counter()
-        video = out / "camera" / "parts.avi"
-        n = make_video(test_images(data), video)
-        seconds["video"] = round(time.perf_counter() - t0, 1)
-        print(f"== video: {video} ({n} frames, {VIDEO_FPS:g} fps)", flush=True)
-        log = out / "camera" / "frames.jsonl"
-        log.unlink(missing_ok=True)  # the camera appends; the demo shows this run's frames only
-        run_step("camera", "runtime.camera", ["--engine", str(deploy), "--source", str(video), "--headless",
-                                              "--no-realtime", "--record", str(out / "camera" / "overlay.mp4"),
-                                              "--log", str(log), "--save-ng", str(out / "camera" / "ng")],
-                 out / "logs", seconds)
+        with sigterm_interrupts():  # kill PID: the Ctrl-C path, and core.steps stops the step's child
+            retrain = ["--config", args.config, "--data", str(data), "--heldout", str(data / "test"),
+                       "--deploy", str(deploy)] + (["--epochs", str(args.epochs)] if args.epochs else [])
+            run_step("retrain", "training.retrain", retrain, out / "logs", seconds)
+            run_step("inspect", "runtime.inspect", ["--engine", str(deploy), "--input", str(data / "test"), "--recursive",
+                                                    "--output", str(out / "inspect"), "--overwrite", "--save",
+                                                    "overlay,mask", "--quiet"], out / "logs", seconds)
+            t0 = time.perf_counter()
+            video = out / "camera" / "parts.avi"
+            n = make_video(test_images(data), video)
+            seconds["video"] = round(time.perf_counter() - t0, 1)
+            print(f"== video: {video} ({n} frames, {VIDEO_FPS:g} fps)", flush=True)
+            log = out / "camera" / "frames.jsonl"
+            log.unlink(missing_ok=True)  # the camera appends; the demo shows this run's frames only
+            run_step("camera", "runtime.camera", ["--engine", str(deploy), "--source", str(video), "--headless",
+                                                  "--no-realtime", "--record", str(out / "camera" / "overlay.mp4"),
+                                                  "--log", str(log), "--save-ng", str(out / "camera" / "ng")],
+                     out / "logs", seconds)
     except StepFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: the running step was stopped (logs in {out / 'logs'})", file=sys.stderr)
         return 1
     seconds["total"] = round(time.perf_counter() - started, 1)
     print("\n" + summary(out, deploy, seconds))

@@ -42,8 +42,8 @@ from core.cli import UsageError, finite_float, quiet_native_stderr, sigterm_inte
 from runtime.discover import Entry, discover, report_safe
 from runtime.model import ModelError
 from runtime.pipeline import EXPLAIN, Pipeline
-from runtime.reports import (SAVE_KINDS, OutputUnwritable, Reports, clean_temporaries, model_identity, picture_stems, read_report,
-                             remove_previous, resume_conflicts)
+from runtime.reports import (SAVE_KINDS, OutputUnwritable, Reports, clean_temporaries, kept_stems, model_identity,
+                             picture_stems, read_report, remove_previous, resume_conflicts)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -227,7 +227,9 @@ def inspect_run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str,
         remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out)
-    s = Settings(out, save, args.max_pixels, args.explain, args.format, picture_stems(e.rel for e in entries))
+    # the rows kept from a resumed report keep their pictures' names: no new input may take one
+    stems = picture_stems((e.rel for e in entries), reserved=kept_stems(previous))
+    s = Settings(out, save, args.max_pixels, args.explain, args.format, stems)
     reports = Reports(out, previous, header)
     status = "failed"
     try:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from core.deployment import published_version
 from core.images import ImageError
 from core.sidecar import SidecarError, update_sidecar
 from runtime import overlay as ov
@@ -150,6 +151,8 @@ class Session:
                 cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
                 stack.callback(cv2.destroyAllWindows)
             stack.callback(self._close_retired)
+            if self.reloader is not None:  # after the threads: a reload still opening is waited for, then closed
+                stack.callback(self.reloader.close)
             stack.callback(self._stop_threads)
             self.capture.start()
             self.inspector.start()
@@ -297,11 +300,24 @@ class Session:
         if model.sidecar is None:
             print("error: nothing written: the model has no sidecar (a .pt checkpoint)", file=sys.stderr)
             return
-        th = dict(model.thresholds)
-        rule = th.get("rule") if isinstance(th.get("rule"), dict) else {}
-        th.update(pixel=float(pixel), rule={**rule, "pixel": f"set by hand in runtime.camera, {iso(time.time())}"})
-        try:
-            model.sidecar = update_sidecar(model.path, thresholds=th, verify=True, backup=True)
+        version = published_version(model.path)
+        if version is not None:  # a rollback must restore exactly what the gate passed
+            print(f"error: nothing written: {version} is a published deployment version, never modified; the "
+                  "value applies to this run only (keep it with --threshold-pixel, or recalibrate through "
+                  "python -m training.retrain)", file=sys.stderr)
+            return
+
+        def set_pixel(th: dict[str, Any]) -> dict[str, Any]:
+            # the section as the file holds it now, not the copy read at start: a calibration
+            # written since (image threshold, rule, date) must not be reverted by this key
+            rule = th.get("rule") if isinstance(th.get("rule"), dict) else {}
+            return {**th, "pixel": float(pixel), "rule": {**rule, "pixel": f"set by hand in runtime.camera, "
+                                                                           f"{iso(time.time())}"}}
+
+        running = ((model.sidecar.get("files") or {}).get(model.path.name) or {}).get("sha256")
+        try:  # beside the running model only: a re-export meanwhile replaced model and sidecar together
+            model.sidecar = update_sidecar(model.path, thresholds=set_pixel, verify=True, backup=True,
+                                           expect_sha256=running)
         except (SidecarError, OSError) as e:
             print(f"error: the threshold was not written: {e}", file=sys.stderr)
             return

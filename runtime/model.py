@@ -182,5 +182,6 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
         listed = set(sidecar.get("outputs") or [])
         missing = listed - set(be.output_names)
         if listed and missing and name != "torch":
+            be.close()  # as above: a refused model must not keep its session (or GPU memory) open
             raise ModelError(f"{file}: outputs {sorted(missing)} listed in the sidecar are not in the model")
     return model

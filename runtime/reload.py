@@ -24,6 +24,8 @@ class Reloader:
         self.next_check = time.monotonic() + self.WATCH_EVERY_S
         self.ready: Pipeline | None = None
         self.busy: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.closed = False
 
     def _version(self) -> str | None:
         if self.watch is None:
@@ -35,8 +37,9 @@ class Reloader:
         return cur.name if cur is not None else None
 
     def poll(self) -> Pipeline | None:
-        if self.ready is not None:
+        with self._lock:
             ready, self.ready = self.ready, None
+        if ready is not None:
             return ready
         if self.busy is not None and self.busy.is_alive():
             return None
@@ -57,7 +60,26 @@ class Reloader:
 
     def _open(self) -> None:
         try:
-            self.ready = self.reload()
+            opened = self.reload()
         except Exception as e:  # noqa: BLE001 - any failure: the running model keeps serving
             print(f"error: reload failed, the running model keeps serving: {str(e).splitlines()[0]}",
                   file=sys.stderr, flush=True)
+            return
+        with self._lock:
+            if not self.closed:
+                self.ready = opened
+                return
+        opened.close()  # the run ended while it opened (close() gave up waiting): nobody will swap it in
+
+    def close(self, timeout: float = 10.0) -> None:
+        """At the end of the run: wait for a reload in flight (a thread left inside a backend's C
+        code while the interpreter exits can crash it; SIGTERM during a reload is the case) and
+        close a model opened but never swapped in. A second signal interrupts the wait."""
+        with self._lock:
+            self.closed = True
+        if self.busy is not None:
+            self.busy.join(timeout)
+        with self._lock:
+            ready, self.ready = self.ready, None
+        if ready is not None:
+            ready.close()

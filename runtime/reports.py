@@ -261,14 +261,53 @@ def save_image(path: Path, image: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.tobytes()), suffix=path.suffix, durable=False)
 
 
-def picture_stems(rels: Iterable[str]) -> dict[str, str]:
+def picture_stems(rels: Iterable[str], reserved: dict[str, str] | None = None) -> dict[str, str]:
     """The name each input's pictures take, without extension: the relative path with its
-    extension dropped (000.png -> 000, so 000.jpg), unless two inputs would then share it
-    (a.png and a.jpg side by side keep theirs: a.png.jpg, a.jpg.jpg)."""
-    rels = list(rels)
-    bare = {r: (r.rsplit(".", 1)[0] if "." in r.rsplit("/", 1)[-1] else r) for r in rels}
-    taken = Counter(bare.values())
-    return {r: b if taken[b] == 1 else r for r, b in bare.items()}
+    extension dropped (000.png -> 000, so 000.jpg), unless another input's pictures would then
+    share it: then the relative path itself (a.png and a.jpg side by side keep theirs: a.png.jpg,
+    a.jpg.jpg), and when even that is taken (a.png.jpg beside them is shortened to a.png) a
+    numbered one (a.png~2). `reserved`: {input: name} of the rows a resumed report keeps; their
+    pictures exist, so those names stay theirs and no other input takes one."""
+    fixed = dict(reserved or {})
+    rels = [r for r in rels if r not in fixed]
+    stems = {r: (r.rsplit(".", 1)[0] if "." in r.rsplit("/", 1)[-1] else r) for r in rels}
+    level = dict.fromkeys(rels, 0)  # 0 shortened, 1 the relative path, 2 numbered: only ever raised
+    while True:
+        owners: dict[str, list[str]] = {}
+        for r, stem in [*fixed.items(), *stems.items()]:
+            owners.setdefault(stem, []).append(r)
+        # in each shared name, only the inputs with the shortest form move on (a.png.jpg to its whole
+        # name, not a.png to a number), so every step frees a name and the loop ends
+        moving = []
+        for names in owners.values():
+            movable = [r for r in names if r in level and level[r] < 2]
+            if len(names) > 1 and movable:
+                low = min(level[r] for r in movable)
+                moving += [r for r in movable if level[r] == low]
+        if not moving:
+            return {**fixed, **stems}
+        used = set(owners)
+        for r in moving:
+            if level[r] == 0 and stems[r] != r:
+                stems[r], level[r] = r, 1
+            else:
+                n = 2
+                while f"{r}~{n}" in used:
+                    n += 1
+                stems[r], level[r] = f"{r}~{n}", 2
+            used.add(stems[r])
+
+
+def kept_stems(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """{input: picture name} of report rows that have pictures (picture_path's inverse), so that a
+    resumed run never gives one of their names to another input."""
+    out = {}
+    for row in rows:
+        for kind, rel in (row.get("pictures") or {}).items():
+            if isinstance(rel, str) and rel.startswith(f"{kind}/"):
+                out[row["file"]] = rel[len(kind) + 1:].rsplit(".", 1)[0]
+                break
+    return out
 
 
 def picture_path(out: Path, kind: str, stem: str, fmt: str = "jpg") -> Path:

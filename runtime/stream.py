@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import select
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +84,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True       # a client stuck on a slow link never holds the process
     allow_reuse_address = True  # a restart binds at once, not after TIME_WAIT
     owner: "StreamServer"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a browser tab closed while /status was kept alive resets the
+        connection) is not an error: socketserver would print a traceback into the camera's log."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Server6(_Server):
@@ -197,6 +206,17 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client went away
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed or reset the connection. Only a failed write used to tell,
+        so while no new frame came (a source reconnecting) a client that left stayed counted in
+        /status and kept its thread. A viewer sends nothing after its request: end of file or a reset
+        means it left."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # reset, or the socket already closed
+            return True
+
     def _stream(self, owner: StreamServer) -> None:
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
@@ -210,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
             while not owner.closing:
                 got = owner.jpeg(seq)
                 if got is None:
+                    if self._client_gone():  # no frame to write (a lost source): ask the socket itself
+                        return
                     continue
                 seq, data = got
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"

@@ -273,6 +273,33 @@ def test_a_model_replaced_while_calibrating_is_refused(tmp_path: Path, parts: Pa
     assert body["sidecar"]["written"] is False
 
 
+def test_a_model_re_exported_while_calibrating_is_refused(tmp_path: Path, parts: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A re-export replaces the model and its sidecar together: update_sidecar's check (the model
+    matches the sidecar) then passed, and the thresholds computed on the previous model were
+    written beside the new one. They are written only beside the model calibration opened."""
+    model = hashed_stub(tmp_path / "m")
+    side = model.with_suffix(".yaml")
+    real = cc.collect
+
+    def then_re_export(*args, **kwargs):  # type: ignore[no-untyped-def]
+        got = real(*args, **kwargs)
+        info = {k: v for k, v in yaml.safe_load(side.read_text()).items() if k not in ("files", "schema")}
+        info["thresholds"] = {}
+        with open(model, "ab") as f:
+            f.write(b"\0")  # another model (another sha256)...
+        side.unlink()
+        write_sidecar(model, info)  # ...with its own, matching sidecar, as export writes them
+        return got
+    monkeypatch.setattr(cc, "collect", then_re_export)
+    assert calibrate(model, parts) == 1
+    assert "re-exported since the new values were computed" in capsys.readouterr().err
+    assert read_sidecar(model)["thresholds"] == {}  # the new model's sidecar: untouched
+    body = json.loads((tmp_path / "m" / "stub_calibration" / "calibration.json").read_text())
+    assert body["sidecar"]["written"] is False
+
+
 REPO = Path(__file__).resolve().parents[1]
 SCREW = REPO.parent / "shared" / "data" / "mvtec" / "screw"
 

@@ -196,3 +196,21 @@ def test_bootstrap_is_seeded_and_brackets_the_in_sample_rate() -> None:
     for m, key in (("image_fpr", "image_fpr"), ("recall", "recall"), ("pixel_iou", "pixel_iou")):
         assert a[m]["low"] <= inside[key] <= a[m]["high"]
     assert a["image_fpr"]["low"] < a["image_fpr"]["high"]
+
+
+def test_a_fold_with_nothing_scored_to_choose_on_is_a_calibration_error() -> None:
+    """5 of 6 good parts fail registration: the thresholds exist (one part was scored), but the
+    fold holding that part chooses on the other five, none scored. choose's plain ValueError used
+    to escape calibration.calibrate's error handling as a traceback; it is a CalibrationError
+    (exit 1, one line) that says why."""
+    from calibration.analyse import CalibrationError, analyse
+    from calibration.collect import Collected
+
+    n = 6
+    maps = np.zeros((n, 8, 8), np.float32)
+    maps[5] = np.linspace(0, 1, 64).reshape(8, 8)
+    data = Scores.build([f"{i}.png" for i in range(n)], [False] * n, [math.inf] * 5 + [0.3], maps,
+                        np.zeros((n, 8, 8), bool))
+    c = Collected(data, (), [], {"no_part": 5, "ok": 1}, [], None, (8, 8))
+    with pytest.raises(CalibrationError, match="k-fold"):
+        analyse(c, parse_rule("best-iou", "pixel"), parse_rule("fpr=0.05", "image"))

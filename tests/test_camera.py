@@ -224,6 +224,30 @@ def test_server_endpoints_and_socket_release() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def test_a_client_that_resets_its_connection_is_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """The page polls /status on a kept-alive connection: a browser tab closed mid-request resets
+    it, and socketserver printed a 'ConnectionResetError' traceback into the camera's log for each."""
+    import struct
+
+    server = StreamServer(Bind("127.0.0.1", 0), status=lambda: {"fps": 1.5}).start()
+    try:
+        server.publish(np.zeros((40, 60, 3), np.uint8))
+        for path in ("/status", "/stream.mjpg", "/status"):
+            sock = socket.create_connection(server.httpd.server_address[:2], timeout=5)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: camera\r\n\r\n".encode())
+            assert sock.recv(64).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            sock.close()
+        deadline = time.monotonic() + 5
+        while server.clients and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the handlers see the reset
+        assert get(server.url + "status")[0] == 200 and server.clients == 0
+    finally:
+        server.close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- the command line
 
 @pytest.mark.parametrize("extra, message", [
@@ -326,6 +350,109 @@ def test_live_threshold_keys_write_the_sidecar(tmp_path: Path, frames_dir: Path)
     assert yaml.safe_load(model.with_suffix(".yaml.bak").read_text())["thresholds"]["pixel"] == 0.5
     with Pipeline.open(model) as pipe:  # the hash still matches: the model opens with the new value
         assert pipe.thresholds.pixel == pytest.approx(0.525)
+
+
+def test_w_writes_only_the_pixel_threshold_over_a_calibration_made_meanwhile(tmp_path: Path, frames_dir: Path) -> None:
+    """w wrote the whole thresholds section the camera had read when it opened the model: a
+    calibration written while the camera ran (a new image threshold, rule, date) was silently
+    reverted to the old one. Only the pixel threshold (and its rule) is the key's to change."""
+    from core.sidecar import update_sidecar
+
+    model = hashed_stub(tmp_path / "w")
+    s = Settings(parse_source(str(frames_dir)), realtime=False)
+    with Pipeline.open(model) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        update_sidecar(model, thresholds={"pixel": 0.4, "image": 0.7, "rule": {"pixel": "best-iou", "image": "fpr=0.01"},
+                                          "created": "2026-12-07T08:00:00+00:00"}, verify=True)
+        session.press(ord("]"))
+        session.press(ord("w"))
+    written = yaml.safe_load(model.with_suffix(".yaml").read_text())["thresholds"]
+    assert written["pixel"] == pytest.approx(0.525) and "runtime.camera" in written["rule"]["pixel"]
+    assert written["image"] == 0.7 and written["rule"]["image"] == "fpr=0.01"  # the newer calibration's
+    assert written["created"] == "2026-12-07T08:00:00+00:00"
+
+
+def test_a_stop_during_a_reload_waits_for_it_and_closes_the_model_it_opened(stub: Path, stub_sidecars: None,
+                                                                          frames_dir: Path) -> None:
+    """SIGTERM while a reload is opening the next model: the run used to end at once, leaving the
+    reload thread inside the backend's C code while the interpreter exits, and the model it opened
+    was never closed. The end of the run now waits for it (bounded) and closes what it opened."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Opened:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    opened = Opened()
+
+    def reload() -> Any:
+        entered.set()
+        release.wait(5)
+        return opened
+
+    s = Settings(parse_source(str(frames_dir)), realtime=False, loop=True)
+    stop, hup = threading.Event(), threading.Event()
+    with Pipeline.open(stub) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, stop, reload=reload, reload_event=hup)
+        runner = threading.Thread(target=session.run, daemon=True)
+        runner.start()
+        hup.set()
+        assert entered.wait(5)
+        stop.set()  # what SIGTERM does
+        threading.Timer(0.3, release.set).start()
+        runner.join(10)
+        assert not runner.is_alive()
+        assert opened.closed and session.pipe is pipe  # never swapped in after the stop: closed
+
+
+def test_w_refuses_a_model_re_exported_while_the_camera_ran(tmp_path: Path, frames_dir: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The live threshold was tuned on the running model: a re-export (model and sidecar replaced
+    together) passed update_sidecar's verify, and w wrote it beside the new model."""
+    from core.sidecar import write_sidecar
+
+    model = hashed_stub(tmp_path / "w")
+    side = model.with_suffix(".yaml")
+    s = Settings(parse_source(str(frames_dir)), realtime=False)
+    with Pipeline.open(model) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        info = {k: v for k, v in yaml.safe_load(side.read_text()).items() if k not in ("files", "schema")}
+        with open(model, "ab") as f:
+            f.write(b"\0")
+        side.unlink()
+        write_sidecar(model, info)  # what export does: a new model and its own sidecar
+        before = side.read_bytes()
+        session.press(ord("]"))
+        session.press(ord("w"))
+    assert side.read_bytes() == before and "re-exported" in capsys.readouterr().err
+
+
+def test_w_never_modifies_a_published_deployment_version(tmp_path: Path, frames_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """With a deployment folder as --engine the model is a published version, which is never
+    modified (a rollback restores it byte for byte, its calibration.json describes its sidecar):
+    w used to rewrite that version's sidecar (and drop a .yaml.bak into it). It says why not."""
+    import shutil
+
+    from core.deployment import Deployment
+
+    dep = Deployment(tmp_path / "models")
+    model = hashed_stub(tmp_path / "a")
+    stage = dep.stage()
+    for f in model.parent.iterdir():
+        shutil.copy(f, stage / f.name)
+    version = dep.switch(dep.publish(stage, {"model": model.name}))
+    before = {p.name: p.read_bytes() for p in version.path.iterdir()}
+    s = Settings(parse_source(str(frames_dir)), realtime=False)
+    with Pipeline.open(dep.root) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        session.press(ord("]"))
+        session.press(ord("w"))
+        assert pipe.thresholds.pixel == pytest.approx(0.525)  # the live value still applies to this run
+    assert {p.name: p.read_bytes() for p in version.path.iterdir()} == before
+    assert "published deployment version" in capsys.readouterr().err
 
 
 def test_scores_only_without_thresholds_is_said_on_the_picture(tmp_path: Path, stub_sidecars: None,

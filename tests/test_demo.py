@@ -69,3 +69,17 @@ def test_demo_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "flat").mkdir()
     assert main(["--data", str(tmp_path / "flat"), "--out", str(tmp_path / "o2")]) == 2
     assert "needs test/" in capsys.readouterr().err
+
+
+def test_an_interrupted_demo_is_one_line_and_exit_1(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Ctrl-C (or SIGTERM, taken as Ctrl-C) during a step used to end the demo in a traceback."""
+    import runtime.demo as demo
+
+    data = make_parts(tmp_path / "parts", n_train=2, n_good=1, n_defect=1, size=32)
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_step", interrupted)
+    assert main(["--data", str(data), "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.startswith("interrupted")

@@ -59,6 +59,24 @@ def test_broken_pointers_and_stale_staging(tmp_path: Path) -> None:
         dep.current()
 
 
+def test_a_second_run_never_removes_the_staging_of_a_run_still_building(tmp_path: Path) -> None:
+    """stage() removes what killed runs left; it used to remove every staging folder, so a second
+    training.retrain started on the same deployment deleted the first one's candidate mid-build.
+    A run holds the deployment's staging lock until it releases it (or dies: the kernel drops it)."""
+    first, second = Deployment(tmp_path / "d"), Deployment(tmp_path / "d")
+    building = first.stage()
+    (building / "screw.onnx").write_bytes(b"half a candidate")
+    with pytest.raises(DeploymentError, match="another run is staging"):
+        second.stage()
+    assert (building / "screw.onnx").is_file()
+    again = first.stage()  # the same run may start over: its own previous staging goes
+    assert not building.exists() and again.exists()
+    first.release()
+    fresh = second.stage()  # the first run is over: what it left is stale
+    assert not again.exists() and fresh.exists()
+    second.release()
+
+
 def test_a_kill_while_deploying_leaves_current_valid(tmp_path: Path) -> None:
     """SIGKILL at random points of a publish-and-switch loop: `current` always names a complete
     version whose model opens (never a missing or half-written one)."""

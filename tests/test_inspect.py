@@ -358,6 +358,34 @@ def test_decode_formats_and_pixel_guard(tmp_path: Path) -> None:
     assert images.reduction_for(10000, 10000, ri.DEFAULT_MAX_PIXELS) == 2
 
 
+def test_a_fifo_is_refused_by_every_decode_path_and_never_blocks(tmp_path: Path) -> None:
+    """A FIFO put where an image was listed (after discovery, so discovery's check cannot see it):
+    decode() read the header with Pillow first, which opens by path and blocked for ever waiting
+    for a writer, before read_regular's non-blocking check on the descriptor was ever reached."""
+    import threading
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        for call in (lambda: images.decode(fifo, 1), lambda: images.read_image(fifo, 1)):
+            try:
+                call()
+            except images.ImageError as e:
+                errors.append(e)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(5)
+    blocked = t.is_alive()
+    if blocked:  # let the stuck reader go: a writer that opens and closes gives it end-of-file
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+    assert not blocked, "decode() blocked on a FIFO"
+    assert len(errors) == 2 and all("not a regular file" in str(e) for e in errors), errors
+
+
 def test_huge_jpeg_decode_memory_is_bounded(huge_jpeg: Path) -> None:
     """The 10000 x 10000 JPEG is decoded at 1/2 inside libjpeg: the process never holds the
     100 MB full-size image (a full decode would raise peak RSS by >= 100 MB)."""
@@ -777,3 +805,47 @@ def test_an_error_text_escapes_a_name_once(tmp_path: Path, model: Path, stub_sid
     assert ri.main(["--engine", str(model), "--input", str(inp), "--output", str(out), "--quiet"]) == 0
     (row,) = rows(out)
     assert row["file"] == "a\\\\b.png" and row["reason"] == "a\\\\b.png: empty file (0 bytes)"
+
+
+def test_picture_names_never_collide_not_even_across_a_resume(tmp_path: Path, model: Path,
+                                                               stub_sidecars: None) -> None:
+    """Dropping the extension is undone for inputs that would share a picture name; it used to
+    compare only the shortened names, so a.png (kept whole: a.jpg is beside it) and a.png.jpg
+    (shortened to a.png) both drew overlay/.../a.png.jpg, one over the other. On --resume the
+    pictures of rows already in the report keep their names: a new input never takes one."""
+    stems = reports.picture_stems(["s/a.jpg", "s/a.png", "s/a.png.jpg", "s/b.png"])
+    assert len(set(stems.values())) == 4 and stems["s/b.png"] == "s/b"
+    assert stems["s/a.png"] == "s/a.png" and stems["s/a.png.jpg"] == "s/a.png.jpg"
+    # a resumed report's row owns its picture name; an input added since cannot take it
+    again = reports.picture_stems(["s/a.jpg", "s/a.jpg.png", "s/a.png"], reserved={"s/a.jpg.png": "s/a.jpg"})
+    assert again["s/a.jpg.png"] == "s/a.jpg" and len(set(again.values())) == 3
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    png(inp / "s" / "a.jpg.png", part(True))
+    args = ["--engine", str(model), "--input", str(inp), "--output", str(out), "--recursive", "--save", "overlay",
+            "--quiet", "--format", "png"]
+    assert ri.main(args) == 0
+    [first] = rows(out)
+    picture = out / first["pictures"]["overlay"]
+    before = picture.read_bytes()
+    png(inp / "s" / "a.jpg", part(False))  # added before the run is resumed (and a.png: a.jpg keeps its extension)
+    png(inp / "s" / "a.png", part(False))
+    assert ri.main(args + ["--resume"]) == 0
+    got = {r["file"]: r["pictures"]["overlay"] for r in rows(out)}
+    assert len(got) == 3 and len(set(got.values())) == 3, got
+    assert got["s/a.jpg.png"] == first["pictures"]["overlay"] and picture.read_bytes() == before  # still its own
+
+
+def test_the_registration_centre_is_in_source_pixels_like_the_boxes() -> None:
+    """A huge file is decoded reduced (decode_scale 2): boxes and area are scaled back to the
+    file's pixels, but the row's registration centre was left in decoded pixels, half the value
+    of the boxes' frame. Everything a row locates is in the file's own pixels."""
+    from core.prepare import Prepared
+    from core.registration import Registration
+
+    reg = Registration("ok", np.eye(2, 3), (500, 400), centre=(120.0, 210.5), angle=30.0)
+    p = Prepared(np.zeros((16, 16, 1), np.uint8), reg, (500, 400), (1000, 800), 2.0)
+    row = batch.registration_row(p)
+    assert row["centre"] == [240.0, 421.0] and row["angle"] == 30.0 and "matrix" not in row
+    p1 = Prepared(np.zeros((16, 16, 1), np.uint8), reg, (500, 400), (500, 400), 1.0)
+    assert batch.registration_row(p1)["centre"] == [120.0, 210.5]

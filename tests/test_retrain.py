@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,36 @@ def test_gate_rule() -> None:
     ok, reasons = gate({"recall": 0.7, "aupro": 0.95}, {"recall": 0.8, "aupro": 0.9}, 0.02)
     assert not ok and "recall: 0.7000 < deployed 0.8000" in reasons[0]
     assert not gate({"recall": None, "aupro": 0.95}, {"recall": 0.8, "aupro": 0.9}, 0.02)[0]
+
+
+def test_a_gate_that_compared_nothing_does_not_pass() -> None:
+    """A held-out set of good parts only (normal-only calibration) gives neither model a recall
+    nor an AUPRO: the gate used to pass such a candidate, saying each metric was 'not compared',
+    so any model replaced the deployed one unchecked. It passes only with --force now."""
+    ok, reasons = gate({"recall": None, "aupro": None}, {"recall": None, "aupro": None}, 0.02)
+    assert not ok and "no defective parts" in reasons[-1] and "--force" in reasons[-1]
+    assert gate({"recall": None, "aupro": None}, None, 0.02)[0]  # the first deployment has nothing to compare
+    assert gate({"recall": 0.9, "aupro": None}, {"recall": 0.9, "aupro": None}, 0.02)[0]  # one compared: enough
+
+
+def test_a_tolerance_that_is_not_a_finite_number_is_a_usage_error(tmp_path: Path, config: Path) -> None:
+    """--tolerance nan made every 'worse than' comparison False: every candidate passed the gate."""
+    for bad in ("nan", "inf"):
+        with pytest.raises(SystemExit) as e:
+            main(["--config", str(config), "--data", str(tmp_path), "--deploy", str(tmp_path / "d"),
+                  "--tolerance", bad])
+        assert e.value.code == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_data_path_that_is_a_file_is_a_usage_error(tmp_path: Path, config: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """--data naming a file used to end in a NotADirectoryError traceback (exit 1)."""
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))
+    assert main(["--config", str(config), "--data", str(image), "--deploy", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {image}: ") and err.count("\n") == 1
 
 
 def test_deploy_gate_rollback(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture) -> None:
@@ -128,3 +159,66 @@ def test_a_failed_step_keeps_its_logs_and_deploys_nothing(tmp_path: Path, config
     assert Deployment(deploy).current() is None and Deployment(deploy).versions() == []
     [kept] = list((deploy / "failed").iterdir())
     assert "failed registration" in (kept / "logs" / "calibrate.log").read_text()
+
+
+def test_a_step_interrupted_in_the_parent_does_not_leave_its_child_running(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM to training.retrain alone (kill PID, a supervisor stopping the orchestrator) ended
+    the parent and left the step's child (hours of training.train) running on as an orphan,
+    writing into a staging folder nobody owned. The step's child is stopped with its parent."""
+    import core.steps as steps
+
+    started: list[subprocess.Popen] = []
+    real = steps.subprocess.Popen
+
+    def popen(*a: object, **k: object) -> subprocess.Popen:
+        proc = real(*a, **k)  # type: ignore[call-overload]
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(steps.subprocess, "Popen", popen)
+    # the signal reaches this process only, as `kill PID` does (a terminal's Ctrl-C reaches the group)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            steps.run_step("sleep", "timeit", ["-n", "1", "-r", "1", "__import__('time').sleep(60)"], tmp_path, {})
+    finally:
+        timer.cancel()
+    [proc] = started
+    assert proc.poll() is not None  # stopped, not orphaned
+
+
+def test_sigterm_to_the_orchestrator_stops_its_step_and_cleans_up(tmp_path: Path, config: Path) -> None:
+    """SIGTERM to the retrain process only: it takes the Ctrl-C path (core.cli.sigterm_interrupts),
+    so the running step is stopped, the staging folder removed, the deployment left as it was."""
+    good = write_parts(tmp_path / "good")
+    deploy = tmp_path / "models" / "bars"
+    proc = subprocess.Popen([sys.executable, "-m", "training.retrain", "--config", str(config), "--deploy", str(deploy),
+                             "--heldout", str(good / "test"), "--data", str(good)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("== calibrate:"):
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)  # the parent alone, not its group
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 1 and "interrupted: nothing was deployed" in rest, rest
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no step left running in the group
+        os.killpg(proc.pid, 0)
+    assert Deployment(deploy).current() is None and not list(deploy.glob(".staging-*"))
+
+
+def test_deployment_paths_typed_wrong_are_usage_errors(tmp_path: Path, config: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """One exit-code rule: a path typed wrong is exit 2. --rollback of a folder that does not exist
+    said 'nothing deployed' with exit 1, and --deploy naming a file failed in mkdir (exit 1)."""
+    assert main(["--rollback", str(tmp_path / "typo")]) == 2
+    assert "--rollback" in capsys.readouterr().err
+    good = write_parts(tmp_path / "good")
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert main(["--config", str(config), "--data", str(good), "--deploy", str(afile)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --deploy {afile}: ")

@@ -266,3 +266,35 @@ def test_a_sidecar_whose_input_disagrees_with_the_graph_is_refused_at_open(tmp_p
     bad.with_suffix(".yaml").write_text(yaml.safe_dump(side))
     with pytest.raises(rm.ModelError, match="its sidecar says input 64x64x1, the model itself 16x16x1"):
         rm.open_model(bad, providers="cpu")
+
+
+def test_a_model_refused_for_missing_outputs_releases_its_backend(tmp_path: Path, stub_model: Path,
+                                                                  stub_sidecars: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_model refused a sidecar listing outputs the graph lacks without closing the backend it
+    had created (an ONNX Runtime session, or a TensorRT engine's GPU memory, held until exit)."""
+    side = yaml.safe_load(stub_model.with_suffix(".yaml").read_text())
+    side["outputs"] = list(NAMES) + ["alpha"]
+    bad = tmp_path / "more.onnx"
+    bad.write_bytes(stub_model.read_bytes())
+    side["files"] = {bad.name: {"sha256": "stub"}}
+    bad.with_suffix(".yaml").write_text(yaml.safe_dump(side))
+    created: list[Any] = []
+    real = rm.B.create
+
+    def create(*a: Any, **k: Any) -> Any:
+        be = real(*a, **k)
+        created.append(be)
+        close = be.close
+        be.closed = False
+
+        def tracked() -> None:
+            be.closed = True
+            close()
+        be.close = tracked
+        return be
+
+    monkeypatch.setattr(rm.B, "create", create)
+    with pytest.raises(rm.ModelError, match=r"outputs \['alpha'\] listed in the sidecar are not in the model"):
+        rm.open_model(bad, providers="cpu")
+    assert len(created) == 1 and created[0].closed

@@ -111,3 +111,34 @@ def test_the_onnx_graph_computes_the_banks_map(parts: Path, tmp_path: Path) -> N
         b = [r.inspection.score for r in bank(files)]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     et.build(parts, out, size=64)  # a rebuild replaces its own pair, never refused as another model's
+
+
+def test_an_onnx_size_that_is_not_a_multiple_of_64_is_refused_before_anything_is_written(
+        parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The graph's search copies are 64 x 64 block means: --size 96 with --out X.onnx used to fit,
+    register and write X.npz, then fail (exit 1) leaving the bank without its sidecar; a rebuild
+    left the previous sidecar describing another X.npz. It is a usage error, checked first."""
+    out = tmp_path / "bar.onnx"
+    with pytest.raises(SystemExit) as e:
+        et.main(["--data", str(parts), "--out", str(out), "--size", "96"])
+    assert e.value.code == 2 and "multiple of 64" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="multiple of 64"):
+        et.build(parts, out, size=96)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert et.main(["--data", str(parts), "--out", str(tmp_path / "bar.npz"), "--size", "96"]) == 0  # the bank alone: any size
+
+
+def test_a_graph_that_fails_its_check_leaves_the_previous_build_whole(parts: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """X.npz was written before the graph was checked: a rebuild whose graph disagreed with the
+    bank (nothing written, it said) had already replaced X.npz, which no longer matched X.yaml."""
+    import export.template_graph as tg
+
+    out = tmp_path / "bar.onnx"
+    et.build(parts, out, size=64)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(tg, "parity", lambda *a, **k: {"rel_err": 1.0, "nearest_differ": 1, "ties": 0, "images": 1})
+    with pytest.raises(et.TemplateError, match="not written"):
+        et.build(parts, out, size=64, k=2)  # another bank: another X.npz
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    read_sidecar(out.with_suffix(".npz"))  # still the pair the sidecar describes

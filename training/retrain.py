@@ -17,7 +17,8 @@ crash in one step cannot leave another's state half-changed):
   baseline   the deployed model calibrated on the same held-out set, without touching it (--dry-run)
   gate       the candidate deploys only if, on that same data, its image recall at the calibrated
              FPR and its AUPRO are not worse than the deployed model's by more than --tolerance
-             (--force deploys anyway and records it)
+             (--force deploys anyway and records it); a held-out set of good parts only measures
+             neither, so the gate rejects: it compared nothing
 Then the staging folder is published as the next version vNNNN and `current` is switched to it
 atomically. A crash or kill at any step leaves the previous deployment untouched and serving: the
 stage is only a hidden folder, removed by the next run. A rejected candidate is kept under
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from core.cli import sigterm_interrupts
 from core.deployment import Deployment, DeploymentError
 from core.files import write_json
 from core.steps import StepFailed, run_step
@@ -51,6 +54,8 @@ GATE_METRICS = ("recall", "aupro")  # higher is better; compared candidate vs de
 
 def data_section(data: Path) -> dict[str, Any]:
     """How training reads NEW_DIR: an MVTec category (train/good) or a plain folder of good images."""
+    if not data.is_dir():  # iterdir() of a file would end in a traceback
+        raise ValueError(f"--data {data}: not a folder (an MVTec category or a folder of good images)")
     if (data / "train" / "good").is_dir():
         return {"format": "mvtec", "root": str(data)}
     if any(is_image_name(p) for p in data.iterdir()):
@@ -94,9 +99,10 @@ def gate(candidate: dict[str, float | None], deployed: dict[str, float | None] |
     while the deployed has it does."""
     if deployed is None:
         return True, ["first deployment: nothing to compare with"]
-    ok, reasons = True, []
+    ok, reasons, compared = True, [], 0
     for k in GATE_METRICS:
         new, old = candidate.get(k), deployed.get(k)
+        compared += old is not None
         if old is None:
             reasons.append(f"{k}: the deployed model has none; not compared")
         elif new is None:
@@ -107,6 +113,11 @@ def gate(candidate: dict[str, float | None], deployed: dict[str, float | None] |
             reasons.append(f"{k}: {new:.4f} < deployed {old:.4f} - {tolerance:g}")
         else:
             reasons.append(f"{k}: {new:.4f} vs deployed {old:.4f} (tolerance {tolerance:g})")
+    if not compared:  # a gate that measured nothing must not wave every candidate through
+        ok = False
+        reasons.append("nothing compared: the held-out set has no defective parts (normal-only calibration: recall "
+                       "and AUPRO are unknown for both models); add defective parts with masks to --heldout, or "
+                       "--force to deploy without the gate")
     return ok, reasons
 
 
@@ -176,6 +187,8 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
         if not Path(getattr(args, flag)).exists():
             raise FileNotFoundError(f"--{flag} {getattr(args, flag)}: not found")
     data = Path(args.data)
+    if Path(args.deploy).exists() and not Path(args.deploy).is_dir():
+        raise ValueError(f"--deploy {args.deploy}: exists and is not a folder")
     config = merge(load_config(args.config), {"data": data_section(data)})
     if args.init not in ("current", "scratch") and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init {args.init}: not a checkpoint file (or use current / scratch)")
@@ -229,6 +242,8 @@ def retrain(args: argparse.Namespace, config: dict[str, Any], data: Path, heldou
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # the deployment stays exactly as it was
         raise
+    finally:
+        dep.release()  # the staging lock: another run may stage now
     for note in notes:
         print(f"note: {note}")
     print(f"deployed {version.name}: {version.model} (current -> {version.name}"
@@ -278,14 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             return list_versions(args.list)
         if args.rollback:
+            if not Path(args.rollback).is_dir():  # typed wrong: not 'nothing deployed' (exit 1)
+                raise ValueError(f"--rollback {args.rollback}: not a deployment folder")
             frm, to = Deployment(args.rollback).rollback()
             print(f"rolled back: current -> {to.name} (was {frm.name}); {to.model}")
             return 0
         missing = [f"--{k}" for k in ("config", "data", "deploy") if not getattr(args, k)]
         if missing:
             p.error(f"{', '.join(missing)} required (or --list / --rollback)")
-        if args.tolerance < 0:
-            p.error("--tolerance must be >= 0")
+        if not (math.isfinite(args.tolerance) and args.tolerance >= 0):  # nan: every candidate would pass
+            p.error("--tolerance must be a finite number >= 0")
         config, data, heldout = plan(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -294,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        return retrain(args, config, data, heldout)
+        with sigterm_interrupts():  # kill PID / a supervisor's stop: the Ctrl-C path, staging removed
+            return retrain(args, config, data, heldout)
     except (StepFailed, DeploymentError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -45,24 +45,38 @@ from core.cli import require
 from runtime.model import ModelError
 from runtime.pipeline import Pipeline, Result
 from runtime.postprocess import Thresholds
-from runtime.sources import parse_source
+from runtime.sources import Roi, parse_source
 from runtime.stream import Bind
 
 UCSD = Path("../shared/data/ucsd/UCSDped2/Test/Test001")
+SCREW_TEST = Path("../shared/data/mvtec/screw/test")
 SIZE = (1920, 1080)
 
 
-def make_video(path: Path, frames: int) -> Path:
-    """`frames` frames of 1920x1080 at 25 fps: UCSD Ped2 upscaled (repeated as needed), or
-    synthetic moving shapes where the data is absent. Written once, reused."""
+def parts_roi(parts: Path) -> Roi:
+    """Where make_video puts a part picture in the 1920x1080 frame (centred, at its own size)."""
+    h, w = cv2.imread(str(next(iter(sorted(parts.rglob("*.png"))))), cv2.IMREAD_GRAYSCALE).shape
+    return Roi((SIZE[0] - w) // 2, (SIZE[1] - h) // 2, w, h)
+
+
+def make_video(path: Path, frames: int, parts: Path | None = None) -> Path:
+    """`frames` frames of 1920x1080 at 25 fps, written once, reused: the part pictures of `parts`
+    (e.g. the screw test half, for a model that registers parts: UCSD frames have no part to turn)
+    centred on a frame of their background gray, the camera looking at them through --roi; else
+    UCSD Ped2 upscaled (repeated as needed), or synthetic moving shapes where the data is absent."""
     if path.is_file():
         return path
-    sources = sorted(UCSD.glob("*.tif"))
+    sources = sorted(parts.rglob("*.png")) if parts is not None else sorted(UCSD.glob("*.tif"))
+    roi = parts_roi(parts) if parts is not None else None
     tmp = path.with_name(f".{path.name}.partial.mp4")
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, SIZE)
     rng = np.random.default_rng(0)
     for i in range(frames):
-        if sources:
+        if roi is not None:
+            part = cv2.cvtColor(cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
+            img = np.full((SIZE[1], SIZE[0], 3), int(np.median(part[0])), np.uint8)
+            img[roi.y:roi.y + roi.h, roi.x:roi.x + roi.w] = part
+        elif sources:
             img = cv2.resize(cv2.imread(str(sources[i % len(sources)])), SIZE, interpolation=cv2.INTER_LINEAR)
         else:
             img = rng.integers(90, 130, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
@@ -73,7 +87,7 @@ def make_video(path: Path, frames: int) -> Path:
     return path
 
 
-def decode_prepared(pipe: Pipeline, video: Path, frames: int) -> list[Any]:
+def decode_prepared(pipe: Pipeline, video: Path, frames: int, roi: Roi | None = None) -> list[Any]:
     """The video's first frames as the model's prepared inputs (the bare backend's workload)."""
     cap = cv2.VideoCapture(str(video))
     out = []
@@ -81,7 +95,7 @@ def decode_prepared(pipe: Pipeline, video: Path, frames: int) -> list[Any]:
         ok, img = cap.read()
         if not ok:
             break
-        out.append(pipe.prepare(img, bgr=True, keep_image=False))
+        out.append(pipe.prepare(roi.crop(img) if roi else img, bgr=True, keep_image=False))
     cap.release()
     return out
 
@@ -96,11 +110,11 @@ def crude_thresholds(pipe: Pipeline, prepared: list[Any]) -> Thresholds:
     return Thresholds(float(np.percentile(maps, 99.9)), float(maps.reshape(len(maps), -1).max(1).max()), "cli")
 
 
-def steps(pipe: Pipeline, video: Path, frames: int = 30) -> dict[str, float]:
+def steps(pipe: Pipeline, video: Path, roi: Roi | None = None, frames: int = 30) -> dict[str, float]:
     """CPU ms per frame of the shared pipeline's host steps at this size, each alone on the first
     frames: what the camera pays around the backend whatever its loop does."""
     cap = cv2.VideoCapture(str(video))
-    images = [img for ok, img in (cap.read() for _ in range(frames)) if ok]
+    images = [roi.crop(img) if roi else img for ok, img in (cap.read() for _ in range(frames)) if ok]
     cap.release()
     out: dict[str, float] = {}
     c = time.process_time()
@@ -146,10 +160,10 @@ def bare(pipe: Pipeline, prepared: list[Any], batch: int) -> dict[str, Any]:
 
 
 def camera(pipe: Pipeline, video: Path, frames: int, batch: int, out: Path, overlay: bool, realtime: bool,
-           seconds: float | None = None, sample: Any = None) -> dict[str, Any]:
+           seconds: float | None = None, sample: Any = None, roi: Roi | None = None) -> dict[str, Any]:
     """One run of the camera's loop (runtime.live.Session) over the video; `seconds` (the soak)
     loops it for that long, calling sample(session) every few seconds from this thread."""
-    s = Settings(parse_source(str(video)), realtime=realtime, batch=1 if realtime else batch,
+    s = Settings(parse_source(str(video)), roi=roi, realtime=realtime, batch=1 if realtime else batch,
                  loop=seconds is not None, log=out / "frames.jsonl",
                  max_frames=None if seconds is not None else frames,
                  record=out / "overlay.mp4" if overlay and seconds is None else None,
@@ -183,7 +197,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def soak(pipe: Pipeline, video: Path, seconds: float, out: Path) -> dict[str, Any]:
+def soak(pipe: Pipeline, video: Path, seconds: float, out: Path, roi: Roi | None = None) -> dict[str, Any]:
     """The realtime configuration for `seconds`, with a viewer; RSS and fds sampled."""
     samples: list[dict[str, float]] = []
     t0 = time.monotonic()
@@ -205,7 +219,7 @@ def soak(pipe: Pipeline, video: Path, seconds: float, out: Path) -> dict[str, An
         if session.server is not None:
             viewer(session.server.url)
 
-    run = camera(pipe, video, 0, 1, out, overlay=True, realtime=True, seconds=seconds, sample=sample)
+    run = camera(pipe, video, 0, 1, out, overlay=True, realtime=True, seconds=seconds, sample=sample, roi=roi)
     warm = [x for x in samples if x["t"] >= min(30.0, seconds / 4)] or samples
     base = warm[0]
     tail = warm[-max(1, len(warm) // 4):]
@@ -218,7 +232,8 @@ def soak(pipe: Pipeline, video: Path, seconds: float, out: Path) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.camera", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, help="model file (.onnx runs on ONNX Runtime, CPU provider)")
-    p.add_argument("--video", help="a video file (default: a 1920x1080 one made from UCSD Ped2 under --out)")
+    p.add_argument("--video", help="a video file (default: a 1920x1080 one made under --out: the screw test parts "
+                                   "seen through --roi for a model that registers parts, else UCSD Ped2)")
     p.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
     p.add_argument("--batch", type=int, default=1, help="model batch for bare and camera (default 1)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; best kept (default 2)")
@@ -232,10 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--frames, --batch, --rounds and --soak must be positive")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    video = Path(args.video) if args.video else make_video(out / f"video_1080p_{args.frames}.mp4", args.frames)
-    if not video.is_file():
-        print(f"error: --video {video}: not found", file=sys.stderr)
-        return 2
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     cv2.setNumThreads(1)  # as runtime.camera runs: its threads are the parallelism
     try:
@@ -244,13 +255,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     with pipe:
-        prepared = decode_prepared(pipe, video, args.frames)
+        # a model that registers parts needs parts in view: UCSD frames would all fail registration
+        parts = SCREW_TEST if pipe.spec.registration.active and SCREW_TEST.is_dir() and not args.video else None
+        roi = parts_roi(parts) if parts is not None else None
+        name = f"video_1080p_{'screw' if parts else 'ucsd'}_{args.frames}.mp4"
+        video = Path(args.video) if args.video else make_video(out / name, args.frames, parts)
+        prepared = decode_prepared(pipe, video, args.frames, roi)
         pipe.thresholds = crude_thresholds(pipe, prepared)
         configs = {"bare": lambda: bare(pipe, prepared, args.batch),
                    "decode": lambda: decode(video, len(prepared)),
-                   "camera": lambda: camera(pipe, video, len(prepared), args.batch, out, False, False),
-                   "+overlay": lambda: camera(pipe, video, len(prepared), args.batch, out, True, False),
-                   "realtime": lambda: camera(pipe, video, len(prepared), 1, out, True, True)}
+                   "camera": lambda: camera(pipe, video, len(prepared), args.batch, out, False, False, roi=roi),
+                   "+overlay": lambda: camera(pipe, video, len(prepared), args.batch, out, True, False, roi=roi),
+                   "realtime": lambda: camera(pipe, video, len(prepared), 1, out, True, True, roi=roi)}
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in configs}
         for r in range(args.rounds):
             for name, fn in configs.items():
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                          "overhead": b["fps"] / res["fps"] - 1 if model else None,
                          "cpu_overhead": res["cpu_ms_per_frame"] / b["cpu_ms_per_frame"] - 1 if model else None})
         cam, rt = rows[2], best["realtime"]
-        host = steps(pipe, video)
+        host = steps(pipe, video, roi)
         # the camera loop's own CPU (threads, queues, log): its CPU time less decoding, the backend
         # and the shared pipeline's steps, each measured alone on the same frames
         cam["loop_cpu_ms_per_frame"] = (cam["cpu_ms_per_frame"] - best["decode"]["cpu_ms_per_frame"]
@@ -299,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "camera.json", result)
         print(f"wrote {out / 'camera.json'}")
         if args.soak:
-            res = soak(pipe, video, args.soak, out)
+            res = soak(pipe, video, args.soak, out, roi)
             write_json(out / "soak.json", res)
             print(f"soak {args.soak:.0f} s: {res['run']['frames']} frames, RSS {res['baseline']['rss_mb']:.0f} MB -> "
                   f"growth {100 * res['rss_growth']:+.1f}%, fds {res['baseline']['fds']} -> growth {res['fd_growth']:+d}; "

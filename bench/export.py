@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     """The benchmark of `main`, its files under `work`."""
-    import onnxruntime as ort
+    import onnxruntime
 
     from core import ort
     from export.check import compare
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     report = {"command": "python -m bench.export " + " ".join(argv if argv is not None else sys.argv[1:]),
               "model": {"config": args.config, "checkpoint": str(ckpt) if trained else None, "trained": trained,
                         "size": h, "channels": c, "inference": inf},
-              "machine": {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+              "machine": {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                           "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
               "exports": exports, "parity": parity, "latency": rows, "cuda": gpu, "targets": targets}

@@ -6,8 +6,10 @@
 Each folder holds one run's localization.json (python -m bench.localization ... --out OUT). A
 single run's best IoU moves by ~0.05 between seeds and even between machines at the same seed
 (docs/benchmarks.md), so settings are compared on the mean over seeds, with the spread beside it.
-Prints, per group and map, mean and [min, max] of pixel AUROC, best IoU, AUPRO and image AUROC,
-and which of bench.localization's targets the means meet; writes the same as JSON with --out.
+Prints, per group and map, mean and [min, max] of pixel AUROC, best IoU, AUPRO and image AUROC
+(the map's max; with --image-scores also its top-1 % mean and normal-area scores), and which of
+bench.localization's targets the means meet; writes the same as JSON with --out. An image score
+such as `kl` or `trivial_brightness` is summarized over its image AUROC alone.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.localization import TARGETS
+from bench.localization import IMAGE_SCORES, TARGETS
 from core.files import write_json
 
 METRICS = ("pixel_auroc", "best_iou", "aupro", "image_auroc")
@@ -45,13 +47,17 @@ def summarize(runs: list[dict[str, Any]], maps: list[str]) -> dict[str, dict[str
         missing = [r.get("config", "?") for r in runs if name not in r["metrics"]]
         if missing:
             raise ValueError(f"map '{name}' is missing from the run(s) of {', '.join(missing)}")
-        if any(k not in r["metrics"][name] for r in runs for k in METRICS):
-            raise ValueError(f"'{name}' has no pixel metrics (an image score such as kl is not a map)")
+        # every run must have a metric for it to be averaged; a map row has the four METRICS, an
+        # image score (kl) the image AUROC alone; older runs lack the extra image scores
+        keys = [k for k in (*METRICS, *IMAGE_SCORES) if all(k in r["metrics"][name] for r in runs)]
+        pixel = set(METRICS) - {"image_auroc"}
+        if "image_auroc" not in keys or 0 < len(pixel & set(keys)) < len(pixel):
+            raise ValueError(f"'{name}' lacks metrics in some run (a map needs {', '.join(METRICS)})")
         row: dict[str, Any] = {}
-        for k in METRICS:
+        for k in keys:
             v = np.array([r["metrics"][name][k] for r in runs], dtype=np.float64)
             row[k] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "values": v.tolist()}
-        row["targets_met"] = {k: row[k]["mean"] >= t for k, t in TARGETS.items()}
+        row["targets_met"] = {k: row[k]["mean"] >= t for k, t in TARGETS.items() if k in row}
         out[name] = row
     return out
 
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", nargs="+", action="append", required=True, metavar="NAME DIR",
                    help="a setting's name, then the result folders of its seeds (repeat per setting)")
     p.add_argument("--maps", nargs="+", default=["ssim_error", "recon_error_blur"])
+    p.add_argument("--image-scores", action="store_true", help="also the top-1 %% mean and normal-area image AUROCs")
     p.add_argument("--out", help="also write the summary here as JSON")
     args = p.parse_args(argv)
     if any(len(g) < 2 for g in args.group):
@@ -73,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{'setting':10s} {'map':18s} {'n':>2s}  " + "  ".join(f"{k + ' mean [min, max]':>26s}" for k in METRICS))
+    cols = [*METRICS, *(IMAGE_SCORES if args.image_scores else ())]
+    width = max(18, *(len(m) for m in args.maps))
+    print(f"{'setting':10s} {'map':{width}s} {'n':>2s}  " + "  ".join(f"{k + ' mean [min, max]':>26s}" for k in cols))
     for g in args.group:
         for name, row in result[g[0]].items():
-            cells = "  ".join(f"{row[k]['mean']:8.3f} [{row[k]['min']:.3f}, {row[k]['max']:.3f}]".rjust(26) for k in METRICS)
-            print(f"{g[0]:10s} {name:18s} {len(g) - 1:2d}  {cells}")
+            cells = "  ".join((f"{row[k]['mean']:8.3f} [{row[k]['min']:.3f}, {row[k]['max']:.3f}]" if k in row
+                               else "").rjust(26) for k in cols)
+            print(f"{g[0]:10s} {name:{width}s} {len(g) - 1:2d}  {cells}")
     print("targets (" + ", ".join(f"{k} >= {v}" for k, v in TARGETS.items()) + ") met by the means: " +
           "; ".join(f"{g}/{m}: {[k for k, ok in row['targets_met'].items() if ok] or 'none'}"
                     for g, rows in result.items() for m, row in rows.items()))

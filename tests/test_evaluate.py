@@ -157,7 +157,8 @@ def test_seed_summary_means_spread_and_errors(tmp_path: Path, capsys):
     row = json.loads(out.read_text())["C"]["ssim_error"]
     assert row["pixel_auroc"]["mean"] == pytest.approx(0.975)
     assert row["best_iou"]["min"] == pytest.approx(0.10) and row["best_iou"]["max"] == pytest.approx(0.20)
-    assert row["targets_met"] == {"pixel_auroc": True, "best_iou": False, "aupro": True}  # 0.15 < 0.17
+    # 0.975 >= 0.975; 0.15 < 0.40; 0.86 < 0.93; 0.5 < 0.95
+    assert row["targets_met"] == {"pixel_auroc": True, "best_iou": False, "aupro": False, "image_auroc": False}
     assert seeds_main(["--group", "C", str(tmp_path / "nowhere")]) == 1
     assert "nowhere/localization.json: not found" in capsys.readouterr().err
     assert seeds_main(["--group", "C", str(tmp_path / "s0"), "--maps", "fusion"]) == 1
@@ -168,8 +169,13 @@ def test_seed_summary_means_spread_and_errors(tmp_path: Path, capsys):
     kl = tmp_path / "kl"
     kl.mkdir()
     (kl / "localization.json").write_text(json.dumps({"config": "kl", "metrics": {"kl": {"image_auroc": 0.6}}}))
-    assert seeds_main(["--group", "K", str(kl), "--maps", "kl"]) == 1
-    assert "'kl' has no pixel metrics" in capsys.readouterr().err
+    # an image score is summarized over its image AUROC alone; a map missing a pixel metric is an error
+    assert seeds_main(["--group", "K", str(kl), "--maps", "kl", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["K"]["kl"]) == {"image_auroc", "targets_met"}
+    (kl / "localization.json").write_text(json.dumps({"config": "kl", "metrics": {"m": {"image_auroc": 0.6,
+                                                                                          "aupro": 0.5}}}))
+    assert seeds_main(["--group", "K", str(kl), "--maps", "m"]) == 1
+    assert "'m' lacks metrics" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # a second group of the same name would replace the first
         seeds_main(["--group", "C", str(tmp_path / "s0"), "--group", "C", str(tmp_path / "s1")])
     assert e.value.code == 2 and "names must differ" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from core.files import atomic_write
-from training.config import DEFAULTS, merge
+from training.config import DEFAULTS, merge, registration_request
 from training.models import VAE, build_model
 from training.models.factory import model_settings
 
@@ -63,15 +63,18 @@ RESUMABLE_DATA_KEYS = frozenset({"root", "cache_dir", "max_test"})
 
 
 def resume_conflicts(old: dict[str, Any], new: dict[str, Any], train_defaults: dict[str, Any] | None = None,
-                     sections: tuple[str, ...] = ("model", "train", "data")) -> list[str]:
+                     sections: tuple[str, ...] = ("model", "train", "data", "registration")) -> list[str]:
     """What a --resume would silently change in the experiment: 'section.key: old -> new' for every
-    model setting, every train setting outside RESUMABLE_TRAIN_KEYS, and the data's format and
-    augmentation (of `sections`). Both sides get the defaults first: a key a checkpoint predates
-    is not a change."""
+    model setting, every train setting outside RESUMABLE_TRAIN_KEYS, the data's format and
+    augmentation, and the registration asked for (of `sections`). Both sides get the defaults
+    first: a key a checkpoint predates is not a change. A registration section compares as its
+    method and lighting: the values training fitted are no change of the experiment."""
     filled = {"model": model_settings,
               "train": lambda c: {**(DEFAULTS["train"] if train_defaults is None else train_defaults), **c},
-              "data": lambda c: merge(DEFAULTS["data"], c)}
-    free = {"model": frozenset(), "train": RESUMABLE_TRAIN_KEYS, "data": RESUMABLE_DATA_KEYS}
+              "data": lambda c: merge(DEFAULTS["data"], c),
+              "registration": lambda c: registration_request({"registration": c})}
+    free = {"model": frozenset(), "train": RESUMABLE_TRAIN_KEYS, "data": RESUMABLE_DATA_KEYS,
+            "registration": frozenset()}
     diffs = []
     for section in sections:
         fill = filled[section]
@@ -89,7 +92,9 @@ def resume_checkpoint(path: Path, config: dict[str, Any], map_location: str | to
     if not path.is_file():
         raise FileNotFoundError(f"{path}: nothing to resume (drop --resume to start a new run there)")
     ck = _project_checkpoint(load_checkpoint(path, map_location), path)
-    diffs = resume_conflicts(ck["config"], config, train_defaults)
+    # the fitted section's method reads "none" where fit fell back: compare what was asked for
+    old = {**ck["config"], "registration": ck.get("registration_request", ck["config"].get("registration"))}
+    diffs = resume_conflicts(old, config, train_defaults)
     if diffs:
         raise ValueError(f"{path}: --resume with another experiment than the checkpoint's ({'; '.join(diffs)}); "
                          "resume with its config, or train into another --out")

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from core.registration import RegistrationSpec
+
 DEFAULTS: dict[str, Any] = {
     "model": {"arch": "resnet18", "size": 256, "channels": 1, "latent": 32},
     "data": {"format": "mvtec", "augment": {"rotate": 0, "hflip": False, "vflip": False}},
@@ -15,7 +17,28 @@ DEFAULTS: dict[str, Any] = {
     # What inference (evaluation, export, runtime) computes: target layer, latent score, and the
     # map that drives masks and verdicts (chosen from bench.localization, see docs/benchmarks.md).
     "inference": {"layer": "layer3", "score": "sum_mu", "anomaly_map": "recon_error_blur", "blur_sigma": 4.0},
+    # Host-side registration (core.registration) before the model: what a config asks for. Training
+    # fits it on the training images and the checkpoint's config holds the fitted spec instead.
+    "registration": {"method": "none", "lighting": "none"},
 }
+REGISTRATION_KEYS = ("method", "lighting")
+
+
+def registration_request(config: dict[str, Any], strict: bool = False) -> dict[str, str]:
+    """The config's `registration` section as asked for ({method, lighting}, defaults filled in);
+    ValueError for an unknown value. strict (a training config): ValueError for any other key too,
+    since the fitted values (background, poses, zoom...) come from the training images, never from
+    YAML. Not strict, a checkpoint's fitted section reads as its method and lighting."""
+    section = config.get("registration") or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"registration: expected a mapping with {', '.join(REGISTRATION_KEYS)}, got {section!r}")
+    unknown = sorted(set(section) - set(REGISTRATION_KEYS)) if strict else []
+    if unknown:
+        raise ValueError(f"registration.{unknown[0]}: unknown key (a config sets {' and '.join(REGISTRATION_KEYS)}; "
+                         "training fits the rest on the training images)")
+    request = {k: section.get(k, DEFAULTS["registration"][k]) for k in REGISTRATION_KEYS}
+    RegistrationSpec(**request)  # validates the values against core.registration's one list of choices
+    return request
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -9,14 +9,23 @@ Maps (all raw, no per-image normalization):
   recon_error, recon_error_blur          |x - x_hat|, raw and Gaussian-smoothed
   ssim_error                             (1 - SSIM) x |x - x_hat|, smoothed (maps.structural_error)
   fusion/<layer>/<score>                 blurred error / s_r + attention / s_a (maps.AnomalyMap)
+  template                               the training-free nearest-reference map (core.template,
+                                         k = 5, bank: the training images as the model saw them)
+  template+<map>                         template / s_t + map / s_m, each divided by its normal scale
   trivial_darkness                       255 - I: "where the part is", the floor to beat
-Image score is the max of each map; `kl` is the KL of q(z|x) as an image score.
-Writes OUT/metrics.json and OUT/grid.png. Images that cannot be read are reported and skipped.
+A model trained with registration sees registered images (the checkpoint's fitted spec, through
+core.prepare as the runtime prepares them); every map is computed in that frame and warped back to
+the image's own frame at model size (Split.to_original) before it is scored against the masks.
+Image scores per map: its max (image_auroc), the mean of its top 1 % pixels (image_auroc_top1),
+its area above the map's pixel 99.9th percentile on normal training images (image_auroc_area);
+`kl` is the KL of q(z|x) as an image score. Writes OUT/metrics.json and OUT/grid.png. Images
+that cannot be read or registered are reported and skipped.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +33,23 @@ import numpy as np
 import torch
 
 from core.device import GRAMMAR, device_arg
-from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
 from core.files import atomic_write, write_json
+from core.metrics import localization_metrics, roc_auc
+from core.template import TemplateBank
+from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
 from training.checkpoint import load_model
-from training.data import Split, load_split
+from training.data import Split, load_split, registration_of
 from training.loop import torch_device
 from training.losses import kl_divergence
 from training.maps import AnomalyMap, GaussianBlur, fuse, recon_error
-from core.metrics import localization_metrics, roc_auc
 from training.models import VAE
 from training.stats import fusion_scales
+
+TEMPLATE_K = 5                 # nearest references per image (core.template's benchmark setting)
+TEMPLATE_FUSED = ("recon_error_blur", "ssim_error")   # the VAE maps fused with the template
+NORMAL_IMAGES = 64             # training images whose maps give each map's normal scale and p99.9
+TOP_FRACTION = 0.01            # image score: the mean of a map's top 1 % pixels
+AREA_QUANTILE = 0.999          # image score: the area above a map's normal 99.9th percentile
 
 
 def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str], variants: list[str],
@@ -75,23 +91,92 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
     return {k: np.concatenate(v) for k, v in maps.items()}, np.concatenate(kls)
 
 
+def template_maps(bank: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """The template map [N, h, w] of model inputs against a bank of good ones (the same frame)."""
+    return TemplateBank(bank, k=TEMPLATE_K).anomaly_map(images)[:, 0]
+
+
+def normal_scale(m: np.ndarray) -> float:
+    """A map's scale on normal images [N, h, w]: the median over images of each one's 99th
+    percentile (training.stats' definition, so a fused term weighs as the model's fusion does)."""
+    return float(max(np.median(np.quantile(m.reshape(len(m), -1), 0.99, axis=1)), 1e-8))
+
+
+def fuse_with_template(maps: dict[str, np.ndarray], scales: dict[str, float]) -> None:
+    """Add template+<map> = template / s_t + map / s_m for each map of TEMPLATE_FUSED in `maps`."""
+    for k in TEMPLATE_FUSED:
+        if k in maps and "template" in maps:
+            maps[f"template+{k}"] = maps["template"] / scales["template"] + maps[k] / scales[k]
+
+
+def all_maps(model: VAE, test: Split, train: Split, layers: list[str], scores: list[str], variants: list[str],
+             sigma: float, per_dim: bool = False, device: str | torch.device = "cpu",
+             scales: dict[tuple[str, str], float] | None = None,
+             extend: Callable[[dict[str, np.ndarray]], None] | None = None
+             ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
+    """Every map of `test` in its images' own frame at model size (what is scored), the KL, and each
+    map's pixel 99.9th percentile on normal images (the area image score's threshold).
+
+    The maps are computed in the model's frame (compute_maps; the template against the `train`
+    images), `extend` adds derived maps there, then each goes back through its image's
+    registration. Normal maps: NORMAL_IMAGES training images, evenly spaced; their template map is
+    taken against a bank of the other training images (against all of them each would find itself
+    and map to zero). They also give the template fusions their scales."""
+    if len(train) < 2:
+        raise ValueError(f"{len(train)} training image(s): the template map and the normal scales need at least 2")
+    held = np.unique(np.linspace(0, len(train) - 1, min(NORMAL_IMAGES, len(train) // 2)).astype(int))
+    normal_split = train.subset(held)
+    maps, kl = compute_maps(model, test, layers, scores, variants, sigma, per_dim=per_dim, device=device, scales=scales)
+    normal, _ = compute_maps(model, normal_split, layers, scores, variants, sigma, per_dim=per_dim, device=device,
+                             scales=scales)
+    maps["template"] = template_maps(train.images, test.images)
+    normal["template"] = template_maps(np.delete(train.images, held, axis=0), normal_split.images)
+    for m in (maps, normal) if extend is not None else ():
+        extend(m)
+    fused = {k: normal_scale(normal[k]) for k in ("template", *TEMPLATE_FUSED) if k in normal}
+    fuse_with_template(maps, fused)
+    fuse_with_template(normal, fused)
+    thresholds = {k: float(np.quantile(normal_split.to_original(v), AREA_QUANTILE)) for k, v in normal.items()}
+    return {k: test.to_original(v) for k, v in maps.items()}, kl, thresholds
+
+
 def mean_gray(images: np.ndarray) -> np.ndarray:
     """Mean intensity of each uint8 image [N, H, W, C] -> [N]."""
     return images.reshape(len(images), -1).mean(1)
 
 
-def score_maps(maps: dict[str, np.ndarray], split: Split, kl: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+def image_scores(m: np.ndarray, threshold: float | None = None) -> dict[str, np.ndarray]:
+    """The image scores of maps [N, h, w]: max, mean of the top TOP_FRACTION pixels, and (with a
+    normal threshold) the fraction of pixels above it."""
+    flat = m.reshape(len(m), -1)
+    k = max(1, int(round(TOP_FRACTION * flat.shape[1])))
+    out = {"max": flat.max(1), "top1": np.partition(flat, -k, axis=1)[:, -k:].mean(1)}
+    if threshold is not None:
+        out["area"] = (flat > threshold).mean(1)
+    return out
+
+
+def score_maps(maps: dict[str, np.ndarray], split: Split, kl: np.ndarray | None = None,
+               thresholds: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of maps [N, h, w] that lie in the masks' frame (all_maps' output): pixel AUROC, best
+    IoU, AUPRO, and the image AUROC of each image score (image_auroc: the max)."""
     if split.masks is None:
         raise ValueError("the test split has no pixel masks: localization metrics need ground truth")
     n_bad = int(split.labels.sum())
     if n_bad == 0 or n_bad == len(split.labels):
         raise ValueError(f"the test split has {n_bad} defective (with masks) and {len(split.labels) - n_bad} good "
                          f"images ({len(split.skipped)} skipped): the metrics need both")
-    table = {name: localization_metrics(split.masks, m, split.labels) for name, m in maps.items()}
+    table = {}
+    for name, m in maps.items():
+        table[name] = localization_metrics(split.masks, m, split.labels)
+        for k, v in image_scores(m, (thresholds or {}).get(name)).items():
+            if k != "max":
+                table[name][f"image_auroc_{k}"] = roc_auc(split.labels, v)
     if kl is not None:
         table["kl"] = {"image_auroc": roc_auc(split.labels, kl)}
     # Image-level baseline beside every image AUROC: on the shared screw half the good test images
-    # are darker than the defective ones, so plain mean brightness separates them (AUROC 1.0).
+    # are darker than the defective ones, so plain mean brightness separates them (AUROC 1.0) unless
+    # registration's lighting brings every background to one gray.
     table["trivial_brightness"] = {"image_auroc": roc_auc(split.labels, mean_gray(split.images))}
     return table
 
@@ -107,8 +192,10 @@ def save_grid(path: Path, split: Split, maps: dict[str, np.ndarray], columns: li
     pick = order[np.linspace(0, len(order) - 1, min(rows, len(order))).astype(int)]
     cols = ["input", "ground truth", *columns]
     fig, axes = plt.subplots(len(pick), len(cols), figsize=(2.2 * len(cols), 2.2 * len(pick)), squeeze=False)
+    # the maps lie in the images' own frame: so must the pictures under them (gray when registered)
+    shown = split.images if split.registrations is None else split.to_original(split.images.mean(-1))[..., None]
     for r, i in enumerate(pick):
-        img = split.images[i][:, :, 0] if split.images.shape[-1] == 1 else split.images[i]
+        img = shown[i][:, :, 0] if shown.shape[-1] == 1 else shown[i]
         for c, name in enumerate(cols):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray")
@@ -126,6 +213,24 @@ def save_grid(path: Path, split: Split, maps: dict[str, np.ndarray], columns: li
     plt.close(fig)
 
 
+def load_splits(config: dict[str, Any], data: str | Path | None = None,
+                checkpoint: str | Path | None = None) -> tuple[Split, Split]:
+    """(test, train) as the model sees them: its size, channels and registration (the checkpoint's
+    fitted spec). Unreadable and unregistrable images are skipped and reported on stderr."""
+    mcfg = config["model"]
+    args = (mcfg["size"], mcfg.get("channels", 1))
+    try:
+        test, train = (load_split(config["data"], s, *args, strict=False, root=data,
+                                  registration=registration_of(config)) for s in ("test", "train"))
+    except FileNotFoundError as e:
+        if data is not None or checkpoint is None:
+            raise
+        raise FileNotFoundError(f"{e} (data.root as recorded in {checkpoint}; pass --data DIR)") from e
+    for f, why in test.skipped:
+        print(f"skipped {f}: {why}", file=sys.stderr)
+    return test, train
+
+
 def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] | None, scores: list[str] | None,
              variants: list[str], out: Path | None, per_dim: bool = False,
              device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -133,25 +238,18 @@ def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] 
     inf = config["inference"]
     layers = layers or [inf["layer"]]
     scores = scores or [inf["score"]]
-    mcfg = config["model"]
-    try:
-        split = load_split(config["data"], "test", mcfg["size"], mcfg.get("channels", 1), strict=False, root=data)
-    except FileNotFoundError as e:
-        if data is not None:
-            raise
-        raise FileNotFoundError(f"{e} (data.root as recorded in {checkpoint}; pass --data DIR)") from e
-    for f, why in split.skipped:
-        print(f"skipped {f}: {why}", file=sys.stderr)
-    scales = fusion_scales(model, config, layers, scores, data, device)
-    maps, kl = compute_maps(model, split, layers, scores, variants, float(inf["blur_sigma"]), per_dim=per_dim,
-                            device=device, scales=scales)
+    split, train = load_splits(config, data, checkpoint)
+    scales = fusion_scales(model, config, layers, scores, normal=train.images, device=device)
+    maps, kl, thresholds = all_maps(model, split, train, layers, scores, variants, float(inf["blur_sigma"]),
+                                    per_dim=per_dim, device=device, scales=scales)
     result = {"checkpoint": str(checkpoint), "images": len(split), "anomalous": int(split.labels.sum()),
               "skipped": [{"file": f, "reason": r} for f, r in split.skipped],
-              "blur_sigma": inf["blur_sigma"], "metrics": score_maps(maps, split, kl)}
+              "registration": split.registration.to_mapping(),
+              "blur_sigma": inf["blur_sigma"], "metrics": score_maps(maps, split, kl, thresholds)}
     if out is not None:
         write_json(out / "metrics.json", result)
         att = f"attention/{layers[0]}/{scores[0]}/{variants[0]}"
-        save_grid(out / "grid.png", split, maps, [att, "recon_error", "recon_error_blur"])
+        save_grid(out / "grid.png", split, maps, [att, "recon_error", "recon_error_blur", "template"])
     return result
 
 

@@ -10,7 +10,7 @@ import torch
 
 from training.attention import attention_map, layer_gradients
 from training.checkpoint import all_finite
-from training.data import load_split
+from training.data import load_split, registration_of
 from training.maps import GaussianBlur, recon_error
 from training.models import VAE
 
@@ -69,14 +69,18 @@ def fit_normal_stats(model: VAE, images: np.ndarray, layer: str, score: str, sig
 
 
 def fusion_scales(model: VAE, config: dict[str, Any], layers: list[str], scores: list[str],
-                  root: str | Path | None = None, device: str | torch.device = "cpu") -> dict[tuple[str, str], float]:
+                  root: str | Path | None = None, device: str | torch.device = "cpu",
+                  normal: np.ndarray | None = None) -> dict[tuple[str, str], float]:
     """Attention scale for each (layer, score) a benchmark fuses: the stored one for the
-    configured pair; the others measured on the training images, read only when needed."""
+    configured pair; the others measured on the training images (`normal`, as the model sees them;
+    read, with the model's registration, only when needed and not given)."""
     inf, mcfg = config["inference"], config["model"]
     configured = (inf["layer"], inf["score"])
     pairs = {(layer, score) for layer in layers for score in scores}
     stored = {configured: float(model.map_scale[0])} if configured in pairs else {}
     if len(stored) == len(pairs):
         return stored
-    normal = load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1), strict=False, root=root).images
+    if normal is None:
+        normal = load_split(config["data"], "train", mcfg["size"], mcfg.get("channels", 1), strict=False, root=root,
+                            registration=registration_of(config)).images
     return {**attention_scales(model, normal, layers, scores, device=device), **stored}

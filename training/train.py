@@ -5,8 +5,12 @@
     torchrun --nproc_per_node N -m training.train ...      (data-parallel, DDP)
 
 Writes OUT/model.pt atomically after every epoch (resumable) and, at the end, the normal-data
-statistics that attention (Eq. 4) and the fusion map need. --init starts a new run from another
-checkpoint's weights (a warm start, e.g. retraining the deployed model on new good parts).
+statistics that attention (Eq. 4) and the fusion map need. A config's `registration` section
+({method, lighting}, core.registration) is fitted on the training images, which are then registered
+through core.prepare as every other layer prepares them; the checkpoint's config holds the fitted
+spec (export copies it into the sidecar) and `registration_request` what the config asked for.
+--init starts a new run from another checkpoint's weights (a warm start, e.g. retraining the
+deployed model on new good parts).
 A progress bar over all steps shows the rate and the time left where stderr is a terminal; one
 summary line per epoch goes to stderr for logs. Exit codes: 0 done, 1 failure, 2 usage.
 """
@@ -17,6 +21,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from core.device import GRAMMAR, device_arg
+from core.registration import RegistrationSpec
 from training.checkpoint import init_checkpoint, resume_checkpoint, save_checkpoint
-from training.config import load_config, merge
-from training.data import AugmentedImages, load_split
+from training.config import load_config, merge, registration_request
+from training.data import AugmentedImages, load_split, registration_of
 from training.factorvae_train import train as train_factorvae
 from training.losses import vae_loss
 from training.loop import (any_process, check_start, check_weights, load_init, log, mean_over_processes,
@@ -70,6 +76,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     tcfg, mcfg, dcfg = config["train"], config["model"], config["data"]
+    request = registration_request(config, strict=True)
     seed = int(tcfg["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -82,7 +89,19 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
     ckpt_path = out / "model.pt"
     ck = resume_checkpoint(ckpt_path, config, device) if resume else None
     start, init_record = init_checkpoint(init, config, device) if init is not None else (None, None)
-    split = load_split(dcfg, "train", mcfg["size"], mcfg.get("channels", 1), strict=True)
+    # registration is fitted on the training images once; a resumed run keeps the spec its
+    # weights were trained with (the checkpoint's config holds it, the request beside it)
+    spec = RegistrationSpec(**request)
+    resumed = ck is not None and spec.active
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = load_split(dcfg, "train", mcfg["size"], mcfg.get("channels", 1), strict=True,
+                           registration=registration_of(ck["config"]) if resumed else spec,
+                           fit_registration=not resumed)
+    if spec.active:  # what export, the runtime and evaluation register with
+        config = {**config, "registration": split.registration.to_mapping()}
+    for w in caught if rank == 0 else ():
+        print(f"warning: {w.message}", file=sys.stderr)
     for f, why in split.skipped if rank == 0 else ():
         print(f"note: {f}: {why}", file=sys.stderr)
     aug = dcfg.get("augment") or {}
@@ -138,7 +157,7 @@ def train(config: dict[str, Any], out: Path, device: torch.device, resume: bool 
         if rank == 0:
             save_checkpoint(ckpt_path, model, config, optimizer=opt.state_dict(), epoch=epoch, step=step,
                             history=history, stats_ready=stats_ready, scaler=scaler.state_dict() if amp else None,
-                            init=init_record)
+                            init=init_record, registration_request=request)
     # DistributedSampler deals global positions round-robin (rank r holds r, r+world, ...), so
     # that is also the stride of this rank's rows of the global noise: image and noise stay paired
     # exactly as in one process.

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.images import ImageError
+from core.registration import RegistrationSpec
 from training.data.folder import list_images, read_many
 from training.data.split import Split
-from core.images import ImageError
 
 
-def load(root: Path, split: str, size: int, channels: int, strict: bool) -> Split:
+def load(root: Path, split: str, size: int, channels: int, strict: bool, registration: RegistrationSpec | None = None,
+         fit_registration: bool = False) -> Split:
     base = root / split
     if not base.is_dir():
         raise ImageError(f"{base}: missing (MVTec layout needs {split}/good, test/<type>, ground_truth/<type>)")
@@ -31,6 +33,6 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool) -> Spli
     if not paths:
         raise ImageError(f"{base}: no images found")
     want_masks = split == "test"
-    imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if want_masks else None)
-    return Split(imgs, np.asarray(labels)[kept], m, [f"{kinds[i]}/{paths[i].name}" for i in kept],
-                 [kinds[i] for i in kept], ignored + skipped)
+    r = read_many(paths, size, channels, strict, masks if want_masks else None, registration, fit_registration)
+    return Split(r.images, np.asarray(labels)[r.kept], r.masks, [f"{kinds[i]}/{paths[i].name}" for i in r.kept],
+                 [kinds[i] for i in r.kept], ignored + r.skipped, r.registration, r.registrations)

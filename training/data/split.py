@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.registration import Registration, RegistrationSpec, warp_back
+
 
 @dataclass
 class Split:
@@ -19,6 +21,10 @@ class Split:
     names: list[str]
     kinds: list[str]  # defect type per image ("good" for normal)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    # images are the registered model inputs (core.prepare) when the spec is active; masks stay in
+    # the image's own frame at model size, and each image's Registration takes its maps there
+    registration: RegistrationSpec = field(default_factory=RegistrationSpec)
+    registrations: list[Registration] | None = None   # None: registration off, maps need no warp
 
     def __len__(self) -> int:
         return len(self.images)
@@ -26,7 +32,17 @@ class Split:
     def subset(self, idx: np.ndarray | list[int]) -> "Split":
         idx = np.asarray(idx, dtype=int)
         return Split(self.images[idx], self.labels[idx], None if self.masks is None else self.masks[idx],
-                     [self.names[i] for i in idx], [self.kinds[i] for i in idx], list(self.skipped))
+                     [self.names[i] for i in idx], [self.kinds[i] for i in idx], list(self.skipped),
+                     self.registration, None if self.registrations is None else [self.registrations[i] for i in idx])
+
+    def to_original(self, maps: np.ndarray) -> np.ndarray:
+        """Model-frame maps [N, h, w] -> float32 [N, h, w] in each image's own frame at model size,
+        where the masks are (registration undone; outside the registered field 0): the one warp
+        that evaluation, the benchmarks and their pictures use. Unchanged without registration."""
+        if self.registrations is None:
+            return maps
+        h, w = maps.shape[-2:]
+        return np.stack([warp_back(m, r, h, w) for m, r in zip(maps, self.registrations)]) if len(maps) else maps
 
 
 def rotate_flip(img: np.ndarray, angle: float, hflip: bool, vflip: bool) -> np.ndarray:

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.images import ImageError
+from core.registration import RegistrationSpec
 from training.data.folder import list_images, read_many
 from training.data.split import Split
-from core.images import ImageError
 
 
-def load(root: Path, split: str, size: int, channels: int, strict: bool, sequences: list[str] | None) -> Split:
+def load(root: Path, split: str, size: int, channels: int, strict: bool, sequences: list[str] | None,
+         registration: RegistrationSpec | None = None, fit_registration: bool = False) -> Split:
     base = root / split.capitalize()
     if not base.is_dir():
         raise ImageError(f"{base}: missing (UCSD layout needs Train/ and Test/ frame folders)")
@@ -37,8 +39,9 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool, sequenc
     if not paths:
         raise ImageError(f"{base}: no frames found" + (" in a sequence with a ground-truth folder (<seq>_gt)"
                                                        if unlabelled else ""))
-    imgs, m, kept, skipped = read_many(paths, size, channels, strict, masks if labelled else None)
-    skipped = unlabelled + skipped
-    labels = m.reshape(len(m), -1).any(1).astype(int) if m is not None else np.zeros(len(imgs), int)
-    names = [f"{paths[i].parent.name}/{paths[i].name}" for i in kept]
-    return Split(imgs, labels, m, names, ["anomaly" if y else "good" for y in labels], skipped)
+    r = read_many(paths, size, channels, strict, masks if labelled else None, registration, fit_registration)
+    m = r.masks
+    labels = m.reshape(len(m), -1).any(1).astype(int) if m is not None else np.zeros(len(r.images), int)
+    names = [f"{paths[i].parent.name}/{paths[i].name}" for i in r.kept]
+    return Split(r.images, labels, m, names, ["anomaly" if y else "good" for y in labels], unlabelled + r.skipped,
+                 r.registration, r.registrations)

@@ -1,13 +1,13 @@
 """The main job end to end on the embedded default (ONNX Runtime on the CPU, a video file as the camera):
 
-    python -m runtime.demo [--config configs/screw_template.yaml] [--data ../shared/data/mvtec/screw]
+    python -m runtime.demo [--config configs/demo.yaml] [--data ../shared/data/mvtec/screw]
         [--out runs/demo] [--epochs N]
 
   1 retrain  python -m training.retrain --config CFG --data DATA --heldout DATA/test --deploy OUT/models/screw
-             the model (the shipped screw default: registered parts and a reference bank, exported
-             as ONNX; --config configs/demo.yaml trains a small VAE instead, ~4 min), its parity
-             check, calibration on the held-out half (thresholds, plots), the quality gate, and the
-             deployment OUT/models/screw/vNNNN with `current` pointing at it
+             the model (the shipped screw VAE on registered parts with a short schedule, exported as
+             ONNX; --config configs/screw_template.yaml builds the training-free template model in
+             seconds instead), its parity check, calibration on the held-out half (thresholds,
+             plots), the quality gate, and the deployment OUT/models/screw/vNNNN, `current` pointing at it
   2 inspect  python -m runtime.inspect --engine OUT/models/screw --input DATA/test --recursive ...
   3 video    OUT/camera/parts.avi: the test parts as a short video, standing in for a camera
   4 camera   python -m runtime.camera --engine OUT/models/screw --source OUT/camera/parts.avi --headless ...
@@ -40,9 +40,9 @@ VIDEO_SIZE = 512  # the camera stand-in's frame side: the 1024-px parts, halved
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/screw_template.yaml",
-                   help="model config (default configs/screw_template.yaml, the shipped screw model; "
-                        "configs/demo.yaml: a small VAE with the paper's attention)")
+    p.add_argument("--config", default="configs/demo.yaml",
+                   help="model config (default configs/demo.yaml: the shipped screw VAE, 15 epochs; "
+                        "configs/screw_template.yaml: the training-free template model, seconds)")
     p.add_argument("--data", help=f"an MVTec-layout part folder (default {SHARED_SCREW}, else synthetic parts)")
     p.add_argument("--out", default="runs/demo", help="work folder (default runs/demo)")
     p.add_argument("--epochs", type=int, help="override train.epochs of a VAE config")

@@ -120,8 +120,22 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
                device: str | None = None, threads: int | None = None, verify: bool = True) -> Model:
     """Open a model file with the backend its extension implies (or `backend`).
 
-    ONNX and TensorRT models need their sidecar (sha256 verified unless verify=False); a .pt
-    checkpoint carries its own config, so its sidecar is optional.
+    Args:
+        path: X.onnx (ONNX Runtime), X.trt/.engine/.plan (TensorRT), X.pt (PyTorch), X.npz (a
+            template bank), or a deployment folder (its current version, core.deployment).
+        backend: onnxruntime, tensorrt, torch or template instead of the extension's; for another
+            kind, the file of that kind with the same stem (screw.onnx -> screw.trt).
+        providers, device, threads: ONNX Runtime providers, the device (auto, cpu, cuda, cuda:N)
+            and intra-op threads.
+        verify: check the model's sha256 against its sidecar (ONNX, TensorRT and template models
+            need one; a .pt carries its own config, so its sidecar is optional).
+    Returns a Model: `model(uint8 [N, H, W, C])` -> {output name: array}; `model.spec` is its input
+    (size, channels, registration), `model.thresholds` its sidecar's thresholds section.
+    Raises ModelError (one line naming the file): missing file, missing or stale sidecar, an
+    unusable backend (no TensorRT, no GPU), a sidecar that disagrees with the model's input.
+
+        with open_model("models/screw") as model:
+            outputs = model(batch)     # batch: prepared inputs, core.prepare
     """
     try:
         given = resolve_model(path)  # a deployment folder runs its current version

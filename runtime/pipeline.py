@@ -82,12 +82,24 @@ class Pipeline:
              device: str | None = None, threads: int | None = None, pixel: float | None = None,
              image: float | None = None, explain: str = "anomaly_map", warmup: int = 1,
              verify: bool = True) -> "Pipeline":
-        """Open a model file (backend by extension: .onnx, .trt/.engine/.plan, .pt; `backend` overrides),
-        read its sidecar's thresholds (`pixel` / `image` override them), and run `warmup` zero
-        images through it so that lazy initialization is not charged to the first part.
+        """Open a model, its thresholds and its colour scales, ready for the first part.
 
+        Args:
+            path: a model file (.onnx, .trt/.engine/.plan, .pt, .npz) or a deployment folder; the
+                backend follows the extension unless `backend` names one (runtime.model.open_model).
+            providers, device, threads: ONNX Runtime providers, auto/cpu/cuda/cuda:N, threads.
+            pixel, image: thresholds that override the sidecar's (None: the sidecar's, if any).
+            explain: what render() colours: anomaly_map (the map that decides), attention, both.
+            warmup: zero images run once now, so lazy initialization (arenas, CUDA graphs) is not
+                charged to the first part.
+            verify: check the model's sha256 against its sidecar.
+        Returns the Pipeline (a context manager: `with Pipeline.open(...) as pipe:` closes it).
         Raises ModelError (one line naming the file): missing or unreadable model or sidecar, a
-        sidecar whose sha256 does not match, thresholds that are not finite numbers, no anomaly_map.
+        sidecar whose sha256 does not match, thresholds that are not finite numbers, no
+        anomaly_map, an explain layer the model lacks.
+
+            with Pipeline.open("runs/screw/screw.onnx", image=0.08) as pipe:
+                [r] = pipe("part.png")         # r.verdict, r.inspection.score / .mask / .boxes
         """
         model = open_model(path, backend=backend, providers=providers, device=device, threads=threads,
                            verify=verify)
@@ -141,8 +153,18 @@ class Pipeline:
 
     def __call__(self, images: str | Path | np.ndarray | Iterable[str | Path | np.ndarray], bgr: bool = False,
                  keep_maps: bool = False) -> list[Result]:
-        """Paths and/or arrays (bgr: arrays are BGR frames) -> one Result each, in order. An image
-        whose registration fails gets its Result with `error` and is not run through the model."""
+        """Inspect paths and/or arrays: the steps prepare -> infer (one batch) -> judge in one call.
+
+        Args:
+            images: a path, an array (gray/RGB, or BGR with bgr=True), or a list of them.
+            keep_maps: keep the full-size map and mask in each Inspection (for pictures).
+        Returns one Result per image, in order; an image whose registration fails gets its
+        Result with `error` (and no inspection) and is not run through the model.
+        Raises ImageError (an unreadable file), BackendError (a failed run), OutputError (a
+        non-finite map).
+
+            results = pipe(["a.png", frame_bgr], bgr=True)
+        """
         one = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         items = [images] if one else list(images)  # type: ignore[list-item, arg-type]
         prepared = [self.load(x) if isinstance(x, (str, Path)) else self.prepare(x, bgr) for x in items]

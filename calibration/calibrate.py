@@ -38,7 +38,7 @@ from calibration.thresholds import parse_rule
 from core.device import device_arg
 from core.files import json_text, sha256, write_json
 from core.sidecar import SidecarError, now, read_sidecar, sidecar_path, update_sidecar
-from runtime.backends import BackendError
+from runtime.backends import BACKENDS, BackendError
 from runtime.model import ModelError
 from runtime.pipeline import Pipeline, model_scale
 from runtime.postprocess import OutputError
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the images (default 1000)")
     p.add_argument("--worst", type=int, default=6, help="good and defective parts drawn in worst.png (default 6)")
     p.add_argument("--batch", type=int, default=8, help="images per model call (default 8)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
+    p.add_argument("--backend", choices=BACKENDS, help="override the extension's backend")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu")
     p.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")

@@ -43,7 +43,7 @@ import cv2
 from core.device import device_arg
 from core.deployment import is_deployment
 from runtime import display
-from runtime.backends import BackendError, BackendUnavailable
+from runtime.backends import BACKENDS, BackendError, BackendUnavailable
 from core.cli import UsageError, finite_float
 from runtime.live import Session, Settings, make_capture
 from runtime.model import ModelError
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-pixel", type=finite_float, help="pixel threshold on anomaly_map (default: sidecar)")
     p.add_argument("--threshold-image", type=finite_float, help="image-score threshold for NG (default: sidecar)")
     p.add_argument("--explain", choices=EXPLAIN, default="anomaly_map", help="what the overlay colours (default anomaly_map)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], help="override the extension's backend")
+    p.add_argument("--backend", choices=BACKENDS, help="override the extension's backend")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu")
     p.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=positive(int), help="ONNX Runtime intra-op threads (default: one per core)")

@@ -15,6 +15,8 @@ machine is shared and interference only ever slows a run down:
   bare      open_model + model(x) over pre-decoded inputs in batches (what the backend alone does)
   pipeline  runtime.inspect.main: decode, resize, infer, post-process, reports (no pictures)
   +save     the same with --save overlay,mask,heatmap
+  host      decode and prepare (registration + resize when the model registers) per image on one
+            thread, beside the model's own time (registration's target: <= 3 ms per 1024^2 part)
 overhead = bare images/s / pipeline images/s - 1 (target <= 15% at batch 8, no pictures), per
 round against the bare run just before it, median over rounds; and the same in CPU time per image
 (all threads), which other users of a shared machine barely disturb.
@@ -79,6 +81,36 @@ def child_bare(model_path: str, backend: str | None, device: str | None, data: s
     n = len(x) * repeats
     return {"images": n, "wall_s": wall, "cpu_s": cpu, "images_per_s": n / wall, "cpu_ms_per_image": 1e3 * cpu / n,
             "batch_ms_p50": float(np.median(lat)), "maxrss_mb": maxrss_mb(), "backend": m.describe()}
+
+
+def child_host(model_path: str, data: str) -> dict[str, Any]:
+    """The host side alone, per image on one OpenCV thread (as each inspection worker runs): the
+    decode, and the preparation the model asks for (registration + resize, or the resize alone),
+    with the template or VAE graph's own time beside it for scale."""
+    import cv2
+
+    from core.images import decode
+    from runtime.discover import discover
+    from runtime.pipeline import Pipeline
+
+    cv2.setNumThreads(1)
+    pipe = Pipeline.open(model_path, providers="cpu", threads=1, warmup=1)
+    files = [e.path for e in discover(Path(data), recursive=True) if e.error is None]
+    dec, prep, infer, statuses = [], [], [], {}
+    for f in files:
+        t = time.process_time()
+        d = decode(f, pipe.spec.channels)
+        dec.append(time.process_time() - t)
+        t = time.process_time()
+        p = pipe.prepare(d.image, decoded=True, keep_image=False)
+        prep.append(time.process_time() - t)
+        statuses[p.registration.status] = statuses.get(p.registration.status, 0) + 1
+        t = time.perf_counter()
+        pipe.infer([p])
+        infer.append(time.perf_counter() - t)
+    ms = lambda v: round(float(np.median(v)) * 1e3, 2)  # noqa: E731
+    return {"images": len(files), "decode_ms": ms(dec), "prepare_ms": ms(prep), "model_ms_1_thread": ms(infer),
+            "registration": pipe.spec.registration.method, "statuses": statuses}
 
 
 def child_pipeline(argv: list[str]) -> dict[str, Any]:
@@ -268,6 +300,11 @@ def measure(args: argparse.Namespace, data: Path, cache: Path, n_files: int, arg
     b8 = next((r for r in rows if r["config"] == f"pipeline b{max(batches)}"), None)
     if b8:
         result["target_met"] = {"wall": b8["overhead_vs_bare"] <= 0.15, "cpu": b8["cpu_overhead_vs_bare"] <= 0.15}
+    if args.device == "cpu":
+        result["host"] = host = run_child("child_host", model, str(data))
+        print(f"host side per image, one thread (medians): decode {host['decode_ms']} ms, prepare "
+              f"({host['registration']} registration + resize) {host['prepare_ms']} ms (target <= 3 ms), the model "
+              f"{host['model_ms_1_thread']} ms; registration statuses {host['statuses']}", file=sys.stderr)
     print(f"\n{info['model']}; {n_files} images from {data}; {args.device}, {os.cpu_count()} cores; best of {args.rounds}")
     print(f"{'config':<22} {'img/s':>7} {'wall ovh':>9} {'CPU ms/img':>11} {'CPU ovh':>8} {'p50 ms':>8} "
           f"{'p95 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12}")

@@ -12,10 +12,12 @@ pixels. Three threads, each stage never waiting on a slower one behind it:
             input; a latest-frame slot, where a frame the pipeline did not take in time is dropped and
             counted (--no-realtime, files and folders only: a short queue, every frame in order,
             batched up to --batch when several wait: worth it on a GPU, ~5 % on ONNX Runtime CPU)
-  inference infer + judge (runtime.pipeline), one result queue to the main thread
-  main      renders the overlay with the live counters (only when something shows, records or
-            serves it), feeds the sinks (window, --record, --serve, --log, --save-ng), handles
-            the keys and the signals; latency is capture -> picture ready, per frame.
+  inference the backend alone (Pipeline.infer): the stage the rate is bound to does nothing else
+  main      judges (score, verdict, mask), renders the overlay with the live counters (only when
+            something shows, records or serves it), feeds the sinks (window, --record, --serve,
+            --log, --save-ng), handles the keys and the signals; latency is capture -> picture
+            ready, per frame. /status and the last line give each thread's time per frame and
+            the one that bounds the rate.
 A window opens only where runtime.display.probe() says one can (Qt aborts a process without a
 display) and --headless is not given. Keys: q quit, space pause the window (inspection goes on),
 o overlay, m mask, s snapshot (raw frame, overlay, JSON into --snapshots), [ ] pixel threshold

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from runtime.meter import StageClock
 from runtime.sources import Frame, FrameError, Reader, SourceError
 
 DEFAULT_PACE = 25.0  # frames/s of a folder played in realtime without a pace
@@ -105,6 +106,7 @@ class Capture:
         self._state: dict[str, Any] = {"state": "connecting", "frames": 0, "connects": 0, "reconnects": 0,
                                        "error": None, "retry_in_s": None, "fps": None}
         self.reader: Reader | None = None
+        self.clock = StageClock()  # reading + `process`, per frame (pacing waits excluded)
 
     # -------------------------------------------------------------- control
 
@@ -219,6 +221,7 @@ class Capture:
                 wait = start + n / pace - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     break
+            began = time.perf_counter()
             image = reader.read()
             if image is None:
                 break
@@ -229,6 +232,7 @@ class Capture:
             frame = Frame(index, image, now, time.time(), getattr(reader, "name", None))
             if self.process is not None:
                 self.process(frame)
+            self.clock.add(time.perf_counter() - began)
             if not self.buffer.put(frame):
                 break
             n += 1

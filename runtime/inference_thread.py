@@ -1,13 +1,23 @@
-"""The camera's inference thread: frames the capture thread prepared -> (frame, result) for the main
-thread, through runtime.pipeline (infer, judge)."""
+"""The camera's inference thread: frames the capture thread prepared -> the backend's outputs, for
+the main thread to judge (runtime.pipeline's infer here, judge there).
+
+The thread runs the backend and nothing else: it is the stage the camera's rate is bound to, so
+every host step is elsewhere (decode and prepare in the capture thread, judge and the sinks in the
+main thread) and overlaps the next frame's inference. Judging here cost the line about 1 ms a
+frame on the critical path, plus waits for the GIL that the other threads' Python holds
+(docs/benchmarks.md, "Camera")."""
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from runtime.capture import Capture
+from runtime.meter import StageClock
 from runtime.pipeline import Pipeline, Result, registration_error
 from runtime.postprocess import OutputError
 from runtime.sources import Frame
@@ -15,42 +25,50 @@ from runtime.sources import Frame
 END = object()           # the inference thread has nothing more
 
 
-def inspect_frames(pipe: Pipeline, frames: list[Frame], keep_maps: bool) -> list[tuple[Frame, Result]]:
-    """Infer (one batch) and judge frames the capture thread prepared. A frame whose registration
-    failed, or whose output is unusable, gets its Result with the reason: it is shown and logged,
-    and the run goes on."""
+@dataclass
+class Inferred:
+    """A frame through the backend; `pipe` is the model that ran it (a reload may swap the model
+    before the main thread judges it, and a map is judged by its own model's thresholds)."""
+    frame: Frame
+    pipe: Pipeline
+    outputs: dict[str, np.ndarray] | None   # None: registration failed, the model was not run
+
+    def judge(self, keep_maps: bool) -> Result:
+        """The frame's Result: inspected, or with the reason it could not be (registration, an
+        unusable output); shown and logged either way, and the run goes on."""
+        p = self.frame.prepared
+        if self.outputs is None:
+            return Result(p, error=registration_error(p))
+        try:
+            return Result(p, self.outputs, self.pipe.judge(p, self.outputs, keep_maps=keep_maps))
+        except OutputError as e:
+            return Result(p, self.outputs, error=str(e))
+
+
+def infer_frames(pipe: Pipeline, frames: list[Frame]) -> list[Inferred]:
+    """Run the frames the capture thread prepared through the backend, as one batch."""
     for f in frames:  # prepared before a reload for another model's input: prepare again
         if f.prepared_for != pipe.spec:
             f.prepared, f.prepared_for = pipe.prepare(f.image, bgr=True), pipe.spec
     good = [f for f in frames if f.prepared.ok]
     outs = iter(pipe.infer([f.prepared for f in good]))
-    done = []
-    for f in frames:
-        p = f.prepared
-        if not p.ok:
-            done.append((f, Result(p, error=registration_error(p))))
-            continue
-        out = next(outs)
-        try:
-            done.append((f, Result(p, out, pipe.judge(p, out, keep_maps=keep_maps))))
-        except OutputError as e:
-            done.append((f, Result(p, out, error=str(e))))
-    return done
+    return [Inferred(f, pipe, next(outs) if f.prepared.ok else None) for f in frames]
 
 
 class Inspector(threading.Thread):
-    """The inference thread: frames from the capture buffer -> (frame, result) on `results`; an
-    exception (the backend failed) is passed on for the main thread to raise.
+    """The inference thread: frames from the capture buffer -> Inferred on `results`; an exception
+    (the backend failed) is passed on for the main thread to raise.
 
     Realtime, it hands one result at a time and takes the next frame only once the main thread
     has taken that result: a result computed ahead would wait in the queue, and a frame taken
-    then is fresher (inference of frame k still overlaps the drawing of frame k - 1). Otherwise
-    (--no-realtime) it runs ahead by a few batches, for throughput."""
+    then is fresher (inference of frame k still overlaps the judging and drawing of frame k - 1).
+    Otherwise (--no-realtime) it runs ahead by a few batches, for throughput."""
 
-    def __init__(self, pipe: Pipeline, capture: Capture, batch: int, keep_maps: bool, stop: threading.Event) -> None:
+    def __init__(self, pipe: Pipeline, capture: Capture, batch: int, stop: threading.Event) -> None:
         super().__init__(name="inference", daemon=True)
-        self.pipe, self.capture, self.batch, self.keep_maps, self.stop = pipe, capture, batch, keep_maps, stop
+        self.pipe, self.capture, self.batch, self.stop = pipe, capture, batch, stop
         self.results: queue.Queue[Any] = queue.Queue(maxsize=1 if capture.realtime else 2 * batch)
+        self.clock = StageClock()  # the backend's time per frame inside the loop
 
     def run(self) -> None:
         try:
@@ -60,7 +78,10 @@ class Inspector(threading.Thread):
                     if self.capture.buffer.drained:
                         break
                     continue
-                for item in inspect_frames(self.pipe, frames, self.keep_maps):
+                began = time.perf_counter()
+                done = infer_frames(self.pipe, frames)
+                self.clock.add(time.perf_counter() - began, len(frames))
+                for item in done:
                     self._put(item)
                 if self.capture.realtime:
                     while not self.results.empty() and not self.stop.is_set():

@@ -33,7 +33,7 @@ from core.sidecar import SidecarError, update_sidecar
 from runtime import overlay as ov
 from runtime.capture import Capture
 from runtime.keys import View, handle_key
-from runtime.meter import LatencyMeter
+from runtime.meter import LatencyMeter, StageClock, stage_times
 from runtime.inference_thread import END, Inspector
 from runtime.pipeline import Pipeline, Result
 from runtime.reload import Reloader
@@ -114,9 +114,10 @@ class Session:
         self.pipe, self.capture, self.s, self.stop = pipe, capture, s, stop
         self.reloader = Reloader(reload, reload_event, watch) if reload is not None else None
         self.retired: list[Pipeline] = []
-        keep = bool(s.window or s.record or s.serve or s.save_ng)  # pictures need the full-size maps
-        self.inspector = Inspector(pipe, capture, s.batch, keep, stop)
+        self.keep_maps = bool(s.window or s.record or s.serve or s.save_ng)  # pictures need the full-size maps
+        self.inspector = Inspector(pipe, capture, s.batch, stop)
         self.meter = LatencyMeter()
+        self.clock = StageClock()  # judging, drawing and the sinks, per frame
         self.counts: Counter[str] = Counter({"OK": 0, "NG": 0, "NO VERDICT": 0, "failed": 0})
         self.view = View(pixel=pipe.thresholds.pixel)
         self.inspected = 0
@@ -170,7 +171,9 @@ class Session:
             if isinstance(item, BaseException):
                 raise item
             if item is not None:
-                self._finish(*item)
+                began = time.perf_counter()
+                self._finish(item.frame, item.judge(self.keep_maps))
+                self.clock.add(time.perf_counter() - began)
                 if self.s.max_frames and self.inspected >= self.s.max_frames:
                     break
             if self.s.window:
@@ -360,7 +363,8 @@ class Session:
             "source": source, "fps": self.meter.fps(time.monotonic()),
             "frames": {"captured": source["frames"], "inspected": self.inspected, "dropped": source["dropped"]},
             "latency_ms": {**self.meter.window_percentiles(), "window": self.meter.window},
-            "latency_run_ms": self.meter.run_percentiles(), "verdicts": dict(self.counts),
+            "latency_run_ms": self.meter.run_percentiles(), "stages_ms_per_frame": self.stages(),
+            "verdicts": dict(self.counts),
             "last": {k: last[k] for k in ("index", "verdict", "score")} if last else None,
             "model": {**self.model, "thresholds": self.thresholds()},
             "outputs": {"record": str(self.s.record) if self.s.record else None,
@@ -369,6 +373,10 @@ class Session:
                         "error": self.saver.error},
             "stream_clients": self.server.clients if self.server is not None else 0,
         }
+
+    def stages(self, run: bool = False) -> dict[str, Any]:
+        """Each thread's time per frame (runtime.meter.StageClock) and the one that bounds the rate."""
+        return stage_times({"capture": self.capture.clock, "inference": self.inspector.clock, "main": self.clock}, run)
 
     def status_line(self) -> str:
         st = self.status()
@@ -383,4 +391,7 @@ class Session:
         run = self.meter.run_percentiles()
         ms = "/".join("-" if x is None else f"{x:.1f}" for x in (run["p50"], run["p99"]))
         recorded = f"; recorded {self.s.record} ({self.recorder.frames} frames)" if self.recorder is not None else ""
-        return f"done: {self.status_line()}; latency over the run p50/p99 {ms} ms{recorded}"
+        st = self.stages(run=True)
+        stages = "/".join("-" if st[k] is None else f"{st[k]:.1f}" for k in ("capture", "inference", "main"))
+        return (f"done: {self.status_line()}; latency over the run p50/p99 {ms} ms; ms per frame capture/inference/"
+                f"main {stages} (bound: {st['bound'] or '-'}){recorded}")

@@ -6,6 +6,10 @@
     meter.run_percentiles()                    # p50 / p99 since the start, within 1 % (the summary)
     meter.fps()                                # frames per second over the last ~2 s
 
+    clock = StageClock()                       # one per thread of the loop (capture, inference, main)
+    clock.add(seconds, frames)                 # the time that thread spent on these frames
+    clock.ms_per_frame()                       # over the recent window: the slowest stage bounds the rate
+
 A camera runs for weeks: keeping every latency would grow without bound, so the whole run is a
 histogram of log-spaced bins (1 % wide, 10 us .. 1000 s) and only the recent window is exact.
 Thread-safe: the HTTP server reads while the loop writes.
@@ -78,3 +82,36 @@ class LatencyMeter:
             k = int(np.searchsorted(cum, q * total))
             out[name] = _LO * _STEP ** (k + 0.5) * 1e3
         return out
+
+
+class StageClock:
+    """The time one stage of the loop (a thread) spends per frame, waits for its input excluded.
+    The loop runs at the rate of its slowest stage: /status names it, so an engineer sees whether
+    the model or the host work around it bounds the line's rate."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._recent: deque[tuple[float, int]] = deque(maxlen=window)
+        self.seconds, self.frames = 0.0, 0
+
+    def add(self, seconds: float, frames: int = 1) -> None:
+        with self._lock:
+            self._recent.append((seconds, frames))
+            self.seconds += seconds
+            self.frames += frames
+
+    def ms_per_frame(self, run: bool = False) -> float | None:
+        """Milliseconds per frame over the recent window (run=True: since the start); None before
+        the first frame."""
+        with self._lock:
+            seconds, frames = (self.seconds, self.frames) if run else (
+                sum(s for s, _ in self._recent), sum(n for _, n in self._recent))
+        return seconds / frames * 1e3 if frames else None
+
+
+def stage_times(clocks: dict[str, StageClock], run: bool = False) -> dict[str, float | None]:
+    """{stage: ms per frame, ..., "bound": the slowest stage's name} for /status and the bench."""
+    out: dict[str, float | None] = {k: c.ms_per_frame(run) for k, c in clocks.items()}
+    known = {k: v for k, v in out.items() if v is not None}
+    return {**{k: None if v is None else round(v, 3) for k, v in out.items()},
+            "bound": max(known, key=known.__getitem__) if known else None}  # type: ignore[dict-item]

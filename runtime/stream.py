@@ -37,6 +37,7 @@ img{display:block;max-width:100%;margin:auto}#c{padding:6px 10px;white-space:pre
 <body><img id="live" src="/stream.mjpg" alt="live overlay"><div id="c">waiting for /status</div>
 <script>
 const ms = v => v == null ? "-" : v.toFixed(0);
+const ms1 = v => v == null ? "-" : v.toFixed(1);
 async function tick() {
   try {
     const s = await (await fetch("/status", {cache: "no-store"})).json();
@@ -44,7 +45,10 @@ async function tick() {
     document.getElementById("c").textContent =
       `source ${s.source.state}  ${s.fps.toFixed(1)} fps  latency p50 ${ms(s.latency_ms.p50)} ms ` +
       `p99 ${ms(s.latency_ms.p99)} ms  frames ${s.frames.inspected}  dropped ${s.frames.dropped}  ` +
-      `OK ${v.OK}  NG ${v.NG}  NO VERDICT ${v["NO VERDICT"]}  failed ${v.failed}`;
+      `OK ${v.OK}  NG ${v.NG}  NO VERDICT ${v["NO VERDICT"]}  failed ${v.failed}` +
+      (s.stages_ms_per_frame ? `\nms per frame: capture ${ms1(s.stages_ms_per_frame.capture)}  inference ` +
+        `${ms1(s.stages_ms_per_frame.inference)}  main ${ms1(s.stages_ms_per_frame.main)}  ` +
+        `(bound: ${s.stages_ms_per_frame.bound || "-"})` : "");
   } catch (e) { document.getElementById("c").textContent = "no status: " + e; }
 }
 setInterval(tick, 1000); tick();

@@ -520,8 +520,10 @@ def test_the_contention_benchmark_times_the_backend_beside_each_load(tmp_path: P
     from bench import contention
 
     stub = hashed_stub(tmp_path / "m")  # the loads open it in processes of their own: a sidecar that checks out
+    cores = os.sched_getaffinity(0)
     assert contention.main(["--engine", str(stub), "--frames", "3", "--runs", "3", "--rounds", "1",
                             "--out", str(tmp_path)]) == 0
+    assert os.sched_getaffinity(0) == cores  # pinned to core 0 while it measured, not after (it ran the suite on one core)
     result = json.loads((tmp_path / "contention.json").read_text())
     rows = {r["load"]: r for r in result["rows"]}
     assert list(rows) == ["none", "alu", "memory", "decode", "capture"]

@@ -49,6 +49,7 @@ def test_browser_shows_the_live_image(tmp_path: Path) -> None:
         assert shot.exists(), run.stderr[-2000:]
         dom = subprocess.run(headless + ["--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
         assert "source live" in dom and " fps " in dom  # the page's script fetched /status and shows the counters
+        assert "(bound: " in dom  # and which thread bounds the rate
     finally:
         proc.terminate()
         proc.wait(30)

@@ -94,6 +94,17 @@ def make_video(path: Path, frames: int, parts: Path | None = None) -> Path:
     return path
 
 
+def bench_video(pipe: Pipeline, video: str | None, roi: Roi | None, frames: int, out: Path) -> tuple[Path, Roi | None]:
+    """The video and region a benchmark runs: --video and --roi as given, else the 1080p video made
+    under `out`: the screw test parts seen through their region for a model that registers parts
+    (UCSD frames have no part in view and would all fail registration), else UCSD Ped2."""
+    parts = SCREW_TEST if pipe.spec.registration.active and SCREW_TEST.is_dir() and not video else None
+    roi = roi or (parts_roi(parts) if parts is not None else None)
+    if video:
+        return Path(video), roi
+    return make_video(out / f"video_1080p_{'screw' if parts else 'ucsd'}_{frames}.mp4", frames, parts), roi
+
+
 def decode_prepared(pipe: Pipeline, video: Path, frames: int, roi: Roi | None = None) -> list[Any]:
     """The video's first frames as the model's prepared inputs (the bare backend's workload)."""
     cap = cv2.VideoCapture(str(video))
@@ -277,11 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     with pipe:
-        # a model that registers parts needs parts in view: UCSD frames would all fail registration
-        parts = SCREW_TEST if pipe.spec.registration.active and SCREW_TEST.is_dir() and not args.video else None
-        roi = given_roi or (parts_roi(parts) if parts is not None else None)
-        name = f"video_1080p_{'screw' if parts else 'ucsd'}_{args.frames}.mp4"
-        video = Path(args.video) if args.video else make_video(out / name, args.frames, parts)
+        video, roi = bench_video(pipe, args.video, given_roi, args.frames, out)
         prepared = decode_prepared(pipe, video, args.frames, roi)
         pipe.thresholds = crude_thresholds(pipe, prepared)
         configs = {"bare": lambda: bare(pipe, prepared, args.batch),

@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.camera import SCREW_TEST, make_video, parts_roi
+from bench.camera import bench_video
 from core.cli import require
 from core.files import write_json
 from runtime.model import ModelError
@@ -120,10 +120,7 @@ def measure(args: argparse.Namespace, roi: Roi | None, out: Path, load_core: int
         print(f"error: {e}", file=sys.stderr)
         return 1
     with pipe:
-        parts = SCREW_TEST if pipe.spec.registration.active and SCREW_TEST.is_dir() and not args.video else None
-        roi = roi or (parts_roi(parts) if parts is not None else None)
-        video = Path(args.video) if args.video else make_video(
-            out / f"video_1080p_{'screw' if parts else 'ucsd'}_{args.frames}.mp4", args.frames, parts)
+        video, roi = bench_video(pipe, args.video, roi, args.frames, out)
         cap = cv2.VideoCapture(str(video))
         ok, img = cap.read()
         cap.release()

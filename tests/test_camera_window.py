@@ -42,9 +42,12 @@ sleep 0.5
 {keys}
 wait $PID
 """
-    run = subprocess.run(["xvfb-run", "-a", "bash", "-c", script], cwd=REPO, capture_output=True, text=True,
-                         timeout=60, check=False)
-    err = (tmp_path / "err.txt").read_text()
+    for _ in range(2):  # an Xvfb that went away under its client (seen once in CI) is the machine's, not the camera's
+        run = subprocess.run(["xvfb-run", "-a", "bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                             timeout=60, check=False)
+        err = (tmp_path / "err.txt").read_text()
+        if run.returncode == 0 or "could not connect to display" not in err:
+            break
     assert run.returncode == 0, err + run.stderr
     assert "headless" not in err and "pixel threshold 0.525" in err and "wrote pixel threshold 0.525" in err
     assert yaml.safe_load(model.with_suffix(".yaml").read_text())["thresholds"]["pixel"] == pytest.approx(0.525)

@@ -133,8 +133,11 @@ def draw_label(img: np.ndarray, text: str, color: tuple[int, int, int], bottom: 
     h, w = img.shape[:2]
     scale, thick, pad = _label_font(img, size)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    if tw + 2 * pad > w:  # a line wider than the picture shrinks to fit instead of losing its end
-        scale = max(MIN_FONT, scale * (w - 2 * pad) / tw)  # (down to a readable size; a tiny picture clips)
+    # a line wider than the picture shrinks to fit instead of losing its end, down to a readable
+    # size (a tiny picture clips); text width is not proportional to the scale (stroke thickness,
+    # rounding), so it is measured again until it fits
+    while tw + 2 * pad > w and scale > MIN_FONT:
+        scale = max(MIN_FONT, min(0.97 * scale, scale * (w - 2 * pad) / tw))
         thick = max(1, min(thick, round(scale * 2)))
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     x1, bh = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)

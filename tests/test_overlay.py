@@ -61,6 +61,10 @@ def test_legend_says_what_the_colors_are_and_sits_at_the_bottom() -> None:
     base, drawn = ov.render(img), ov.render(img, legend=text)
     changed = (drawn != base).any(axis=2)
     assert changed[180:].any() and not changed[:150].any()
+    wide = np.full((1024, 1024, 1), 100, np.uint8)  # the camera's screw region: the whole line fits
+    long = ov.legend_text("anomaly_map", True, 0.06468270346522331)
+    band = (ov.render(wide, legend=long) != ov.render(wide)).any(axis=2)[-60:]
+    assert not band[:, -3:].any()  # the text ends before the right edge (it was cut at "0.0646")
     small = np.full((64, 64, 1), 100, np.uint8)  # too narrow to read: no clipped legend
     assert (ov.render(small, legend=text) == ov.render(small)).all()
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from core.files import write_json
 from runtime.live import Session, Settings, make_capture
+from runtime.meter import stage_text
 from core.cli import require
 from runtime.model import ModelError
 from runtime.pipeline import Pipeline, Result
@@ -209,14 +210,6 @@ def camera(pipe: Pipeline, video: Path, frames: int, batch: int, out: Path, over
             "url": session.server.url if session.server else None}
 
 
-def stage_text(st: dict[str, Any] | None) -> str:
-    """'4.6/14.1/1.2 (inference)' for a camera row's stage times; '' for the others."""
-    if not st:
-        return ""
-    return "/".join("-" if st[k] is None else f"{st[k]:.1f}" for k in ("capture", "inference", "main")) + \
-        f" ({st['bound']})"
-
-
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -336,13 +329,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(prepared)} frames {SIZE[0]}x{SIZE[1]} from {video}; batch {args.batch}; best of {args.rounds}; "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
         print(f"{'config':<10} {'frames/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/fr':>10} {'overhead':>9} "
-              f"{'CPU ovh':>8} {'dropped':>8}   ms/frame capture/inference/main (bound)")
+              f"{'CPU ovh':>8} {'dropped':>8}   capture/inference/main per frame")
         pct = lambda v: "" if v is None else f"{100 * v:+.1f}%"  # noqa: E731
         f = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
         for r in rows:
             print(f"{r['config']:<10} {r['fps']:>9.2f} {f(r['p50_ms']):>8} {f(r['p99_ms']):>8} "
                   f"{r['cpu_ms_per_frame']:>10.1f} {pct(r['overhead']):>9} {pct(r['cpu_overhead']):>8} "
-                  f"{r.get('dropped', ''):>8}   " + stage_text(r.get("stages_ms")))
+                  f"{r.get('dropped', ''):>8}   " + (stage_text(r["stages_ms"]) if "stages_ms" in r else ""))
         print("host steps alone, CPU ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in host.items())
               + f"; the camera loop's own CPU beyond decode, backend and steps: {cam['loop_cpu_ms_per_frame']:.1f} ms/frame "
                 f"({100 * cam['loop_cpu_ms_per_frame'] / b['cpu_ms_per_frame']:.1f}% of the backend's)")

@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.capture import Capture
 from runtime.meter import StageClock
-from runtime.pipeline import Pipeline, Result, registration_error
+from runtime.pipeline import Pipeline, Result
 from runtime.postprocess import OutputError
 from runtime.sources import Frame
 
@@ -36,13 +36,10 @@ class Inferred:
     def judge(self, keep_maps: bool) -> Result:
         """The frame's Result: inspected, or with the reason it could not be (registration, an
         unusable output); shown and logged either way, and the run goes on."""
-        p = self.frame.prepared
-        if self.outputs is None:
-            return Result(p, error=registration_error(p))
         try:
-            return Result(p, self.outputs, self.pipe.judge(p, self.outputs, keep_maps=keep_maps))
+            return self.pipe.result(self.frame.prepared, self.outputs, keep_maps)
         except OutputError as e:
-            return Result(p, self.outputs, error=str(e))
+            return Result(self.frame.prepared, self.outputs, error=str(e))
 
 
 def infer_frames(pipe: Pipeline, frames: list[Frame]) -> list[Inferred]:
@@ -50,9 +47,8 @@ def infer_frames(pipe: Pipeline, frames: list[Frame]) -> list[Inferred]:
     for f in frames:  # prepared before a reload for another model's input: prepare again
         if f.prepared_for != pipe.spec:
             f.prepared, f.prepared_for = pipe.prepare(f.image, bgr=True), pipe.spec
-    good = [f for f in frames if f.prepared.ok]
-    outs = iter(pipe.infer([f.prepared for f in good]))
-    return [Inferred(f, pipe, next(outs) if f.prepared.ok else None) for f in frames]
+    outs = pipe.infer_registered([f.prepared for f in frames])
+    return [Inferred(f, pipe, out) for f, out in zip(frames, outs)]
 
 
 class Inspector(threading.Thread):

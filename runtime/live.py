@@ -33,7 +33,7 @@ from core.sidecar import SidecarError, update_sidecar
 from runtime import overlay as ov
 from runtime.capture import Capture
 from runtime.keys import View, handle_key
-from runtime.meter import LatencyMeter, StageClock, stage_times
+from runtime.meter import LatencyMeter, StageClock, stage_text, stage_times
 from runtime.inference_thread import END, Inspector
 from runtime.pipeline import Pipeline, Result
 from runtime.reload import Reloader
@@ -391,7 +391,5 @@ class Session:
         run = self.meter.run_percentiles()
         ms = "/".join("-" if x is None else f"{x:.1f}" for x in (run["p50"], run["p99"]))
         recorded = f"; recorded {self.s.record} ({self.recorder.frames} frames)" if self.recorder is not None else ""
-        st = self.stages(run=True)
-        stages = "/".join("-" if st[k] is None else f"{st[k]:.1f}" for k in ("capture", "inference", "main"))
-        return (f"done: {self.status_line()}; latency over the run p50/p99 {ms} ms; ms per frame capture/inference/"
-                f"main {stages} (bound: {st['bound'] or '-'}){recorded}")
+        return (f"done: {self.status_line()}; latency over the run p50/p99 {ms} ms; per frame capture/inference/"
+                f"main {stage_text(self.stages(run=True))}{recorded}")

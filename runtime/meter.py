@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -85,9 +86,11 @@ class LatencyMeter:
 
 
 class StageClock:
-    """The time one stage of the loop (a thread) spends per frame, waits for its input excluded.
-    The loop runs at the rate of its slowest stage: /status names it, so an engineer sees whether
-    the model or the host work around it bounds the line's rate."""
+    """The time one stage of the loop (a thread) spends per frame, waits for its input excluded
+    (a live camera's read is the wait for its next frame: there the capture stage is the camera's
+    own frame interval, and a camera that bounds the rate is named as such). The loop runs at the
+    rate of its slowest stage: /status names it, so an engineer sees whether the model, the host
+    work around it or the source bounds the line's rate."""
 
     def __init__(self, window: int = 200) -> None:
         self._lock = threading.Lock()
@@ -109,9 +112,16 @@ class StageClock:
         return seconds / frames * 1e3 if frames else None
 
 
-def stage_times(clocks: dict[str, StageClock], run: bool = False) -> dict[str, float | None]:
+def stage_times(clocks: dict[str, StageClock], run: bool = False) -> dict[str, Any]:
     """{stage: ms per frame, ..., "bound": the slowest stage's name} for /status and the bench."""
-    out: dict[str, float | None] = {k: c.ms_per_frame(run) for k, c in clocks.items()}
+    out = {k: c.ms_per_frame(run) for k, c in clocks.items()}
     known = {k: v for k, v in out.items() if v is not None}
     return {**{k: None if v is None else round(v, 3) for k, v in out.items()},
-            "bound": max(known, key=known.__getitem__) if known else None}  # type: ignore[dict-item]
+            "bound": max(known, key=known.__getitem__) if known else None}
+
+
+def stage_text(times: dict[str, Any]) -> str:
+    """stage_times as one line: '5.0/14.1/1.9 ms (bound: inference)', stages in their order."""
+    stages = [k for k in times if k != "bound"]
+    ms = "/".join("-" if times[k] is None else f"{times[k]:.1f}" for k in stages)
+    return f"{ms} ms (bound: {times['bound'] or '-'})"

@@ -168,16 +168,20 @@ class Pipeline:
         one = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         items = [images] if one else list(images)  # type: ignore[list-item, arg-type]
         prepared = [self.load(x) if isinstance(x, (str, Path)) else self.prepare(x, bgr) for x in items]
-        good = [p for p in prepared if p.ok]
-        outs = iter(self.infer(good))
-        results = []
-        for p in prepared:
-            if not p.ok:
-                results.append(Result(p, error=registration_error(p)))
-                continue
-            out = next(outs)
-            results.append(Result(p, out, self.judge(p, out, keep_maps=keep_maps)))
-        return results
+        return [self.result(p, out, keep_maps) for p, out in zip(prepared, self.infer_registered(prepared))]
+
+    def infer_registered(self, prepared: Sequence[Prepared]) -> list[dict[str, np.ndarray] | None]:
+        """infer() in one batch over the images whose registration succeeded; None for the others,
+        which the model never sees."""
+        outs = iter(self.infer([p for p in prepared if p.ok]))
+        return [next(outs) if p.ok else None for p in prepared]
+
+    def result(self, prepared: Prepared, outputs: dict[str, np.ndarray] | None, keep_maps: bool = False) -> Result:
+        """One image's Result from infer_registered's outputs: judged, or (None) with the reason its
+        registration failed. Raises OutputError for a non-finite map."""
+        if outputs is None:
+            return Result(prepared, error=registration_error(prepared))
+        return Result(prepared, outputs, self.judge(prepared, outputs, keep_maps=keep_maps))
 
     # ------------------------------------------------------------------ pictures
 

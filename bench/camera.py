@@ -49,7 +49,7 @@ import numpy as np
 from core.files import write_json
 from runtime.live import Session, Settings, make_capture
 from runtime.meter import stage_text
-from core.cli import require
+from core.cli import int_at_least, require
 from runtime.model import ModelError
 from runtime.pipeline import Pipeline, Result
 from runtime.postprocess import Thresholds
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; best kept (default 2)")
     p.add_argument("--soak", type=float, help="also run the soak for this many seconds")
     p.add_argument("--providers", default="cpu", help="ONNX Runtime providers (default cpu)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--threads", type=int_at_least(1), help="ONNX Runtime intra-op threads (default: one per core)")
     p.add_argument("--out", default="runs/bench/camera")
     args = p.parse_args(argv)
     require(p, engine=args.engine, video=args.video)

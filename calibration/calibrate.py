@@ -54,6 +54,21 @@ class UsageError(ValueError):
 FAILURES = (ModelError, SidecarError, BackendError, OutputError, DataError, CalibrationError, OSError)
 
 
+# the least each count may be, and what it counts (a seed of -1 ended in numpy's traceback after
+# the model had run over every image)
+COUNTS = {"folds": (2, "k-fold chooses on k - 1 folds, measures on the other"),
+          "seed": (0, "numpy seeds are >= 0"), "bootstrap": (1, "resamples"), "worst": (0, "parts drawn"),
+          "batch": (1, "images per model call"), "threads": (1, "ONNX Runtime threads")}
+
+
+def check_counts(**values: int | None) -> None:
+    """UsageError naming the first count typed wrong (COUNTS), before anything runs; None: unset."""
+    for name, value in values.items():
+        low, what = COUNTS[name]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise UsageError(f"--{name} {value}: at least {low} ({what})")
+
+
 def check_writable(engine: Path) -> Path:
     """The sidecar calibration will replace: it must exist, match the model (sha256), and not be
     read-only (its write bits cleared is a "do not touch", even for root, whom the OS lets
@@ -128,10 +143,7 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
         rules = parse_rule(pixel_rule, "pixel"), parse_rule(image_rule, "image")
     except ValueError as e:
         raise UsageError(str(e)) from e
-    if not isinstance(folds, int) or folds < 2:
-        raise UsageError(f"--folds {folds}: at least 2 (k-fold chooses on k - 1 folds, measures on the other)")
-    if resamples < 1 or batch < 1 or worst < 0:
-        raise UsageError("--bootstrap and --batch must be positive, --worst >= 0")
+    check_counts(folds=folds, seed=seed, bootstrap=resamples, worst=worst, batch=batch, threads=threads)
     if not engine.is_file():
         raise UsageError(f"--engine {engine}: not found" + (" (a folder)" if engine.is_dir() else ""))
     if not data.is_dir():

@@ -11,7 +11,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class UsageError(Exception):
@@ -32,6 +32,18 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= `low`, so that a count typed wrong (--threads -3, --seed -1) is
+    exit 2 with the usage before any work, not a library's traceback minutes later."""
+    def convert(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {low}")
+        return value
+    convert.__name__ = "int"  # argparse names the type in its message: "invalid int value"
+    return convert
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -253,6 +253,24 @@ def test_bad_inputs_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert read_sidecar(nan)["thresholds"] == {"pixel": 0.5, "image": 0.5}
 
 
+def test_counts_typed_wrong_are_usage_errors_before_the_model_runs(tmp_path: Path, parts: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """--seed -1 ran the model over every image and then ended in numpy's traceback (exit 1): every
+    count typed wrong is exit 2, one line naming it, before anything runs."""
+    model = hashed_stub(tmp_path / "m")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was opened")
+    monkeypatch.setattr(cc.Pipeline, "open", never)
+    for flag, value in (("--seed", "-1"), ("--threads", "-3"), ("--threads", "0"), ("--bootstrap", "0"),
+                        ("--batch", "0"), ("--worst", "-1")):
+        assert calibrate(model, parts, flag, value) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag} {value}: at least"), err
+    assert not (tmp_path / "m" / "stub_calibration").exists()
+
+
 def test_a_model_replaced_while_calibrating_is_refused(tmp_path: Path, parts: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     model = hashed_stub(tmp_path / "m")

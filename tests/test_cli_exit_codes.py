@@ -43,3 +43,33 @@ def test_help_exits_0(module: str, capsys: pytest.CaptureFixture) -> None:
     except SystemExit as e:
         code = e.code
     assert code in (0, None) and "usage:" in capsys.readouterr().out
+
+
+# every command with a --threads flag, with the other arguments it needs to reach the check
+THREADS = [
+    ("calibration.calibrate", ["--engine", MISSING, "--data", MISSING]),
+    ("bench.calibration", ["--engine", MISSING, "--data", MISSING]),
+    ("bench.camera", ["--engine", MISSING]),
+    ("bench.export", []),
+    ("bench.localization", ["--config", MISSING]),
+    ("bench.residual_attention", ["--checkpoint", MISSING]),
+    ("bench.disentanglement", []),
+    ("runtime.camera", ["--engine", MISSING]),
+    pytest.param("runtime.inspect", ["--engine", MISSING, "--input", MISSING, "--output", "{tmp}/o"],
+                 marks=pytest.mark.xfail(strict=True, reason="runtime/inspect.py's --threads is type=int: its "
+                                                             "owner's to change (core.cli.int_at_least)"),
+                 id="runtime.inspect"),
+]
+
+
+@pytest.mark.parametrize("module, argv", THREADS)
+def test_a_negative_thread_count_is_a_usage_error(module: str, argv: list[str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """--threads -3 was accepted (ONNX Runtime or torch failed on it later, or not at all)."""
+    main = importlib.import_module(module).main
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv] + ["--threads", "-3"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "--threads" in err and "Traceback" not in err, err

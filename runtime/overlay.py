@@ -27,6 +27,7 @@ NG_COLOR = (40, 40, 230)      # BGR red
 NONE_COLOR = (220, 220, 220)  # no verdict: light gray
 FAIL_COLOR = (0, 165, 255)    # BGR orange: the part could not be inspected (registration)
 CONTOUR_COLOR = (255, 255, 255)
+SUBTHRESHOLD_COLOR = (200, 200, 200)  # a region over the pixel threshold on a part judged OK
 MIN_FONT = 0.3  # OpenCV font scale below which text is no longer readable
 LEGEND_MIN_WIDTH = 200  # pixels: the legend line needs ~170 at the smallest readable font
 
@@ -66,14 +67,25 @@ def heatmap(m: np.ndarray, size: tuple[int, int] | None = None, pixel_threshold:
     return colorize(m, *scale_range(m, pixel_threshold), colormap=colormap)
 
 
+def outline_width(img: np.ndarray) -> int:
+    """The defect outline's line width on a picture of this size."""
+    return max(1, round(min(img.shape[:2]) / 256))
+
+
 def draw_contours(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = CONTOUR_COLOR,
-                  thickness: int | None = None) -> np.ndarray:
-    """Outline the mask's regions in place (outer and hole contours)."""
+                  thickness: int | None = None, dash: int = 0) -> np.ndarray:
+    """Outline the mask's regions in place (outer and hole contours); `dash` > 0: dashes of
+    that many pixels with gaps as long (OpenCV draws no dashed lines)."""
     if mask.shape[:2] != img.shape[:2]:
         mask = cv2.resize(mask, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    t = thickness or max(1, round(min(img.shape[:2]) / 256))
-    cv2.drawContours(img, contours, -1, color, t, lineType=cv2.LINE_AA)
+    approx = cv2.CHAIN_APPROX_NONE if dash else cv2.CHAIN_APPROX_SIMPLE  # dashes count the pixels along the line
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, approx)
+    t = thickness or outline_width(img)
+    if dash:
+        contours = [c[i:i + dash + 1] for c in contours for i in range(0, len(c), 2 * dash)]
+        cv2.polylines(img, contours, False, color, t, lineType=cv2.LINE_8)  # anti-aliased short dashes blur into the map
+    else:
+        cv2.drawContours(img, contours, -1, color, t, lineType=cv2.LINE_AA)
     return img
 
 
@@ -159,10 +171,17 @@ def draw_info(img: np.ndarray, text: str, color: tuple[int, int, int] = NONE_COL
 LAYER_NAMES = {"anomaly_map": "anomaly map (decides)", "attention": "latent attention (explains)"}
 
 
-def legend_text(explain: str, fixed: bool, pixel_threshold: float | None) -> str:
-    """What the overlay's colours and outline are, for the bottom band."""
+def legend_text(explain: str, fixed: bool, pixel_threshold: float | None, verdict: str | None = None) -> str:
+    """What the overlay's colours and outline are, for the bottom band: on an NG part the outline
+    is the defect; on an OK part a region over the pixel threshold is only dashed (render)."""
     text = f"colour: {LAYER_NAMES.get(explain, explain)}" + ("" if fixed else " (per image)")
-    return text + (f"  outline: anomaly map >= {pixel_threshold:.4g}" if pixel_threshold is not None else "")
+    if pixel_threshold is None:
+        return text
+    # short where the colour already names the anomaly map: the line must fit a 256-px picture
+    rule = f"{'map' if explain == 'anomaly_map' else 'anomaly map'} >= {pixel_threshold:.4g}"
+    if verdict == "NG":
+        return f"{text}  outline: defect, {rule}"
+    return f"{text}  dashed: {rule}, part OK" if verdict == "OK" else f"{text}  outline: {rule}"
 
 
 def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
@@ -184,10 +203,11 @@ def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.nd
 
     image: uint8 [H, W, C] RGB or gray as the runtime decodes it (bgr=True: a 3-channel BGR frame
     as a camera delivers it); explanation: a map at any size ([1, h, w] or [h, w]), drawn per
-    image unless vmin/vmax are given; mask: uint8 mask at any size, outlined; verdict/score: the
-    badge (omitted when score is None); status: a failure to show instead (orange), e.g. a part
-    registration could not find; legend: a smaller line at the bottom (`legend_text`); colorbar:
-    the colour scale at the right edge, with `mark` (value, label) ticked on it.
+    image unless vmin/vmax are given; mask: uint8 mask at any size, outlined (on an OK part thin,
+    dashed and gray: see below); verdict/score: the badge (omitted when score is None); status: a
+    failure to show instead (orange), e.g. a part registration could not find; legend: a smaller
+    line at the bottom (`legend_text`); colorbar: the colour scale at the right edge, with `mark`
+    (value, label) ticked on it.
     """
     out = image.copy() if bgr and image.ndim == 3 and image.shape[2] == 3 else to_bgr(image)
     h, w = out.shape[:2]
@@ -202,7 +222,15 @@ def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.nd
         if colorbar:
             draw_colorbar(out, lo, hi, colormap, mark)
     if mask is not None and np.any(mask):
-        draw_contours(out, mask)
+        if verdict == "OK":
+            # a region over the pixel threshold on a part whose score stays under the image
+            # threshold: an inspector reads a solid outline as "defect here" against the OK
+            # badge. It stays visible (where the part came close, what the [ ] keys tune) in a
+            # line the defect outline never uses: thinner, dashed, gray
+            t = max(1, outline_width(out) // 2)
+            draw_contours(out, mask, SUBTHRESHOLD_COLOR, thickness=t, dash=max(6, 4 * t))
+        else:
+            draw_contours(out, mask)
     if status is not None:
         draw_label(out, status, FAIL_COLOR)
     elif score is not None:

@@ -199,10 +199,11 @@ class Pipeline:
             return Layer("attention", (0.0, 2.0 * scale), "0 .. 2 x normal p99")
         return Layer("attention", None, "per image")
 
-    def legend(self, name: str) -> str:
-        """The bottom line of a panel: what its colours and its outline are."""
+    def legend(self, name: str, verdict: str | None = None) -> str:
+        """The bottom line of a panel: what its colours and its outline (on a part with this
+        verdict) are."""
         layer = self.layers[name]
-        return ov.legend_text(name, layer.range is not None, self.thresholds.pixel)
+        return ov.legend_text(name, layer.range is not None, self.thresholds.pixel, verdict)
 
     def render(self, result: Result, explain: str | None = None) -> np.ndarray:
         """The overlay of one result as BGR: the map that decides (anomaly_map) by default, the
@@ -226,7 +227,7 @@ class Pipeline:
             mark = (self.thresholds.pixel, "threshold") if name == "anomaly_map" and self.thresholds.pixel else None
             panels.append(ov.render(p.image, m, result.inspection.mask, result.inspection.verdict,
                                     result.inspection.score, self.thresholds.image, vmin=lo, vmax=hi,
-                                    legend=self.legend(name), colorbar=True, mark=mark))
+                                    legend=self.legend(name, result.inspection.verdict), colorbar=True, mark=mark))
         return panels[0] if len(panels) == 1 else ov.side_by_side(panels)
 
     def heatmap(self, result: Result) -> np.ndarray:

@@ -58,6 +58,7 @@ def test_legend_says_what_the_colors_are_and_sits_at_the_bottom() -> None:
     assert text == "colour: latent attention (explains)  outline: anomaly map >= 0.25"
     assert ov.legend_text("attention", False, None) == "colour: latent attention (explains) (per image)"
     assert ov.legend_text("anomaly_map", True, None) == "colour: anomaly map (decides)"
+    assert ov.legend_text("anomaly_map", True, 0.25) == "colour: anomaly map (decides)  outline: map >= 0.25"
     base, drawn = ov.render(img), ov.render(img, legend=text)
     changed = (drawn != base).any(axis=2)
     assert changed[180:].any() and not changed[:150].any()
@@ -103,3 +104,30 @@ def test_side_by_side_panels_and_a_failure_badge() -> None:
     failed = ov.render(img, status="REGISTRATION NO_PART")
     band = failed[:12, :60].reshape(-1, 3).astype(int)
     assert (np.abs(band - list(ov.FAIL_COLOR)).sum(1) < 80).any()  # orange: not a verdict colour
+
+
+def test_a_region_on_an_ok_part_is_never_drawn_as_the_defect_outline() -> None:
+    """Issue 26: a region over the pixel threshold on a part whose score is under the image
+    threshold (badge OK) was outlined exactly as a defect is. On an OK part it is a thin dashed
+    gray line (never the solid white of NG), and the legend says what each line means."""
+    img = np.full((256, 256, 1), 60, np.uint8)
+    mask = np.zeros((256, 256), np.uint8)
+    mask[80:160, 80:160] = 255
+    base = ov.render(img)
+    ng = ov.render(img, mask=mask, verdict="NG", score=0.9, image_threshold=0.5)
+    ok = ov.render(img, mask=mask, verdict="OK", score=0.3, image_threshold=0.5)
+    ring = np.zeros((256, 256), bool)  # where an outline of the square can be, away from the badge
+    ring[70:170, 70:170] = True
+    ring[90:150, 90:150] = False
+    white = lambda out: (out.astype(int).min(axis=2) > 235) & ring  # noqa: E731
+    assert white(ng).sum() > 300  # NG: the solid white outline
+    assert white(ok).sum() == 0  # OK: nothing that looks like it
+    drawn = (ok != base).any(axis=2) & ring
+    gray = np.abs(ok.astype(int) - list(ov.SUBTHRESHOLD_COLOR)).max(axis=2) < 30
+    assert drawn.sum() > 40 and (gray[drawn]).mean() > 0.8  # a gray line is drawn
+    edge = drawn[80, 60:180]  # along the top edge: dashes, not one line
+    assert 0.2 < edge[20:100].mean() < 0.8
+    assert drawn.sum() < 0.6 * ((ng != base).any(axis=2) & ring).sum()  # thinner than the NG outline
+    assert ov.legend_text("anomaly_map", True, 0.25, "NG") == "colour: anomaly map (decides)  outline: defect, map >= 0.25"
+    assert ov.legend_text("anomaly_map", True, 0.25, "OK") == "colour: anomaly map (decides)  dashed: map >= 0.25, part OK"
+    assert ov.legend_text("attention", True, 0.25, "OK").endswith("  dashed: anomaly map >= 0.25, part OK")

@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any, Callable
 
 from runtime.meter import StageClock
-from runtime.sources import Frame, FrameError, Reader, SourceError
+from runtime.sources import BadFrame, Frame, FrameError, Reader, SourceError
 
 DEFAULT_PACE = 25.0  # frames/s of a folder played in realtime without a pace
 
@@ -92,9 +92,10 @@ class Capture:
                  capacity: int = 1, pace: float | None = None, retries: int = 10,
                  backoff: tuple[float, float] = (0.5, 10.0), name: str = "source",
                  process: Callable[[Frame], None] | None = None) -> None:
-        """`process` runs on each frame in this thread before it is queued (the camera crops and
-        prepares it there, beside the decoding and off the inference thread); a FrameError from
-        it ends the capture as failed."""
+        """`process` runs on each frame read in this thread before it is queued (the camera crops
+        and prepares it there, beside the decoding and off the inference thread); a FrameError
+        from it ends the capture as failed. A frame the reader could not read (BadFrame) is queued
+        with its `error` instead, so that it gets its row."""
         if live and not realtime:
             raise ValueError("a live source cannot wait for the pipeline: realtime is required")
         self.opener, self.live, self.loop, self.pace, self.process = opener, live, loop, pace, process
@@ -139,9 +140,6 @@ class Capture:
         with self._lock:
             s = dict(self._state)
         s["dropped"] = self.buffer.dropped
-        skipped = getattr(self.reader, "skipped", 0)
-        if skipped:
-            s["skipped"] = skipped
         return s
 
     def _set(self, **values: Any) -> None:
@@ -222,15 +220,19 @@ class Capture:
                 if wait > 0 and self._stop.wait(wait):
                     break
             began = time.perf_counter()
-            image = reader.read()
-            if image is None:
+            error = None
+            try:
+                image = reader.read()
+            except BadFrame as e:  # this frame only: it goes on as a failed row, the next one is read
+                image, error = None, str(e)
+            if image is None and error is None:
                 break
             now = time.monotonic()
             with self._lock:
                 index = self._state["frames"]
                 self._state["frames"] = index + 1
-            frame = Frame(index, image, now, time.time(), getattr(reader, "name", None))
-            if self.process is not None:
+            frame = Frame(index, image, now, time.time(), getattr(reader, "name", None), error=error)
+            if self.process is not None and error is None:
                 self.process(frame)
             self.clock.add(time.perf_counter() - began)
             if not self.buffer.put(frame):

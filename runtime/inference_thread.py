@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
+from core.images import ImageError
 from runtime.capture import Capture
 from runtime.meter import StageClock
 from runtime.pipeline import Pipeline, Result
@@ -31,24 +33,37 @@ class Inferred:
     before the main thread judges it, and a map is judged by its own model's thresholds)."""
     frame: Frame
     pipe: Pipeline
-    outputs: dict[str, np.ndarray] | None   # None: registration failed, the model was not run
+    outputs: dict[str, np.ndarray] | None   # None: registration failed or frame.error, the model was not run
 
-    def judge(self, keep_maps: bool) -> Result:
+    def judge(self, keep_maps: bool) -> Result | None:
         """The frame's Result: inspected, or with the reason it could not be (registration, an
-        unusable output); shown and logged either way, and the run goes on."""
+        unusable output); shown and logged either way, and the run goes on. None for a frame
+        that could not even be prepared: `frame.error` says why."""
+        if self.frame.error is not None:
+            return None
         try:
             return self.pipe.result(self.frame.prepared, self.outputs, keep_maps)
         except OutputError as e:
             return Result(self.frame.prepared, self.outputs, error=str(e))
 
 
+def prepare(frame: Frame, pipe: Pipeline) -> None:
+    """The model's input for a frame read as BGR; a frame that cannot be one (1x1 pixels, a
+    layout no model takes) gets `error` instead of stopping the run."""
+    try:
+        frame.prepared = pipe.prepare(frame.image, bgr=True)
+    except (ImageError, cv2.error) as e:
+        frame.prepared, frame.error = None, f"frame {frame.index} cannot be inspected ({e})"
+    frame.prepared_for = pipe.spec
+
+
 def infer_frames(pipe: Pipeline, frames: list[Frame]) -> list[Inferred]:
     """Run the frames the capture thread prepared through the backend, as one batch."""
     for f in frames:  # prepared before a reload for another model's input: prepare again
-        if f.prepared_for != pipe.spec:
-            f.prepared, f.prepared_for = pipe.prepare(f.image, bgr=True), pipe.spec
-    outs = pipe.infer_registered([f.prepared for f in frames])
-    return [Inferred(f, pipe, out) for f, out in zip(frames, outs)]
+        if f.error is None and f.prepared_for != pipe.spec:
+            prepare(f, pipe)
+    outs = iter(pipe.infer_registered([f.prepared for f in frames if f.error is None]))
+    return [Inferred(f, pipe, next(outs) if f.error is None else None) for f in frames]
 
 
 class Inspector(threading.Thread):

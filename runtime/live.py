@@ -28,18 +28,17 @@ import cv2
 import numpy as np
 
 from core.deployment import published_version
-from core.images import ImageError
 from core.sidecar import SidecarError, update_sidecar
 from runtime import overlay as ov
 from runtime.capture import Capture
 from runtime.keys import View, handle_key
 from runtime.meter import LatencyMeter, StageClock, stage_text, stage_times
-from runtime.inference_thread import END, Inspector
+from runtime.inference_thread import END, Inspector, prepare
 from runtime.pipeline import Pipeline, Result
 from runtime.reload import Reloader
 from runtime.recorder import FrameLog, PictureSaver, VideoRecorder
 from runtime.reports import _num, model_identity
-from runtime.sources import Frame, FrameError, Reader, Request, Roi, SourceSpec, open_reader
+from runtime.sources import Frame, Reader, Request, Roi, SourceSpec, open_reader
 from runtime.stream import Bind, StreamServer
 
 WINDOW = "vae-inspect camera"
@@ -78,11 +77,7 @@ def make_capture(pipe: Pipeline | Callable[[], Pipeline], s: Settings, opener: C
     def process(frame: Frame) -> None:
         if s.roi is not None:
             frame.image = s.roi.crop(frame.image)
-        model = current()
-        try:
-            frame.prepared, frame.prepared_for = model.prepare(frame.image, bgr=True), model.spec
-        except (ImageError, cv2.error) as e:
-            raise FrameError(f"frame {frame.index} of {s.spec.text} cannot be inspected ({e})") from e
+        prepare(frame, current())
 
     return Capture(opener or (lambda: open_reader(s.spec, s.request)), live=s.spec.live, loop=s.loop,
                    realtime=s.realtime, capacity=2 * s.batch, pace=s.request.fps, retries=s.retries,
@@ -121,7 +116,8 @@ class Session:
         self.counts: Counter[str] = Counter({"OK": 0, "NG": 0, "NO VERDICT": 0, "failed": 0})
         self.view = View(pixel=pipe.thresholds.pixel)
         self.inspected = 0
-        self.last: tuple[Frame, Result, np.ndarray | None, dict[str, Any]] | None = None
+        self.last: tuple[Frame, Result, np.ndarray | None, dict[str, Any]] | None = None  # the last one judged
+        self.last_row: dict[str, Any] | None = None  # the last frame's row, failed ones included
         self.started = time.monotonic()
         self.recorder: VideoRecorder | None = None
         self.log: FrameLog | None = None
@@ -219,15 +215,19 @@ class Session:
 
     # -------------------------------------------------------------- one frame
 
-    def _finish(self, frame: Frame, result: Result) -> None:
-        ins = result.inspection
-        verdict = result.verdict or "failed"
+    def _finish(self, frame: Frame, result: Result | None) -> None:
+        """One frame's row, picture and counts; `result` None: it could not be prepared
+        (frame.error), so there is nothing to draw, only its failed row."""
+        ins = result.inspection if result is not None else None
+        verdict = ins.verdict if ins is not None else "failed"
         row: dict[str, Any] = {"index": frame.index, "time": iso(frame.wall), **({"file": frame.name} if frame.name else {})}
+        row["processing"] = "done" if ins is not None else "failed"
         row.update({**ins.as_row(), "score": _num(ins.score, 8)} if ins is not None else
                    {"verdict": None, "score": None, "area": None})
-        row["reason"] = result.error
+        row["reason"] = result.error if result is not None else frame.error
         picture = None
-        if self.s.window or self.s.record or self.server is not None or (self.s.save_ng and verdict == "NG"):
+        if result is not None and (self.s.window or self.s.record or self.server is not None
+                                   or (self.s.save_ng and verdict == "NG")):
             picture = self.picture(frame, result)
             self._show(picture)
         ready = time.monotonic()
@@ -239,7 +239,9 @@ class Session:
             self.saver.save(self.s.save_ng, f"ng_{frame.index:08d}", frame.image, picture, row)
         self.counts[verdict] += 1
         self.inspected += 1
-        self.last = (frame, result, picture, row)
+        self.last_row = row
+        if result is not None:
+            self.last = (frame, result, picture, row)
 
     def picture(self, frame: Frame, result: Result) -> np.ndarray:
         """The overlay (runtime.pipeline's, as the keys set it) or the raw frame, with the counters."""
@@ -357,7 +359,7 @@ class Session:
     def status(self) -> dict[str, Any]:
         """Live counters for /status, the progress line and the summary (thread-safe reads)."""
         source = {"spec": self.s.spec.text, "kind": self.s.spec.kind, **self.capture.status()}
-        last = self.last[3] if self.last is not None else None
+        last = self.last_row
         return {
             "uptime_s": round(time.monotonic() - self.started, 3),
             "source": source, "fps": self.meter.fps(time.monotonic()),
@@ -365,7 +367,7 @@ class Session:
             "latency_ms": {**self.meter.window_percentiles(), "window": self.meter.window},
             "latency_run_ms": self.meter.run_percentiles(), "stages_ms_per_frame": self.stages(),
             "verdicts": dict(self.counts),
-            "last": {k: last[k] for k in ("index", "verdict", "score")} if last else None,
+            "last": {k: last.get(k) for k in ("index", "file", "verdict", "score", "reason")} if last else None,
             "model": {**self.model, "thresholds": self.thresholds()},
             "outputs": {"record": str(self.s.record) if self.s.record else None,
                         "recorded": self.recorder.frames if self.recorder else 0,

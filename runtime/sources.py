@@ -36,6 +36,11 @@ class FrameError(ValueError):
     """A frame the run cannot use as configured (e.g. --roi outside it): the run stops, no retry."""
 
 
+class BadFrame(Exception):
+    """One frame of a source that cannot be read (a folder's unreadable file): that frame is a
+    failed row with this reason, and the run goes on, as batch inspection does."""
+
+
 @dataclass(frozen=True)
 class Roi:
     """--roi x,y,w,h: the part of each frame that is inspected, in the source's pixels."""
@@ -88,12 +93,13 @@ class Request:
 @dataclass
 class Frame:
     index: int          # frames read from the source since the start, dropped ones included
-    image: np.ndarray   # BGR (or gray from a gray file), as OpenCV decodes it
+    image: np.ndarray | None  # BGR (or gray from a gray file), as OpenCV decodes it; None: unreadable
     captured: float     # time.monotonic() when the read returned: the start of the latency
     wall: float         # time.time() of the same moment, for logs
     name: str | None = None  # the file of a folder source
     prepared: Any = None     # what Capture's `process` made of it (the camera: the model's input)
     prepared_for: Any = None  # the InputSpec it was prepared for (a reloaded model may want another)
+    error: str | None = None  # why it cannot be inspected (unreadable, too small): its row says so
 
 
 def gstreamer_available() -> bool:
@@ -129,7 +135,8 @@ class Reader(Protocol):
     fps: float | None  # the source's own frame rate when it declares one
 
     def read(self) -> np.ndarray | None:
-        """The next frame, or None at the end of a file / when a live source stops delivering."""
+        """The next frame, or None at the end of a file / when a live source stops delivering;
+        BadFrame for one frame that cannot be read while the next ones can."""
         ...
 
     def close(self) -> None: ...
@@ -170,7 +177,7 @@ class VideoReader:
 
 class FolderReader:
     """The images of a folder in name order, decoded as stored (a gray file stays gray, as batch
-    inspection reads it). An unreadable file is skipped and counted, not the end of the run."""
+    inspection reads it). An unreadable file is a BadFrame, not the end of the run."""
 
     fps = None
 
@@ -184,8 +191,6 @@ class FolderReader:
             raise SourceError(f"folder {spec.text} holds no images")
         self.paths = [folder / n for n in names]
         self.position = 0
-        self.skipped = 0
-        self.last_skip: str | None = None
 
     @property
     def name(self) -> str | None:
@@ -193,15 +198,13 @@ class FolderReader:
         return self.paths[self.position - 1].name if self.position else None
 
     def read(self) -> np.ndarray | None:
-        while self.position < len(self.paths):
-            path = self.paths[self.position]
-            self.position += 1
-            try:
-                return decode_file(path)
-            except ImageError as e:
-                self.skipped += 1
-                self.last_skip = str(e)
-        return None
+        if self.position >= len(self.paths):
+            return None
+        self.position += 1
+        try:
+            return decode_file(self.paths[self.position - 1])
+        except ImageError as e:
+            raise BadFrame(str(e)) from e
 
     def close(self) -> None:
         pass

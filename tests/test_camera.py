@@ -347,6 +347,31 @@ def test_frames_log_verdicts_failures_and_ng_pictures(stub: Path, stub_sidecars:
     assert blank["reason"].startswith("registration ") and blank["file"] == "999_blank.png"
 
 
+def test_bad_files_in_a_folder_are_failed_rows_and_the_run_goes_on(stub: Path, stub_sidecars: None, tmp_path: Path,
+                                                                    frames_dir: Path) -> None:
+    """Issue 26: an unreadable file of a folder source was dropped without a row or a word, and a
+    1x1 image stopped the camera (exit 1). Each is a failed row with its reason, as in batch
+    inspection, the later frames are inspected, and /status counts them."""
+    (frames_dir / "002_broken.png").write_bytes(b"not a png")
+    cv2.imwrite(str(frames_dir / "003_tiny.png"), np.full((1, 1, 3), 200, np.uint8))
+    log = tmp_path / "log.jsonl"
+    assert camera.main(["--engine", str(stub), "--source", str(frames_dir), "--no-realtime", "--headless",
+                        "--log", str(log)]) == 0
+    _, rows = read_log(log)
+    assert [r["file"] for r in rows] == sorted(p.name for p in frames_dir.iterdir())
+    bad = {r["file"]: r for r in rows if r["processing"] == "failed"}
+    assert set(bad) == {"002_broken.png", "003_tiny.png"} and all(r["verdict"] is None for r in bad.values())
+    assert "002_broken.png: not a decodable image" in bad["002_broken.png"]["reason"]
+    assert "too small (1x1)" in bad["003_tiny.png"]["reason"]
+    assert [r["verdict"] for r in rows if r["processing"] == "done"] == ["OK", "OK", "NG", "OK", "OK", "NG"]
+    s = Settings(parse_source(str(frames_dir)), realtime=False, serve=Bind("127.0.0.1", 0))
+    with Pipeline.open(stub) as pipe:  # the same frames through a session: its status and the served page
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        session.run()
+    st = session.status()
+    assert st["verdicts"]["failed"] == 2 and st["frames"]["inspected"] == 8
+
+
 def test_live_threshold_keys_write_the_sidecar(tmp_path: Path, frames_dir: Path) -> None:
     """] raises the pixel threshold 5 % for the next frames; w writes it with update_sidecar
     (a real, hashed sidecar: verify=True), keeping the previous one as .yaml.bak."""

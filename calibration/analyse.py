@@ -52,8 +52,22 @@ def confusion(data: Scores, image: float) -> dict[str, dict[str, int]]:
     return out
 
 
+def refusals(data: Scores, chosen: Chosen) -> list[str]:
+    """Why the thresholds must not be written as chosen: a rule no threshold reaches on this data
+    (the nearest threshold was taken), or an image threshold that passes every defective part the
+    model scored (recall 0: the line would call every defect OK). Two black frames among the good
+    parts made FPR <= 5 % unreachable, and the threshold above every score was written, exit 0."""
+    reasons = [c.note or f"{level} rule {c.rule}: not reached on this data"
+               for level, c in (("image", chosen.image), ("pixel", chosen.pixel)) if not c.met]
+    bad = data.labels & data.scored
+    if bad.any() and not (data.scores[bad] >= chosen.image.threshold).any():
+        reasons.append(f"the image threshold {chosen.image.threshold:.6g} passes every defective part the model "
+                       f"scored (0 of {int(bad.sum())} NG: recall 0 %)")
+    return reasons
+
+
 def choice_json(c: Choice) -> dict[str, Any]:
-    return {"threshold": c.threshold, "rule": c.rule, "method": c.method, "note": c.note, **c.info}
+    return {"threshold": c.threshold, "rule": c.rule, "method": c.method, "note": c.note, "met": c.met, **c.info}
 
 
 def _choose(pixel_rule: Rule, image_rule: Rule) -> Callable[[Scores], Chosen]:
@@ -126,6 +140,7 @@ def analyse(c: Collected, pixel_rule: Rule, image_rule: Rule, folds: int = 5, se
         "bootstrap": bootstrap(data, pixel, image, resamples, seed),
         "registration": {"statuses": c.statuses, "failed": c.failures, "policy": REJECTED},
         "notes": notes,
+        "refused": refusals(data, chosen),
     }
     if not labelled:
         body["conformal"] = {k: chosen.image.info[k] for k in ("n", "k", "flagged", "bound", "target")}

@@ -3,7 +3,7 @@ and write them into the model's sidecar.
 
     python -m calibration.calibrate --engine screw.onnx --data ../shared/data/mvtec/screw
         [--pixel-rule best-iou|fpr=X|f1] [--image-rule fpr=X|youden|f1|recall=X] [--folds 5]
-        [--report DIR] [--dry-run] [--seed 0] [--bootstrap 1000] [--worst 6]
+        [--report DIR] [--dry-run] [--force] [--seed 0] [--bootstrap 1000] [--worst 6]
         [--backend onnxruntime|tensorrt|torch] [--providers cpu,cuda] [--device cpu|cuda[:N]] [--threads N]
 
 The model runs through runtime.pipeline exactly as runtime.inspect and the camera run it (backend
@@ -15,8 +15,11 @@ of good parts only selects the normal-only mode (conformal image threshold, reca
 Writes the sidecar's `thresholds` section (core.sidecar.update_sidecar: atomic, the previous file
 kept as X.yaml.bak, refused when the model's sha256 is not the recorded one) unless --dry-run, and
 a report folder (default <engine stem>_calibration/ beside the engine): calibration.json and the
-plots of calibration.report. Exit: 0 done, 1 failure while working (model, sidecar, data,
-non-finite or constant scores), 2 usage error (bad rule, --folds, missing --engine or --data).
+plots of calibration.report. Thresholds that would mislead the line are refused (nothing written,
+calibration.json's `refused` says why) unless --force: a rule no threshold reaches on the data, or
+an image threshold that passes every defective part. Exit: 0 done, 1 failure while working (model,
+sidecar, data, non-finite or constant scores, refused thresholds), 2 usage error (bad rule,
+--folds, missing --engine or --data).
 """
 from __future__ import annotations
 
@@ -115,7 +118,7 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
               folds: int = 5, report: str | Path | None = None, dry_run: bool = False, seed: int = 0,
               resamples: int = 1000, worst: int = 6, batch: int = 8, backend: str | None = None,
               providers: str | None = None, device: str | None = None, threads: int | None = None,
-              progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: bool = False, log: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Calibrate `engine` on the held-out images under `data`; see the module docstring.
 
     Args:
@@ -129,10 +132,13 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
         worst: good and defective parts drawn in worst.png (0: none).
         batch, backend, providers, device, threads: how the model runs (runtime.pipeline).
         progress: a progress bar on stderr; log: where the summary lines go (default stderr).
+        force: write thresholds that calibration refuses (a rule no threshold reaches, an image
+            threshold that passes every defective part); the sidecar records them as `forced`.
     Returns calibration.json's content (also written to the report folder).
     Raises UsageError (bad rule or folds, missing paths); ModelError, SidecarError (missing,
     stale, read-only), DataError (missing masks, masks of another size, unreadable images),
-    OutputError (non-finite maps), CalibrationError (no good images, constant scores), OSError.
+    OutputError (non-finite maps), CalibrationError (no good images, constant scores, refused
+    thresholds: calibration.json's `refused` says why), OSError.
 
         body = calibrate("screw.onnx", "../shared/data/mvtec/screw", image_rule="fpr=0.05")
         body["thresholds"], body["folds"]["image_fpr"]["mean"], body["in_sample"]["confusion"]
@@ -186,10 +192,13 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
     extra = {"data": {k: data_info[k] for k in ("path", "images", "sha256")}, "created": created,
              "calibrated_with": {k: used[k] for k in ("backend", "file")},
              "report": str((folder / "calibration.json").resolve())}
+    refused = body["refused"] if not force else []
+    if force and body["refused"]:
+        extra["forced"] = body["refused"]
     section = json.loads(json_text(sidecar_section(body, extra)))  # NaN -> null, plain types for YAML
     body["sidecar"] = {"path": str(sidecar_path(engine)), "written": False, "section": section}
     try:
-        if not dry_run:
+        if not dry_run and not refused:
             update_sidecar(engine, thresholds=section, verify=True, backup=True, expect_sha256=engine_sha)
             body["sidecar"].update(written=True, backup=str(sidecar_path(engine)) + ".bak")
     finally:
@@ -198,6 +207,12 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
         say(line)
     if body["shift"]["warning"]:
         say(f"warning: {body['shift']['warning']}")
+    if force and body["refused"]:
+        say(f"warning: written although refused (--force): {'; '.join(body['refused'])}")
+    if refused:
+        raise CalibrationError(f"{data}: {'; '.join(refused)}; the thresholds are not written (report: "
+                               f"{folder / 'calibration.json'}); fix the data or choose another rule, or --force "
+                               "writes them anyway")
     say(f"thresholds written to {sidecar_path(engine)} (previous kept as {sidecar_path(engine).name}.bak)"
         if not dry_run else "dry run: the sidecar is unchanged")
     say(f"report: {folder / 'calibration.json'}")
@@ -224,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold estimate (default 5)")
     p.add_argument("--report", help="report folder (default <engine stem>_calibration/ beside the engine)")
     p.add_argument("--dry-run", action="store_true", help="compute and report, do not write the sidecar")
+    p.add_argument("--force", action="store_true",
+                   help="write thresholds calibration refuses (a rule no threshold reaches, or an image threshold "
+                        "that passes every defective part); the sidecar records them as forced")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the images (default 1000)")
     p.add_argument("--worst", type=int, default=6, help="good and defective parts drawn in worst.png (default 6)")
@@ -244,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         calibrate(args.engine, args.data, args.pixel_rule, args.image_rule, args.folds, args.report, args.dry_run,
                   args.seed, args.bootstrap, args.worst, args.batch, args.backend, args.providers, args.device,
-                  args.threads, progress=not args.quiet and sys.stderr.isatty())
+                  args.threads, progress=not args.quiet and sys.stderr.isatty(), force=args.force)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,12 +94,14 @@ def parse_rule(text: str, level: str) -> Rule:
 class Choice:
     """A chosen threshold: the rule as applied ('fpr=0.05', 'same-as-image'), how ('curve',
     'core.metrics.best_iou', 'conformal'), a note when the rule could not be met as asked, and
-    what the rule measured (e.g. the in-sample IoU, or the conformal k, n and bound)."""
+    what the rule measured (e.g. the in-sample IoU, or the conformal k, n and bound). `met` False:
+    no threshold reaches the rule's target on this data (the threshold is only the nearest one)."""
     threshold: float
     rule: str
     method: str
     note: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    met: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def choose_image(rule: Rule, labels: np.ndarray, scores: np.ndarray) -> Choice:
     else:
         raise ValueError(f"image rule {rule} is not one of {', '.join(IMAGE_FORMS)}")
     return Choice(curve.threshold(j), str(rule), "curve", note,
-                  {"fpr": float(curve.fpr[j]), "recall": float(curve.tpr[j])})
+                  {"fpr": float(curve.fpr[j]), "recall": float(curve.tpr[j])}, met=note is None)
 
 
 def choose_pixel(rule: Rule, labels: np.ndarray, scores: np.ndarray) -> Choice:
@@ -167,7 +169,7 @@ def choose_pixel(rule: Rule, labels: np.ndarray, scores: np.ndarray) -> Choice:
     else:
         raise ValueError(f"pixel rule {rule} is not one of {', '.join(PIXEL_FORMS)}")
     return Choice(curve.threshold(j), str(rule), "curve", note,
-                  {"iou": float(curve.iou[j]), "fpr": float(curve.fpr[j])})
+                  {"iou": float(curve.iou[j]), "fpr": float(curve.fpr[j])}, met=note is None)
 
 
 def conformal(scores: np.ndarray, alpha: float) -> Choice:

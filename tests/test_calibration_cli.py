@@ -271,6 +271,49 @@ def test_counts_typed_wrong_are_usage_errors_before_the_model_runs(tmp_path: Pat
     assert not (tmp_path / "m" / "stub_calibration").exists()
 
 
+def test_thresholds_that_pass_every_defect_are_refused_unless_forced(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Two black frames among the good parts (registration fails: rejected) made FPR <= 5 %
+    unreachable; calibration took the threshold above every score (recall 0 %, every defect OK)
+    and wrote it, exit 0. A rule no threshold reaches, or a threshold with recall 0, is exit 1 with
+    nothing written and the reason in the report, unless --force."""
+    data = make_parts(tmp_path / "d", n_good=10, n_bad=6, blank=2)
+    model = hashed_stub(tmp_path / "m", registration=REGISTERED)
+    side = model.with_suffix(".yaml")
+    before = side.read_bytes()
+    report = tmp_path / "m" / "stub_calibration" / "calibration.json"
+    for extra in ((), ("--dry-run",)):
+        assert calibrate(model, data, *extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: {data}: no image threshold reaches FPR <= 0.05") and "--force" in err[-1]
+        assert "recall 0 %" in err[-1] and "not written" in err[-1]
+        assert side.read_bytes() == before and not Path(f"{side}.bak").exists()
+        body = json.loads(report.read_text())
+        assert body["sidecar"]["written"] is False and len(body["refused"]) == 2
+        assert body["choice"]["image"]["met"] is False
+    assert calibrate(model, data, "--force") == 0
+    assert "written although refused (--force)" in capsys.readouterr().err
+    th = read_sidecar(model)["thresholds"]
+    assert th["image"] == body["thresholds"]["image"] and len(th["forced"]) == 2
+    # a reachable rule whose threshold still passes every defect: the brightest part is a good one
+    rng = np.random.default_rng(3)
+    bright = tmp_path / "bright"
+    for sub in ("good", "spot", "ground_truth/spot"):
+        (bright / sub).mkdir(parents=True)
+    for i in range(10):
+        cv2.imwrite(str(bright / "good" / f"{i}.png"), bar(rng, 250 if i == 0 else 100, None)[0])
+    for i in range(4):
+        img, mask = bar(rng, 100, 180)
+        cv2.imwrite(str(bright / "spot" / f"{i}.png"), img)
+        cv2.imwrite(str(bright / "ground_truth/spot" / f"{i}_mask.png"), mask)
+    plain = hashed_stub(tmp_path / "plain")
+    assert calibrate(plain, bright, "--image-rule", "fpr=0.05") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "passes every defective part the model scored (0 of 4 NG: recall 0 %)" in err, err
+    assert read_sidecar(plain)["thresholds"] == {"pixel": 0.5, "image": 0.5}
+    assert calibrate(plain, bright, "--image-rule", "fpr=0.1") == 0  # one good part may be rejected: fine
+
+
 def test_a_model_replaced_while_calibrating_is_refused(tmp_path: Path, parts: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     model = hashed_stub(tmp_path / "m")

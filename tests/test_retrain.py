@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,31 @@ def test_deploy_gate_rollback(tmp_path: Path, config: Path, capsys: pytest.Captu
     assert main(["--list", str(deploy)]) == 0
     listing = capsys.readouterr().out
     assert "* v0001" in listing and "forced" in listing
+
+
+def test_a_candidate_whose_thresholds_calibration_refuses_is_not_deployed(tmp_path: Path, config: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Calibration refuses thresholds no rule reaches (black frames among the held-out good parts:
+    FPR <= 5 % out of reach): the candidate's calibrate step fails and nothing deploys; --force
+    deploys it, and the deployed model's baseline calibration (measured only) does not fail on it."""
+    good = write_parts(tmp_path / "good")
+    deploy = tmp_path / "models" / "bars"
+    base = ["--config", str(config), "--deploy", str(deploy), "--data", str(good)]
+    assert main(base + ["--heldout", str(good / "test")]) == 0
+    black = tmp_path / "black"
+    shutil.copytree(good / "test", black / "test")
+    shutil.copytree(good / "ground_truth", black / "ground_truth")
+    for i in range(2):  # nothing to register: rejected at every threshold
+        cv2.imwrite(str(black / "test" / "good" / f"black{i}.png"), np.zeros((96, 96), np.uint8))
+    capsys.readouterr()
+    assert main(base + ["--heldout", str(black)]) == 1
+    assert "step 'calibrate' failed" in capsys.readouterr().err
+    dep = Deployment(deploy)
+    [kept] = list((deploy / "failed").iterdir())
+    assert "no image threshold reaches FPR" in (kept / "logs" / "calibrate.log").read_text()
+    assert dep.current().name == "v0001"
+    assert main(base + ["--heldout", str(black), "--force"]) == 0
+    assert dep.current().name == "v0002" and dep.current().manifest["metrics"]["deployed"] is not None
 
 
 def test_usage_errors(tmp_path: Path, config: Path) -> None:

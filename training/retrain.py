@@ -13,7 +13,8 @@ crash in one step cannot leave another's state half-changed):
              written as an ONNX graph checked against the numpy bank)
   export     export.onnx, and export.tensorrt where TensorRT and a GPU exist (else said: ONNX only)
   check      export.check: the ONNX graph against PyTorch autograd
-  calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar
+  calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar (a
+             rule no threshold reaches, or a threshold that passes every defect, fails the step)
   baseline   the deployed model calibrated on the same held-out set, without touching it (--dry-run)
   gate       the candidate deploys only if, on that same data, its image recall at the calibrated
              FPR and its AUPRO are not worse than the deployed model's by more than --tolerance
@@ -205,14 +206,17 @@ def retrain(args: argparse.Namespace, config: dict[str, Any], data: Path, heldou
     started = time.perf_counter()
     try:
         model = build_candidate(args, config, stage, dep, timings, notes)
+        # calibration refuses thresholds that pass every defect (or miss their rule): the candidate
+        # then fails here, unless --force, which deploys anyway
         run_step("calibrate", "calibration.calibrate", ["--engine", str(model), "--data", str(heldout),
-                                                        "--report", str(stage / "calibration"), "--quiet"],
-                 logs, timings)
+                                                        "--report", str(stage / "calibration"), "--quiet"]
+                 + (["--force"] if args.force else []), logs, timings)
         candidate = gate_metrics(stage / "calibration" / "calibration.json")
         baseline = None
         if deployed is not None:
             run_step("baseline", "calibration.calibrate", ["--engine", str(deployed.model), "--data", str(heldout),
-                                                           "--report", str(stage / "baseline"), "--dry-run", "--quiet"],
+                                                           "--report", str(stage / "baseline"), "--dry-run", "--quiet",
+                                                           "--force"],  # measured only: its thresholds are not the point
                      logs, timings)
             baseline = gate_metrics(stage / "baseline" / "calibration.json")
         passed, reasons = gate(candidate, baseline, args.tolerance)
@@ -275,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", help="held-out parts for calibration and the gate (default: DATA/test)")
     p.add_argument("--deploy", help="deployment folder (versions vNNNN and the `current` pointer)")
     p.add_argument("--init", default="current", help="current (the deployed checkpoint), scratch, or a checkpoint path")
-    p.add_argument("--force", action="store_true", help="deploy even when the gate rejects the candidate")
+    p.add_argument("--force", action="store_true", help="deploy even when the gate rejects the candidate or "
+                                                        "calibration refuses its thresholds")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"how much worse (absolute) recall and AUPRO may be (default {DEFAULT_TOLERANCE})")
     p.add_argument("--epochs", type=int, help="override train.epochs")

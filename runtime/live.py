@@ -17,6 +17,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -84,6 +85,15 @@ def make_capture(pipe: Pipeline | Callable[[], Pipeline], s: Settings, opener: C
                    backoff=backoff, name=s.spec.text, process=process)
 
 
+def model_info(pipe: Pipeline) -> dict[str, Any]:
+    """What names a model in the log, /status and the page: its file, deployment version (None
+    outside a deployment folder), backend and sha256."""
+    model = pipe.model
+    version = published_version(model.path)
+    return {"path": str(model.path), "version": version.name if version is not None else None,
+            "backend": model.backend.name, "sha256": model_identity(model.sidecar, model.path)}
+
+
 def iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds")
 
@@ -124,9 +134,11 @@ class Session:
         self.server: StreamServer | None = None
         self.saver = PictureSaver()
         self.source_state = "connecting"
-        model = pipe.model
-        self.model = {"path": str(model.path), "backend": model.backend.name,
-                      "sha256": model_identity(model.sidecar, model.path)}
+        self.model = model_info(pipe)
+        # each row names the model that judged it: after a reload the old one may still judge
+        # the frames it already ran, so the name goes with the Pipeline, not the moment
+        self.tags: weakref.WeakKeyDictionary[Pipeline, str] = weakref.WeakKeyDictionary()
+        self.tags[pipe] = self.model["version"] or self.model["sha256"][:12]
 
     # -------------------------------------------------------------- run
 
@@ -168,7 +180,7 @@ class Session:
                 raise item
             if item is not None:
                 began = time.perf_counter()
-                self._finish(item.frame, item.judge(self.keep_maps))
+                self._finish(item.frame, item.judge(self.keep_maps), item.pipe)
                 self.clock.add(time.perf_counter() - began)
                 if self.s.max_frames and self.inspected >= self.s.max_frames:
                     break
@@ -205,8 +217,11 @@ class Session:
         self.inspector.pipe = new  # the inference thread reads it once per batch
         self.view = dataclasses.replace(self.view, pixel=new.thresholds.pixel)
         model = new.model
-        self.model = {"path": str(model.path), "backend": model.backend.name,
-                      "sha256": model_identity(model.sidecar, model.path), "reloaded": iso(time.time())}
+        self.model = {**model_info(new), "reloaded": iso(time.time())}
+        self.tags[new] = self.model["version"] or self.model["sha256"][:12]
+        if self.log is not None:  # the rows from here on may name it: the log says what it is
+            self.log.add({"reload": {"time": self.model["reloaded"], "model": self.model,
+                                     "thresholds": self.thresholds()}})
         # the old model may still finish the batch in flight: closed one reload later, or at the end
         self._close_retired()
         self.retired.append(old)
@@ -215,9 +230,9 @@ class Session:
 
     # -------------------------------------------------------------- one frame
 
-    def _finish(self, frame: Frame, result: Result | None) -> None:
-        """One frame's row, picture and counts; `result` None: it could not be prepared
-        (frame.error), so there is nothing to draw, only its failed row."""
+    def _finish(self, frame: Frame, result: Result | None, pipe: Pipeline) -> None:
+        """One frame's row, picture and counts; `pipe`: the model that judged it. `result` None:
+        it could not be prepared (frame.error), so there is nothing to draw, only its failed row."""
         ins = result.inspection if result is not None else None
         verdict = ins.verdict if ins is not None else "failed"
         row: dict[str, Any] = {"index": frame.index, "time": iso(frame.wall), **({"file": frame.name} if frame.name else {})}
@@ -225,6 +240,8 @@ class Session:
         row.update({**ins.as_row(), "score": _num(ins.score, 8)} if ins is not None else
                    {"verdict": None, "score": None, "area": None})
         row["reason"] = result.error if result is not None else frame.error
+        row["model"] = self.tags.get(pipe)
+        row["thresholds"] = {"pixel": pipe.thresholds.pixel, "image": pipe.thresholds.image}
         picture = None
         if result is not None and (self.s.window or self.s.record or self.server is not None
                                    or (self.s.save_ng and verdict == "NG")):

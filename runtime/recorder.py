@@ -81,9 +81,10 @@ class VideoRecorder:
 
 
 class FrameLog:
-    """The JSONL log: a header line ({"header": ...}), then one line per inspected frame, each
-    flushed at once so a crash loses at most the line being written. Appended to: a service that
-    restarts keeps its history, each run starting with its own header line."""
+    """The JSONL log: a header line ({"header": ...}), then one line per inspected frame (and a
+    {"reload": ...} line where another model takes over), each flushed at once so a crash loses
+    at most the line being written. Appended to: a service that restarts keeps its history, each
+    run starting with its own header line."""
 
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
@@ -140,7 +141,7 @@ class PictureSaver:
 
 
 def read_log(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The last run of a FrameLog: (its header, its rows)."""
+    """The last run of a FrameLog: (its header, its frame rows; reload records left out)."""
     header: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -148,6 +149,6 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             row = json.loads(line)
             if "header" in row:
                 header, rows = row["header"], []
-            else:
+            elif "reload" not in row:
                 rows.append(row)
     return header, rows

@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+import yaml
 
 from core.deployment import Deployment
+from runtime import camera
+from runtime.reload import Reloader
 from test_camera import get
 from test_camera_real import hashed_stub, served_url, start_camera, wait_for
 
@@ -63,3 +68,40 @@ def test_a_new_current_version_and_sighup_reload_without_stopping(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_frame_log_says_which_model_and_thresholds_judged_each_frame(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: after a reload the log's rows could not be told apart: which version, which
+    thresholds judged a frame? A reload record names the new model (version, sha256) and its
+    thresholds, and every row carries the version and thresholds of the model that judged it (a
+    frame already inferred by the old model is still its row, even after the record)."""
+    monkeypatch.setattr(Reloader, "WATCH_EVERY_S", 0.1)
+    dep = Deployment(tmp_path / "models")
+    v1 = publish(dep, tmp_path / "a", {"pixel": 0.5, "image": 0.5})
+    v2 = publish(dep, tmp_path / "b", {"pixel": 0.3, "image": 0.9})
+    dep.switch(v1)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        img = np.full((48, 48, 3), 40, np.uint8)
+        img[10:20, 25:35] = 180 if i % 2 else 40  # bright: 0.7, NG under v1 (0.5) and OK under v2 (0.9)
+        cv2.imwrite(str(frames / f"{i}.png"), img)
+    log = tmp_path / "frames.jsonl"
+    threading.Timer(0.5, dep.switch, [v2]).start()
+    assert camera.main(["--engine", str(dep.root), "--source", str(frames), "--loop", "--fps", "50", "--headless",
+                        "--log", str(log), "--max-frames", "80"]) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    header, rows = lines[0]["header"], [r for r in lines if "index" in r]
+    [reload] = [r["reload"] for r in lines if "reload" in r]
+    sha = {v: yaml.safe_load((dep.root / v / "stub.yaml").read_text())["files"]["stub.onnx"]["sha256"] for v in (v1, v2)}
+    assert header["model"]["version"] == v1 and header["model"]["sha256"] == sha[v1]
+    assert reload["model"]["version"] == v2 and reload["model"]["sha256"] == sha[v2]
+    assert reload["thresholds"]["pixel"] == 0.3 and reload["thresholds"]["image"] == 0.9 and reload["time"]
+    models = [r["model"] for r in rows]
+    assert models[0] == v1 and models[-1] == v2 and models == sorted(models)  # v1 until the swap, then v2
+    for r in rows:
+        th = {v1: {"pixel": 0.5, "image": 0.5}, v2: {"pixel": 0.3, "image": 0.9}}[r["model"]]
+        assert r["thresholds"] == th and r["verdict"] == ("NG" if r["score"] >= th["image"] else "OK"), r
+    assert {r["verdict"] for r in rows if r["model"] == v1} == {"OK", "NG"}  # bright frames: NG under v1 only
+    assert {r["verdict"] for r in rows if r["model"] == v2} == {"OK"}

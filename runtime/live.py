@@ -37,7 +37,7 @@ from runtime.meter import LatencyMeter, StageClock, stage_text, stage_times
 from runtime.inference_thread import END, Inspector, prepare
 from runtime.pipeline import Pipeline, Result
 from runtime.reload import Reloader
-from runtime.recorder import FrameLog, PictureSaver, VideoRecorder
+from runtime.recorder import FrameLog, PictureSaver, RecorderError, VideoRecorder
 from runtime.reports import _num, model_identity
 from runtime.sources import Frame, Reader, Request, Roi, SourceSpec, open_reader
 from runtime.stream import Bind, StreamServer
@@ -155,7 +155,7 @@ class Session:
             if self.s.log is not None:
                 self.log = FrameLog(self.s.log, self.header())
                 stack.callback(self.log.close)
-            stack.callback(self._close_recorder)
+            stack.push(self._close_recorder)
             if self.s.window:
                 cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
                 stack.callback(cv2.destroyAllWindows)
@@ -199,9 +199,18 @@ class Session:
         self.capture.stop()
         self.inspector.join(timeout=5.0)
 
-    def _close_recorder(self) -> None:
+    def _close_recorder(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        """Finalize the recording (an ExitStack exit callback). A recording that cannot be
+        finalized is the run's error; when the run already failed (a full disk stopped the log),
+        it is said beside that error instead of hiding it."""
         if self.recorder is not None:
-            self.recorder.close()
+            try:
+                self.recorder.close()
+            except RecorderError as e:
+                if exc is None:
+                    raise
+                print(f"error: {e}", file=sys.stderr, flush=True)
+        return False
 
     def _close_retired(self) -> None:
         for old in self.retired:

@@ -322,6 +322,115 @@ def test_a_window_less_machine_runs_headless_and_never_aborts(
     assert "headless: no window" in err and "done: 6 frames" in err
 
 
+def test_a_torn_log_line_is_cut_before_the_next_run_appends(stub: Path, stub_sidecars: None, tmp_path: Path,
+                                                            frames_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26: a run killed mid-line (or stopped by a full disk) left a last line without its
+    end; the next run's header was glued to it and the line could never be read again. The torn
+    tail is cut, said on stderr, and the new run starts on a fresh line; whole lines are kept."""
+    log = tmp_path / "log.jsonl"
+    argv = ["--engine", str(stub), "--source", str(frames_dir), "--no-realtime", "--headless", "--log", str(log)]
+    assert camera.main(argv) == 0
+    whole = log.read_bytes()
+    log.write_bytes(whole + b'{"index": 6, "time": "2026-')
+    assert camera.main(argv) == 0
+    assert f"--log {log}: cut a torn last line" in capsys.readouterr().err
+    text = log.read_bytes()
+    assert text.startswith(whole) and text.endswith(b"\n")
+    lines = [json.loads(line) for line in text.decode().splitlines()]  # every line is whole
+    assert sum("header" in r for r in lines) == 2 and len(read_log(log)[1]) == 6
+    log.write_bytes(text + b'{"index": 9}')  # a whole line that only lacks its end keeps it
+    assert camera.main(argv) == 0
+    assert json.loads(log.read_text().splitlines()[len(lines)]) == {"index": 9}
+
+
+def test_a_full_disk_ends_the_log_on_a_whole_line_and_names_the_file(stub: Path, stub_sidecars: None, tmp_path: Path,
+                                                                    frames_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills while the log is written: the fourth row gets half written, then ENOSPC.
+    The run stops (exit 1) with one line naming the log, and the log ends on its last whole row."""
+    import errno
+
+    log = tmp_path / "log.jsonl"
+    real_write, calls = os.write, []
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") != str(log):
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) == 5:  # the header, three rows, then half of the fourth
+            return real_write(fd, bytes(data)[:len(data) // 2])
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    assert camera.main(["--engine", str(stub), "--source", str(frames_dir), "--no-realtime", "--headless",
+                        "--log", str(log)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"error: --log {log}: No space left on device (ENOSPC)"), err
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "header" in lines[0] and [r["index"] for r in lines[1:]] == [0, 1, 2]
+
+
+def test_a_recording_ends_playable_or_under_its_partial_name(stub: Path, stub_sidecars: None, tmp_path: Path,
+                                                            frames_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26: the disk filled while recording and the camera left a file that does not play
+    under the final name. The recorder stops while there is still room to finalize (the free
+    space under its reserve): the file plays, and the run says why it stopped, naming it. A
+    recording that cannot be finalized stays under its .partial name and the message says so."""
+    from runtime import recorder
+    from test_camera_real import count_frames
+
+    rec = tmp_path / "out.mp4"
+    argv = ["--engine", str(stub), "--source", str(frames_dir), "--no-realtime", "--headless", "--record", str(rec)]
+    free = iter([10 << 30] * 4)  # four checks with room, then the disk is (nearly) full
+    monkeypatch.setattr(recorder, "CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(recorder, "free_space", lambda folder: next(free, 1 << 20))
+    assert camera.main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"error: --record {rec}: the disk is full") and f"{rec} plays" in err[-1], err
+    assert count_frames(rec) == 4 and not list(tmp_path.glob("*.partial*"))
+    monkeypatch.setattr(recorder, "free_space", lambda folder: 10 << 30)
+
+    class BrokenWriter:  # what a full disk does under FFmpeg: the writes go nowhere, release cannot finish
+        def __init__(self, path: str, *args: Any) -> None:
+            Path(path).write_bytes(b"\0" * 100)
+
+        def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+            return True
+
+        def write(self, picture: np.ndarray) -> None:
+            pass
+
+        def release(self) -> None:
+            pass
+
+    rec.unlink()
+    monkeypatch.setattr(recorder.cv2, "VideoWriter", BrokenWriter)
+    assert camera.main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    partial = tmp_path / "out.partial.mp4"
+    assert err[-1] == (f"error: --record {rec}: the recording could not be finalized (a full disk?); what was "
+                       f"written is in {partial}, which may not play"), err
+    assert partial.exists() and not rec.exists()
+
+
+def test_a_picture_that_cannot_be_saved_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from runtime import recorder
+
+    def full(path: Path, image: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(recorder, "save_image", full)
+    saver = recorder.PictureSaver()
+    saver.save(tmp_path / "ng", "ng_00000002", frame(True), None, {"index": 2})
+    saver.close()
+    assert saver.error == f"cannot save {tmp_path / 'ng' / 'ng_00000002'}_*: No space left on device (ENOSPC)"
+
+
 def test_frames_log_verdicts_failures_and_ng_pictures(stub: Path, stub_sidecars: None, tmp_path: Path,
                                                       frames_dir: Path) -> None:
     """--log rows and --save-ng pictures; a frame whose registration fails is logged with its reason."""

@@ -88,7 +88,7 @@ def test_headless_run_records_every_frame_and_logs_inspect_scores(video: Path, m
     rec, log = tmp_path / "rec.mp4", tmp_path / "frames.jsonl"
     assert camera.main(["--engine", str(model), "--source", str(video), "--no-realtime", "--headless",
                         "--record", str(rec), "--log", str(log)]) == 0
-    assert count_frames(rec) == N and not list(tmp_path.glob(".rec.partial*"))
+    assert count_frames(rec) == N and not list(tmp_path.glob("rec.partial*"))
     header, rows = read_log(log)
     assert [r["index"] for r in rows] == list(range(N)) and header["kind"] == "file"
 
@@ -177,4 +177,4 @@ def test_status_stream_and_sigterm_leave_a_playable_recording(video: Path, tmp_p
     port = int(url.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(OSError):  # nobody listens there any more
         urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2)
-    assert os.listdir(tmp_path).count(".loop.partial.mp4") == 0
+    assert not (tmp_path / "loop.partial.mp4").exists()

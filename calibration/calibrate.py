@@ -3,7 +3,7 @@ and write them into the model's sidecar.
 
     python -m calibration.calibrate --engine screw.onnx --data ../shared/data/mvtec/screw
         [--pixel-rule best-iou|fpr=X|f1] [--image-rule fpr=X|youden|f1|recall=X] [--folds 5]
-        [--report DIR] [--dry-run] [--force] [--seed 0] [--bootstrap 1000] [--worst 6]
+        [--report DIR] [--dry-run | --to-new-version] [--force] [--seed 0] [--bootstrap 1000] [--worst 6]
         [--backend onnxruntime|tensorrt|torch] [--providers cpu,cuda] [--device cpu|cuda[:N]] [--threads N]
 
 The model runs through runtime.pipeline exactly as runtime.inspect and the camera run it (backend
@@ -17,15 +17,18 @@ kept as X.yaml.bak, refused when the model's sha256 is not the recorded one) unl
 a report folder (default <engine stem>_calibration/ beside the engine): calibration.json and the
 plots of calibration.report. Thresholds that would mislead the line are refused (nothing written,
 calibration.json's `refused` says why) unless --force: a rule no threshold reaches on the data, or
-an image threshold that passes every defective part. Exit: 0 done, 1 failure while working (model,
-sidecar, data, non-finite or constant scores, refused thresholds), 2 usage error (bad rule,
---folds, missing --engine or --data).
+an image threshold that passes every defective part. A published deployment version is never
+modified: its sidecar is refused, and --to-new-version calibrates a copy of it into the
+deployment's next version (`current` moves to it when it named the version calibrated).
+Exit: 0 done, 1 failure while working (model, sidecar, data, non-finite or constant scores,
+refused thresholds), 2 usage error (bad rule, --folds, missing --engine or --data).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -38,6 +41,8 @@ from calibration.collect import collect, shift_warnings
 from calibration.data import DataError, find_dataset
 from calibration.report import summary_lines, write_plots
 from calibration.thresholds import parse_rule
+from core.deployment import (REPORT, Deployment, DeploymentError, Version, published_version, read_manifest,
+                             report_metrics, resolve_model)
 from core.device import device_arg
 from core.files import json_text, sha256, write_json
 from core.sidecar import SidecarError, now, read_sidecar, sidecar_path, update_sidecar
@@ -54,7 +59,7 @@ class UsageError(ValueError):
 
 
 # errors that end a calibration with `error: <file>: <reason>` and exit 1
-FAILURES = (ModelError, SidecarError, BackendError, OutputError, DataError, CalibrationError, OSError)
+FAILURES = (ModelError, SidecarError, BackendError, OutputError, DataError, CalibrationError, DeploymentError, OSError)
 
 
 # the least each count may be, and what it counts (a seed of -1 ended in numpy's traceback after
@@ -77,6 +82,11 @@ def check_writable(engine: Path) -> Path:
     read-only (its write bits cleared is a "do not touch", even for root, whom the OS lets
     write anyway). Checked before the model runs, so nothing is computed for nothing."""
     side = sidecar_path(engine)
+    version = published_version(engine)
+    if version is not None:  # the camera's w key refuses the same: a rollback must restore it byte for byte
+        raise SidecarError(f"{side}: part of the published version {version.name} of {version.parent}, which is never "
+                           f"modified; calibrate into a new version (--engine {version.parent} --to-new-version) or "
+                           f"measure only (--dry-run)")
     if not side.is_file():
         raise SidecarError(f"{side}: sidecar missing for {engine.name}; calibrate an exported model "
                            f"(python -m export.onnx writes it) or use --dry-run")
@@ -85,8 +95,9 @@ def check_writable(engine: Path) -> Path:
     if not os.access(side, os.W_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         raise SidecarError(f"{side}: read-only; make it writable (chmod u+w) to let calibration replace its "
                            f"thresholds, or use --dry-run")
-    if not os.access(side.parent, os.W_OK | os.X_OK):
-        raise SidecarError(f"{side.parent}: folder not writable (the sidecar is replaced atomically through a "
+    folder = side.resolve().parent  # a linked sidecar: the file it names is replaced, in its own folder
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SidecarError(f"{folder}: folder not writable (the sidecar is replaced atomically through a "
                            f"temporary file beside it)")
     return side
 
@@ -118,11 +129,13 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
               folds: int = 5, report: str | Path | None = None, dry_run: bool = False, seed: int = 0,
               resamples: int = 1000, worst: int = 6, batch: int = 8, backend: str | None = None,
               providers: str | None = None, device: str | None = None, threads: int | None = None,
-              progress: bool = False, log: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
+              progress: bool = False, log: Callable[[str], None] | None = None, force: bool = False,
+              new_version: bool = False) -> dict[str, Any]:
     """Calibrate `engine` on the held-out images under `data`; see the module docstring.
 
     Args:
-        engine: the model file (.onnx, .trt/.engine/.plan, .pt), its sidecar beside it.
+        engine: the model file (.onnx, .trt/.engine/.plan, .pt), its sidecar beside it, or a
+            deployment folder (its current version's model).
         data: the held-out images (calibration.data layouts).
         pixel_rule, image_rule: calibration.thresholds rules ('best-iou', 'fpr=0.05', ...).
         folds: k of the stratified k-fold estimate (>= 2; reduced when a class has fewer images).
@@ -134,9 +147,12 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
         progress: a progress bar on stderr; log: where the summary lines go (default stderr).
         force: write thresholds that calibration refuses (a rule no threshold reaches, an image
             threshold that passes every defective part); the sidecar records them as `forced`.
+        new_version: `engine` is part of a published deployment version, which is never modified:
+            calibrate a copy of it and publish that as the deployment's next version (`current`
+            moves to it when it named the version calibrated); the report is its calibration/.
     Returns calibration.json's content (also written to the report folder).
     Raises UsageError (bad rule or folds, missing paths); ModelError, SidecarError (missing,
-    stale, read-only), DataError (missing masks, masks of another size, unreadable images),
+    stale, read-only, part of a published version), DeploymentError, DataError (missing masks, masks of another size, unreadable images),
     OutputError (non-finite maps), CalibrationError (no good images, constant scores, refused
     thresholds: calibration.json's `refused` says why), OSError.
 
@@ -150,10 +166,19 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
     except ValueError as e:
         raise UsageError(str(e)) from e
     check_counts(folds=folds, seed=seed, bootstrap=resamples, worst=worst, batch=batch, threads=threads)
+    if new_version and (dry_run or report is not None):
+        raise UsageError("--to-new-version writes a new version with its report in its calibration/ folder: "
+                         "without --dry-run or --report")
+    engine = resolve_model(engine) if engine.is_dir() else engine
     if not engine.is_file():
         raise UsageError(f"--engine {engine}: not found" + (" (a folder)" if engine.is_dir() else ""))
     if not data.is_dir():
         raise UsageError(f"--data {data}: not a folder")
+    if new_version:
+        def run(model: Path, folder: Path) -> dict[str, Any]:
+            return calibrate(model, data, pixel_rule, image_rule, folds, folder, False, seed, resamples, worst, batch,
+                             backend, providers, device, threads, progress, say, force)
+        return into_new_version(engine, run, say)
     ds = find_dataset(data)
     if not ds.good:  # known before the model runs: say it now
         raise CalibrationError(f"{data}: no good images: the image threshold is chosen on good parts (add good/)")
@@ -191,7 +216,7 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
     body["notes"] = body["notes"] + engine_notes(engine, model.sidecar)
     extra = {"data": {k: data_info[k] for k in ("path", "images", "sha256")}, "created": created,
              "calibrated_with": {k: used[k] for k in ("backend", "file")},
-             "report": str((folder / "calibration.json").resolve())}
+             "report": _report_path(folder / "calibration.json", engine)}
     refused = body["refused"] if not force else []
     if force and body["refused"]:
         extra["forced"] = body["refused"]
@@ -219,6 +244,51 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
     return body
 
 
+def into_new_version(engine: Path, run: Callable[[Path, Path], dict[str, Any]],
+                     say: Callable[[str], None]) -> dict[str, Any]:
+    """Calibrate the published version holding `engine` into the deployment's next version: a
+    copy of the version staged (core.deployment), run(staged model, staged report folder), then
+    published with a manifest saying where it came from, and `current` switched to it when it
+    named the version calibrated. A failure leaves the deployment as it was."""
+    where = published_version(engine)
+    if where is None:
+        raise UsageError(f"--to-new-version: {engine} is not the model of a published deployment version "
+                         f"(DEPLOY, DEPLOY/current/X.onnx or DEPLOY/vNNNN/X.onnx)")
+    dep = Deployment(where.parent)
+    source = Version(where.name, where, read_manifest(where))
+    current = dep.current()
+    staged = dep.stage(copy_of=source)
+    try:
+        body = run(staged / engine.name, staged / REPORT)
+        manifest = {**source.manifest, "parent": source.name, "created": now(), "calibrated_from": source.name,
+                    "heldout": {k: body["data"][k] for k in ("path", "images", "sha256")},
+                    "metrics": {"candidate": report_metrics(body), "deployed": None},
+                    "gate": {"passed": None, "forced": False, "tolerance": None,
+                             "reasons": [f"thresholds calibrated again; the model is {source.name}'s: nothing to gate"]},
+                    "steps_s": {}}
+        version = dep.publish(staged, manifest)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # the deployment stays exactly as it was
+        raise
+    finally:
+        dep.release()
+    if current is not None and current.name == source.name:
+        dep.switch(version)
+        say(f"published {version.name} (the model of {source.name}, calibrated again); current -> {version.name}, was "
+            f"{source.name} (python -m training.retrain --rollback {dep.root} switches back)")
+    else:
+        say(f"published {version.name} (the model of {source.name}, calibrated again); current stays "
+            f"{current.name if current else 'unset'}")
+    return body
+
+
+def _report_path(report: Path, engine: Path) -> str:
+    """Where the sidecar says its calibration report is: relative to the sidecar when beside it, so
+    that it still holds after a staged version is renamed into place."""
+    report, home = report.resolve(), engine.resolve().parent
+    return report.relative_to(home).as_posix() if report.is_relative_to(home) else str(report)
+
+
 def _shift_line(reasons: list[str]) -> str | None:
     if not reasons:
         return None
@@ -231,7 +301,8 @@ def _shift_line(reasons: list[str]) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m calibration.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", "--model", dest="engine", required=True,
-                   help="model file: .onnx, .trt/.engine/.plan or .pt (sidecar X.yaml beside it)")
+                   help="model file: .onnx, .trt/.engine/.plan or .pt (sidecar X.yaml beside it), or a deployment "
+                        "folder (its current model)")
     p.add_argument("--data", required=True, help="held-out images: MVTec category root, its test/ folder, or "
                                                  "good/ + <defect>/ folders (masks in ground_truth/)")
     p.add_argument("--pixel-rule", default="best-iou", help="best-iou (default) | fpr=X | f1")
@@ -239,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold estimate (default 5)")
     p.add_argument("--report", help="report folder (default <engine stem>_calibration/ beside the engine)")
     p.add_argument("--dry-run", action="store_true", help="compute and report, do not write the sidecar")
+    p.add_argument("--to-new-version", action="store_true",
+                   help="--engine is a deployment (or a model of one of its versions), whose published versions are "
+                        "never modified: calibrate a copy and publish it as the next version (current moves to it)")
     p.add_argument("--force", action="store_true",
                    help="write thresholds calibration refuses (a rule no threshold reaches, or an image threshold "
                         "that passes every defective part); the sidecar records them as forced")
@@ -262,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         calibrate(args.engine, args.data, args.pixel_rule, args.image_rule, args.folds, args.report, args.dry_run,
                   args.seed, args.bootstrap, args.worst, args.batch, args.backend, args.providers, args.device,
-                  args.threads, progress=not args.quiet and sys.stderr.isatty(), force=args.force)
+                  args.threads, progress=not args.quiet and sys.stderr.isatty(), force=args.force,
+                  new_version=args.to_new_version)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,8 +9,10 @@ it runs now.
 A version folder is staged under a temporary name, written completely, then renamed into place
 (`publish`), and only then does `current` move (`switch`): a crash or kill at any moment leaves
 `current` naming a complete version, the old one until the switch. A version is never modified
-after it is published, so a rollback restores the previous model byte for byte. Torch-free: the
-edge runtime resolves `current` (runtime.model.open_model accepts a deployment folder).
+after it is published, so a rollback restores the previous model byte for byte; a published
+version has the permissions of an ordinary install (folders 0755, files 0644), so a service user
+can read the model it runs. Torch-free: the edge runtime resolves `current`
+(runtime.model.open_model accepts a deployment folder).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ except ImportError:  # pragma: no cover - not POSIX: stagings are cleared unguar
 MANIFEST = "deployment.json"
 CURRENT = "current"
 STAGING_LOCK = ".staging.lock"
+REPORT = "calibration"       # a version's calibration report folder (training.retrain writes it)
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -114,16 +118,25 @@ class Deployment:
             raise DeploymentError(f"{cur.model}: the model of the current version is missing")
         return cur.model
 
-    def stage(self) -> Path:
-        """A fresh, empty staging folder inside the deployment (same file system: the publish is a
-        rename). Stale stagings a killed run left are removed first, under the staging lock, which
-        this run then holds until publish() or release(): another run still building its candidate
-        keeps its folder, and this one is refused (DeploymentError) instead of deleting it."""
+    def stage(self, copy_of: Version | None = None) -> Path:
+        """A fresh staging folder inside the deployment (same file system: the publish is a
+        rename): empty, or holding `copy_of`'s files but its manifest and calibration report (a new
+        version of the same model, calibrated again). Stale stagings a killed run left are removed
+        first, under the staging lock, which this run then holds until publish() or release():
+        another run still building its candidate keeps its folder, and this one is refused
+        (DeploymentError) instead of deleting it."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._hold_lock()
         for stale in self.root.glob(".staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staged = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        if copy_of is not None:
+            # hard links where the file system allows: a model of hundreds of MB costs nothing, and
+            # every writer replaces files by rename (core.files.atomic_write), never in place
+            shutil.copytree(copy_of.path, staged, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy,
+                            ignore=lambda folder, names: [n for n in names if Path(folder) == copy_of.path
+                                                          and n in (MANIFEST, REPORT)])
+        return staged
 
     def _hold_lock(self) -> None:
         """flock on DEPLOY/.staging.lock, held by this object: the kernel drops it when the process
@@ -152,6 +165,7 @@ class Deployment:
             raise DeploymentError(f"{staged}: the staged version has no model file {manifest.get('model')!r}")
         text = json_text(manifest) + "\n"
         atomic_write(staged / MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        _install_modes(staged)
         existing = [v.number for v in self.versions()]
         existing += [int(m.group(1)) for c in self.root.iterdir() if (m := _VERSION.match(c.name))]
         name = f"v{max(existing, default=0) + 1:04d}"
@@ -199,9 +213,42 @@ def resolve_model(path: str | Path) -> Path:
 
 def published_version(model_path: str | Path) -> Path | None:
     """The version folder a model file lies in when it is part of a published version (a vNNNN
-    folder holding a manifest), else None: writers that would modify it (the camera's w key) refuse."""
-    folder = Path(model_path).parent
+    folder holding a manifest), else None: writers that would modify it (the camera's w key,
+    calibration) refuse. DEPLOY/current/X.onnx is its version's file: the folder is resolved."""
+    folder = Path(model_path).parent.resolve()
     return folder if _VERSION.match(folder.name) and (folder / MANIFEST).is_file() else None
+
+
+def report_metrics(report: dict[str, Any]) -> dict[str, float | None]:
+    """The numbers a version is gated and listed on, from its calibration.json: the image recall
+    at the calibrated threshold (held-out folds' mean when the data allowed folds, else in-sample)
+    and the pixel AUPRO; None where the data could not measure them (normal-only, no masks)."""
+    folds = (report.get("folds") or {}).get("recall") or {}
+    recall = folds.get("mean") if isinstance(folds, dict) and folds.get("mean") is not None else \
+        (report.get("in_sample") or {}).get("recall")
+    aupro = report.get("aupro")
+    return {"recall": recall if isinstance(recall, (int, float)) else None,
+            "aupro": aupro if isinstance(aupro, (int, float)) else None}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _install_modes(folder: Path) -> None:
+    """Folders 0755, files 0644 (0755 when executable) under `folder`, whatever the umask and
+    mkdtemp's 0700 made them: a published version is read by the service that runs it."""
+    os.chmod(folder, 0o755)
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            os.chmod(path, 0o755 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o644)
 
 
 def _fsync_dir(folder: Path) -> None:

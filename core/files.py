@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,24 @@ os.umask(_UMASK)  # read once: os.umask can only be read by setting it, which is
 
 def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp", durable: bool = True) -> None:
     """Call write(tmp_path), then rename over `path`: a crash never leaves a half-written file.
-    `durable` also survives a power cut (fsync); pictures that can be redrawn skip its cost."""
+    `durable` also survives a power cut (fsync); pictures that can be redrawn skip its cost. A file
+    replaced keeps its mode (a sidecar an admin made 0640 stays 0640), and a symbolic link keeps
+    linking: the file it names is replaced, not the link."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK  # mkstemp's 0600 would hide a model from the service reading it
     # The temporary's name must fit the file system's 255 bytes whenever the final name does.
     stem = path.name.encode("utf-8")[:96].decode("utf-8", "ignore")
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a model from the service reading it
+        os.chmod(tmp, mode)
         if durable:
             # fsync before the rename and of the folder after it: otherwise a power cut can leave
             # the new name pointing at a file whose data never reached the disk.

@@ -18,6 +18,7 @@ import yaml
 
 import calibration.calibrate as cc
 import runtime.inspect as ri
+from core.deployment import Deployment
 from core.sidecar import read_sidecar, write_sidecar
 from runtime.pipeline import Pipeline
 from test_runtime_models import Stub, StubOutputs, make_stub_model
@@ -312,6 +313,71 @@ def test_thresholds_that_pass_every_defect_are_refused_unless_forced(tmp_path: P
     assert "passes every defective part the model scored (0 of 4 NG: recall 0 %)" in err, err
     assert read_sidecar(plain)["thresholds"] == {"pixel": 0.5, "image": 0.5}
     assert calibrate(plain, bright, "--image-rule", "fpr=0.1") == 0  # one good part may be rejected: fine
+
+
+def deployed_stub(folder: Path) -> Deployment:
+    """A deployment whose current version v0001 is the hashed stub, as training.retrain publishes it."""
+    model = hashed_stub(folder / "export")
+    dep = Deployment(folder / "models")
+    staged = dep.stage()
+    for f in (model, model.with_suffix(".yaml")):
+        shutil.copy(f, staged / f.name)
+    dep.switch(dep.publish(staged, {"model": model.name, "parent": None}))
+    return dep
+
+
+def test_a_published_version_is_never_calibrated_in_place_but_into_a_new_version(
+        tmp_path: Path, parts: Path, capsys: pytest.CaptureFixture) -> None:
+    """--engine DEPLOY/current/X.onnx rewrote the published version's sidecar in place (a rollback
+    no longer restored it byte for byte). Refused, with the way to do it: --to-new-version
+    calibrates a copy and publishes it as the next version, `current` moving to it."""
+    dep = deployed_stub(tmp_path)
+    v1 = dep.current()
+    before = {p.name: p.read_bytes() for p in v1.path.iterdir()}
+    for engine in (dep.root / "current" / "stub.onnx", v1.model, dep.root):
+        assert calibrate(engine, parts) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"part of the published version v0001 of {dep.root.resolve()}" in err and "--to-new-version" in err
+    assert calibrate(dep.root, parts, "--dry-run", "--report", str(tmp_path / "dry")) == 0  # measuring is fine
+    assert calibrate(dep.root, parts, "--to-new-version", "--dry-run") == 2
+    assert calibrate(hashed_stub(tmp_path / "loose"), parts, "--to-new-version") == 2
+    assert "not the model of a published deployment version" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in v1.path.iterdir()} == before and [v.name for v in dep.versions()] == ["v0001"]
+    assert calibrate(dep.root / "current" / "stub.onnx", parts, "--to-new-version", "--image-rule", "fpr=0.2") == 0
+    assert "current -> v0002, was v0001" in capsys.readouterr().err
+    v2 = dep.current()
+    assert v2.name == "v0002" and v2.manifest["parent"] == "v0001" and v2.manifest["calibrated_from"] == "v0001"
+    assert {p.name: p.read_bytes() for p in v1.path.iterdir()} == before  # byte for byte
+    assert v2.model.read_bytes() == v1.model.read_bytes()
+    th = read_sidecar(v2.model)["thresholds"]
+    assert th["rule"]["image"] == "fpr=0.2" and (v2.path / th["report"]).is_file()  # relative: survives the rename
+    assert v2.manifest["metrics"]["candidate"]["recall"] is not None
+    assert not list(dep.root.glob(".staging-*"))
+    only_bad = tmp_path / "bad_only"  # a calibration that fails leaves the deployment as it was
+    shutil.copytree(parts / "test" / "spot", only_bad / "spot")
+    shutil.copytree(parts / "ground_truth", only_bad / "ground_truth")
+    assert calibrate(dep.root, only_bad, "--to-new-version") == 1
+    assert [v.name for v in dep.versions()] == ["v0001", "v0002"] and dep.current().name == "v0002"
+    assert not list(dep.root.glob(".staging-*"))
+
+
+def test_calibration_keeps_the_sidecars_mode_and_its_link(tmp_path: Path, parts: Path) -> None:
+    """The sidecar was replaced by a new file of the umask's mode (an admin's 0640 became 0644), and
+    a sidecar that is a symbolic link (kept in a configuration folder) was replaced by a plain
+    file: the link and the mode stay, the file the link names gets the thresholds."""
+    model = hashed_stub(tmp_path / "m")
+    side = model.with_suffix(".yaml")
+    os.chmod(side, 0o640)
+    assert calibrate(model, parts, "--image-rule", "fpr=0.2") == 0
+    assert side.stat().st_mode & 0o777 == 0o640 and read_sidecar(model)["thresholds"]["rule"]["image"] == "fpr=0.2"
+    kept = tmp_path / "config" / "stub.yaml"
+    kept.parent.mkdir()
+    side.rename(kept)
+    side.symlink_to(kept)
+    assert calibrate(model, parts, "--image-rule", "fpr=0.3") == 0
+    assert side.is_symlink() and side.resolve() == kept.resolve()
+    assert yaml.safe_load(kept.read_text())["thresholds"]["rule"]["image"] == "fpr=0.3"
+    assert kept.stat().st_mode & 0o777 == 0o640
 
 
 def test_a_model_replaced_while_calibrating_is_refused(tmp_path: Path, parts: Path, monkeypatch: pytest.MonkeyPatch,

@@ -59,6 +59,26 @@ def test_broken_pointers_and_stale_staging(tmp_path: Path) -> None:
         dep.current()
 
 
+def test_a_published_version_has_the_permissions_of_an_ordinary_install(tmp_path: Path) -> None:
+    """Version folders were created 0700 (mkdtemp) and kept files a umask of 077 made 0600: a
+    service user could not read the deployed model. Published: folders 0755, files 0644."""
+    dep = Deployment(tmp_path / "d")
+    staged = dep.stage()
+    assert staged.stat().st_mode & 0o777 == 0o700  # what mkdtemp gives
+    (staged / "screw.onnx").write_bytes(b"m")
+    (staged / "calibration").mkdir(mode=0o700)
+    (staged / "calibration" / "roc.png").write_bytes(b"png")
+    (staged / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(staged / "run.sh", 0o700)
+    for f in ("screw.onnx", "calibration/roc.png"):
+        os.chmod(staged / f, 0o600)
+    v = dep.publish(staged, {"model": "screw.onnx"})
+    modes = {p.relative_to(v.path).as_posix(): p.stat().st_mode & 0o777 for p in v.path.rglob("*")}
+    assert v.path.stat().st_mode & 0o777 == 0o755
+    assert modes == {"screw.onnx": 0o644, "calibration": 0o755, "calibration/roc.png": 0o644, "run.sh": 0o755,
+                     "deployment.json": 0o644}
+
+
 def test_a_second_run_never_removes_the_staging_of_a_run_still_building(tmp_path: Path) -> None:
     """stage() removes what killed runs left; it used to remove every staging folder, so a second
     training.retrain started on the same deployment deleted the first one's candidate mid-build.

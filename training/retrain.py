@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from core.cli import sigterm_interrupts
-from core.deployment import Deployment, DeploymentError
+from core.deployment import Deployment, DeploymentError, report_metrics
 from core.files import write_json
 from core.steps import StepFailed, run_step
 from core.images import is_image_name
@@ -84,13 +84,8 @@ def file_list_digest(folder: Path) -> dict[str, Any]:
 
 
 def gate_metrics(calibration_json: Path) -> dict[str, float | None]:
-    """The gate's numbers from a calibration report: image recall at the calibrated threshold
-    (held-out folds' mean when labelled data allowed folds, else in-sample) and the pixel AUPRO."""
-    data = json.loads(calibration_json.read_text(encoding="utf-8"))
-    folds = (data.get("folds") or {}).get("recall") or {}
-    recall = folds.get("mean") if isinstance(folds, dict) and folds.get("mean") is not None else \
-        (data.get("in_sample") or {}).get("recall")
-    return {"recall": recall if isinstance(recall, (int, float)) else None, "aupro": data.get("aupro")}
+    """The gate's numbers from a calibration report (core.deployment.report_metrics)."""
+    return report_metrics(json.loads(calibration_json.read_text(encoding="utf-8")))
 
 
 def gate(candidate: dict[str, float | None], deployed: dict[str, float | None] | None,

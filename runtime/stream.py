@@ -7,7 +7,11 @@
 
 Endpoints: /  a small HTML page showing the stream with the live counters (refreshed from /status
 once a second); /stream.mjpg  multipart/x-mixed-replace JPEG frames; /status  JSON;
-/snapshot.jpg  the newest picture. Standard library only (http.server, one thread per client).
+/snapshot.jpg  the newest picture; HEAD answers each with its headers. Standard library only
+(http.server, one thread per connection). A flood of connections never reaches the camera's
+loop: at most `max_clients` connections hold a thread (the next ones are answered 503 and closed
+at once), `max_streams` of them streaming, and one idle for `idle_timeout` seconds is closed; the
+listen backlog (128) lets a burst of connects wait instead of being refused.
 Bound to loopback unless the user names another address: there is no authentication.
 """
 from __future__ import annotations
@@ -84,10 +88,39 @@ def parse_bind(text: str) -> Bind:
     return Bind(host, int(port))
 
 
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 17\r\n"
+        b"Retry-After: 5\r\nConnection: close\r\n\r\ntoo many clients\n")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True       # a client stuck on a slow link never holds the process
     allow_reuse_address = True  # a restart binds at once, not after TIME_WAIT
+    request_queue_size = 128    # the listen backlog: a burst of connects waits in the kernel (5 refused them)
     owner: "StreamServer"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, up to the owner's cap: past it the connection is answered
+        503 and closed at once, in this thread, so a flood of connects holds no thread and no
+        descriptor (one per idle client exhausted `ulimit -n` and stopped the camera's reads)."""
+        if not self.owner.admit():
+            try:
+                request.setblocking(False)  # a fresh socket's send buffer takes the answer; never wait
+                request.send(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the slot is free again
+            self.owner.leave()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.owner.leave()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (a browser tab closed while /status was kept alive resets the
@@ -102,10 +135,16 @@ class _Server6(_Server):
 
 
 class StreamServer:
-    """The server and the newest picture; see the module docstring."""
+    """The server and the newest picture; see the module docstring. `max_clients` connections
+    (pages, /status polls and streams together) and `max_streams` of them streaming; a connection
+    that sends no request for `idle_timeout` seconds (or a viewer that takes no data for as long)
+    is closed."""
 
-    def __init__(self, bind: Bind, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, bind: Bind, status: Callable[[], dict[str, Any]], max_clients: int = 32,
+                 max_streams: int = 8, idle_timeout: float = 10.0) -> None:
         self.status = status
+        self.max_clients, self.max_streams, self.idle_timeout = max_clients, max_streams, idle_timeout
+        self.connections = 0
         try:
             self.httpd = (_Server6 if ":" in bind.host else _Server)((bind.host, bind.port), _Handler)
         except OSError as e:
@@ -156,9 +195,30 @@ class StreamServer:
             self._jpeg = (seq, buf.tobytes())
             return self._jpeg
 
-    def count_client(self, change: int) -> None:
+    def admit(self) -> bool:
+        """Take a connection slot; False when all `max_clients` are taken."""
         with self._cond:
-            self.clients += change
+            if self.connections >= self.max_clients:
+                return False
+            self.connections += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self.connections -= 1
+
+    def start_stream(self) -> bool:
+        """Count a viewer of the stream; False when `max_streams` are watching (each costs a
+        JPEG write per frame)."""
+        with self._cond:
+            if self.clients >= self.max_streams:
+                return False
+            self.clients += 1
+            return True
+
+    def end_stream(self) -> None:
+        with self._cond:
+            self.clients -= 1
 
     @property
     def closing(self) -> bool:
@@ -177,6 +237,13 @@ class StreamServer:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    head = False  # this request is a HEAD: the headers of its GET, no body
+
+    def setup(self) -> None:
+        # the socket's timeout: a connection that sends no request (or a viewer that takes no
+        # data) for this long is closed instead of holding its thread and descriptor for ever
+        self.timeout = self.server.owner.idle_timeout
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Quiet: one line per request would flood a headless box's journal."""
@@ -187,9 +254,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if not self.head:
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self.head = True
+        self._get()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.head = False
+        self._get()
+
+    def _get(self) -> None:
         owner = self.server.owner
         path = self.path.split("?", 1)[0]
         try:
@@ -222,14 +298,19 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
     def _stream(self, owner: StreamServer) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        owner.count_client(+1)
+        viewer = not self.head
+        if viewer and not owner.start_stream():
+            self._send(503, f"too many viewers ({owner.max_streams}); try again later\n".encode(), "text/plain")
+            return
         try:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if not viewer:
+                return
             seq = -1
             while not owner.closing:
                 got = owner.jpeg(seq)
@@ -242,4 +323,5 @@ class _Handler(BaseHTTPRequestHandler):
                                  .encode() + data + b"\r\n")
                 self.wfile.flush()
         finally:
-            owner.count_client(-1)
+            if viewer:
+                owner.end_stream()

@@ -261,6 +261,49 @@ def test_a_client_that_resets_its_connection_is_not_a_traceback(capsys: pytest.C
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_the_server_caps_clients_times_idle_ones_out_and_answers_head() -> None:
+    """Issue 26: idle connections each held a thread and a descriptor for ever, there was no cap
+    and HEAD was refused. Past the cap a connection is answered 503 (or closed) at once, an idle
+    one is closed after the timeout, streams have their own cap, HEAD gets the headers only."""
+    import http.client
+
+    server = StreamServer(Bind("127.0.0.1", 0), status=lambda: {"fps": 1.5}, max_clients=3, max_streams=1,
+                          idle_timeout=0.5).start()
+    host, port = server.httpd.server_address[:2]
+    try:
+        assert server.httpd.request_queue_size >= 128  # a burst of connects waits in the kernel
+        server.publish(np.zeros((40, 60, 3), np.uint8))
+        for path, ctype in (("/", "text/html"), ("/status", "application/json"), ("/snapshot.jpg", "image/jpeg"),
+                            ("/stream.mjpg", "multipart/x-mixed-replace")):
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("HEAD", path)
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("Content-Type").startswith(ctype) and r.read() == b"", path
+            conn.close()
+        idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
+        time.sleep(0.1)
+        extra = socket.create_connection((host, port), timeout=5)
+        began = time.monotonic()
+        try:
+            first = extra.recv(64)
+        except ConnectionResetError:  # closed with the request unread: a reset is an answer too
+            first = b""
+        assert first == b"" or first.startswith(b"HTTP/1.1 503"), first
+        assert time.monotonic() - began < 1.0  # answered or closed at once, not held
+        extra.close()
+        for sock in idle:  # closed by the server once idle for the timeout
+            sock.settimeout(3)
+            assert sock.recv(64) == b""
+            sock.close()
+        with urllib.request.urlopen(server.url + "stream.mjpg", timeout=5) as r:
+            assert r.readline() == b"--frame\r\n"
+            code, body, _ = get(server.url + "stream.mjpg")
+            assert code == 503 and b"viewers" in body
+        assert get(server.url + "status")[0] == 200
+    finally:
+        server.close()
+
+
 # ----------------------------------------------------------------------------- the command line
 
 @pytest.mark.parametrize("extra, message", [

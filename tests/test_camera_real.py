@@ -178,3 +178,53 @@ def test_status_stream_and_sigterm_leave_a_playable_recording(video: Path, tmp_p
     with pytest.raises(OSError):  # nobody listens there any more
         urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2)
     assert not (tmp_path / "loop.partial.mp4").exists()
+
+
+def test_a_flood_of_idle_connections_never_stops_inspection(tmp_path: Path) -> None:
+    """Issue 26: 150 idle connects under `ulimit -n 128` stopped the camera (each held a thread
+    and a descriptor for ever, until opening the next frame failed). With the same limit and the
+    same flood, frames go on being inspected, none fails, and the page answers once they leave."""
+    import resource
+    import socket
+
+    model = hashed_stub(tmp_path / "m", size=32)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(frames / f"{i}.png"), np.full((48, 48, 3), 40 + 50 * i, np.uint8))
+    log, err = tmp_path / "frames.jsonl", tmp_path / "camera.err"
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.camera", "--engine", str(model), "--source", str(frames), "--loop",
+             "--fps", "50", "--headless", "--log", str(log), "--serve", "127.0.0.1:0"], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=f, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    socks: list[socket.socket] = []
+    try:
+        url = served_url(proc, err)
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        rows = lambda: len(log.read_text().splitlines())  # noqa: E731
+        before = wait_for(rows, 30, "the first rows", proc, err)
+        for _ in range(150):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:  # the backlog full: the flood is refused, not the camera stopped
+                pass
+        time.sleep(1.5)
+        flooded = rows()
+        wait_for(lambda: rows() > flooded + 25, 30, "frames inspected during the flood", proc, err)
+        assert proc.poll() is None
+        for s in socks:
+            s.close()
+        socks.clear()
+        wait_for(lambda: urllib.request.urlopen(url + "status", timeout=2).status == 200, 30, "/status", proc, err)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, err.read_text()
+    finally:
+        for s in socks:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+    _, logged = read_log(log)
+    assert len(logged) > before and all(r["processing"] == "done" for r in logged), [
+        r["reason"] for r in logged if r["processing"] != "done"][:3]
+    assert "Traceback" not in err.read_text()

@@ -82,6 +82,7 @@ class Deployment:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._lock: int | None = None  # the staging lock's descriptor while this run holds it
+        self._staged: Path | None = None  # the staging folder this run created, the only one it may publish
 
     def versions(self) -> list[Version]:
         """Published versions, oldest first (unreadable ones are skipped: list() says why)."""
@@ -129,7 +130,7 @@ class Deployment:
         self._hold_lock()
         for stale in self.root.glob(".staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        staged = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staged = self._staged = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         if copy_of is not None:
             # hard links where the file system allows: a model of hundreds of MB costs nothing, and
             # every writer replaces files by rename (core.files.atomic_write), never in place
@@ -160,7 +161,13 @@ class Deployment:
             self._lock = None
 
     def publish(self, staged: Path, manifest: dict[str, Any]) -> Version:
-        """Write the manifest into a complete staging folder and rename it to the next version."""
+        """Write the manifest into a complete staging folder and rename it to the next version. Only
+        the folder this run's stage() made, under the lock: a killed run's folder, which its orphaned
+        steps may still have been writing, is never published (DeploymentError)."""
+        if self._staged is None or Path(staged).resolve() != self._staged.resolve() or \
+                (fcntl is not None and self._lock is None):
+            raise DeploymentError(f"{staged}: not the staging folder this run created; a stale staging folder is "
+                                  "never published (the next stage() removes it)")
         if not (staged / str(manifest.get("model", ""))).is_file():
             raise DeploymentError(f"{staged}: the staged version has no model file {manifest.get('model')!r}")
         text = json_text(manifest) + "\n"
@@ -171,6 +178,7 @@ class Deployment:
         name = f"v{max(existing, default=0) + 1:04d}"
         os.rename(staged, self.root / name)
         _fsync_dir(self.root)
+        self._staged = None
         self.release()  # nothing of this run is staged any more
         return Version(name, self.root / name, manifest)
 

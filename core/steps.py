@@ -3,10 +3,16 @@ step isolated (a crash in one cannot leave another's state half-changed, and the
 training.retrain and runtime.demo, import none of the layers they drive)."""
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StepFailed(RuntimeError):
@@ -19,8 +25,9 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
     print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
     started = time.perf_counter()
     with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                **child_options())
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -39,11 +46,50 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Ask a step's child to end (SIGTERM: it takes its own Ctrl-C path), then kill it."""
+    """Ask a step's child to end (SIGTERM: it takes its own Ctrl-C path), then kill it; on POSIX
+    the signal goes to the step's process group, its own children included (data loader workers)."""
     if proc.poll() is None:
-        proc.terminate()
+        _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+
+def child_options() -> dict[str, Any]:
+    """Popen options that tie a step's child to this process: a process group of its own (stop()
+    reaches the whole step; Ctrl-C reaches this process, which stops the step) and, on Linux, the
+    kernel's SIGKILL to the child when this process dies, however it dies. A SIGKILL to
+    training.retrain used to leave its training step running as an orphan, writing into a staging
+    folder that the next run had already removed."""
+    if os.name != "posix":
+        return {}
+    return {"process_group": 0, **({"preexec_fn": hook} if (hook := _die_with_parent()) else {})}
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn setting PR_SET_PDEATHSIG (Linux only; None where prctl is not there)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect: nobody would send it
+            os._exit(1)
+    return hook
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except ProcessLookupError:  # ended meanwhile
+        pass

@@ -97,6 +97,27 @@ def test_a_second_run_never_removes_the_staging_of_a_run_still_building(tmp_path
     second.release()
 
 
+def test_a_stale_staging_folder_is_never_published(tmp_path: Path) -> None:
+    """A killed run's orphaned step could go on writing into its staging folder after the next run
+    had removed it, recreating it: such a folder is never published, by any run."""
+    killed, dep = Deployment(tmp_path / "d"), Deployment(tmp_path / "d")
+    stale = killed.stage()
+    killed.release()  # what the kernel does when the run dies
+    fresh = dep.stage()
+    assert not stale.exists() and fresh != stale
+    stale.mkdir()  # the orphan writes again
+    (stale / "screw.onnx").write_bytes(b"half trained")
+    (fresh / "screw.onnx").write_bytes(b"m")
+    with pytest.raises(DeploymentError, match="never published"):
+        dep.publish(stale, {"model": "screw.onnx"})
+    with pytest.raises(DeploymentError, match="never published"):
+        Deployment(tmp_path / "d").publish(fresh, {"model": "screw.onnx"})  # not its own either
+    assert dep.publish(fresh, {"model": "screw.onnx"}).name == "v0001"
+    dep.stage()
+    assert not stale.exists()  # and the next run removes it
+    dep.release()
+
+
 def test_a_kill_while_deploying_leaves_current_valid(tmp_path: Path) -> None:
     """SIGKILL at random points of a publish-and-switch loop: `current` always names a complete
     version whose model opens (never a missing or half-written one)."""

@@ -215,6 +215,44 @@ def test_a_step_interrupted_in_the_parent_does_not_leave_its_child_running(tmp_p
     assert proc.poll() is not None  # stopped, not orphaned
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_step_dies_with_its_parent_however_the_parent_dies(tmp_path: Path) -> None:
+    """SIGKILL of training.retrain left its running step (hours of training) alive as an orphan,
+    writing into an abandoned staging folder after the lock was free. The kernel kills the step
+    with its parent now, and the step runs in a process group of its own (stop() reaches its tree)."""
+    (tmp_path / "sleeper.py").write_text("import os, time\nprint('pid', os.getpid(), os.getpgrp(), flush=True)\n"
+                                         "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from core.steps import "
+                               f"run_step; run_step('sleep', 'sleeper', [], Path({str(tmp_path / 'logs')!r}), {{}})"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])})
+    assert parent.stdout is not None
+    pid = None
+    try:
+        line = next(line for line in parent.stdout if line.startswith("pid "))
+        pid, group = (int(x) for x in line.split()[1:])
+        assert alive(pid) and group == pid  # its own process group
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), "the step outlived its parent"
+    finally:  # whatever failed, leave nothing running
+        parent.kill()
+        parent.wait()
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_sigterm_to_the_orchestrator_stops_its_step_and_cleans_up(tmp_path: Path, config: Path) -> None:
     """SIGTERM to the retrain process only: it takes the Ctrl-C path (core.cli.sigterm_interrupts),
     so the running step is stopped, the staging folder removed, the deployment left as it was."""

@@ -44,7 +44,7 @@ from calibration.thresholds import parse_rule
 from core.deployment import (REPORT, Deployment, DeploymentError, Version, published_version, read_manifest,
                              report_metrics, resolve_model)
 from core.device import device_arg
-from core.files import json_text, sha256, write_json
+from core.files import json_text, remove_stale_temporaries, sha256, write_json
 from core.sidecar import SidecarError, now, read_sidecar, sidecar_path, update_sidecar
 from runtime.backends import BACKENDS, BackendError
 from runtime.model import ModelError
@@ -226,6 +226,9 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
         if not dry_run and not refused:
             update_sidecar(engine, thresholds=section, verify=True, backup=True, expect_sha256=engine_sha)
             body["sidecar"].update(written=True, backup=str(sidecar_path(engine)) + ".bak")
+            side = sidecar_path(engine).resolve()  # what a kill between a temporary and its rename left
+            for written in (side, side.with_name(side.name + ".bak")):
+                remove_stale_temporaries(written)
     finally:
         write_json(folder / "calibration.json", body)
     for line in summary_lines(body):

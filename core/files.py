@@ -5,8 +5,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,7 @@ def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp", durable: bo
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         mode = 0o666 & ~_UMASK  # mkstemp's 0600 would hide a model from the service reading it
-    # The temporary's name must fit the file system's 255 bytes whenever the final name does.
-    stem = path.name.encode("utf-8")[:96].decode("utf-8", "ignore")
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -50,6 +50,36 @@ def atomic_write(path: str | Path, write: Any, suffix: str = ".tmp", durable: bo
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """.X.yaml. for X.yaml: atomic_write's temporaries are named so (mkstemp adds 8 characters and
+    the suffix); cut so that the temporary's name fits the file system's 255 bytes whenever the
+    final name does."""
+    return "." + path.name.encode("utf-8")[:96].decode("utf-8", "ignore") + "."
+
+
+def remove_stale_temporaries(path: str | Path, older_than_s: float = 60.0, suffix: str = ".tmp") -> list[Path]:
+    """Remove the temporaries atomic_write left beside `path` when a kill stopped it between
+    creating and renaming one (.X.yaml.k2j_x9qa.tmp): nothing else ever removes them. Only those
+    older than `older_than_s`, so a write still under way beside it keeps its temporary. Returns
+    what was removed."""
+    path = Path(path)
+    pattern = re.compile(rf"^{re.escape(_temporary_prefix(path))}[a-z0-9_]{{8}}{re.escape(suffix)}$")
+    removed = []
+    try:
+        candidates = [c for c in path.parent.iterdir() if pattern.match(c.name)]
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for c in candidates:
+        try:
+            if now - c.lstat().st_mtime > older_than_s:
+                c.unlink()
+                removed.append(c)
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+    return removed
 
 
 def _finite(obj: Any) -> Any:

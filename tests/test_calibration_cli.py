@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -378,6 +379,25 @@ def test_calibration_keeps_the_sidecars_mode_and_its_link(tmp_path: Path, parts:
     assert side.is_symlink() and side.resolve() == kept.resolve()
     assert yaml.safe_load(kept.read_text())["thresholds"]["rule"]["image"] == "fpr=0.3"
     assert kept.stat().st_mode & 0o777 == 0o640
+
+
+def test_temporaries_a_killed_write_left_are_removed(tmp_path: Path, parts: Path) -> None:
+    """A kill between an atomic write's temporary and its rename left .stub.yaml.*.tmp beside the
+    sidecar, and nothing ever removed them. Calibration removes the stale ones it finds beside the
+    sidecar and its backup, not one a write still under way may own."""
+    model = hashed_stub(tmp_path / "m")
+    folder = model.parent
+    stale = [folder / ".stub.yaml.k2j_x9qa.tmp", folder / ".stub.yaml.bak.0abc_def.tmp"]
+    fresh = folder / ".stub.yaml.zz9_8yx7.tmp"
+    other = folder / ".other.yaml.k2j_x9qa.tmp"
+    for f in (*stale, fresh, other):
+        f.write_text("half")
+    for f in (*stale, other):
+        os.utime(f, (time.time() - 3600, time.time() - 3600))
+    assert calibrate(model, parts, "--dry-run", "--report", str(tmp_path / "dry")) == 0
+    assert all(f.exists() for f in stale)  # a dry run writes nothing, removes nothing
+    assert calibrate(model, parts) == 0
+    assert not any(f.exists() for f in stale) and fresh.exists() and other.exists()
 
 
 def test_a_model_replaced_while_calibrating_is_refused(tmp_path: Path, parts: Path, monkeypatch: pytest.MonkeyPatch,

@@ -198,6 +198,34 @@ class Deployment:
         _fsync_dir(self.root)
         return chosen
 
+    def broken(self) -> str | None:
+        """Why `current` cannot be run (a pointer to no version, an unreadable manifest, a missing
+        model file), or None when it can or nothing is deployed yet."""
+        try:
+            cur = self.current()
+        except DeploymentError as e:
+            return str(e)
+        if cur is not None and not cur.model.is_file():
+            return f"{cur.model}: the model of the current version {cur.name} is missing"
+        return None
+
+    def repair(self) -> tuple[str, Version]:
+        """Point a broken `current` at the newest complete version (its manifest readable, its
+        model there) older than the one it named, else the newest complete one. Returns (why it
+        was broken, the version now current); DeploymentError when it is not broken or no version
+        is complete."""
+        why = self.broken()
+        if why is None:
+            raise DeploymentError(f"{self.root / CURRENT}: not broken, nothing to repair")
+        link = self.root / CURRENT
+        named = _VERSION.match(Path(os.readlink(link)).name) if link.is_symlink() else None
+        complete = [v for v in self.versions() if v.model.is_file() and (named is None or v.name != named.group(0))]
+        older = [v for v in complete if named is not None and v.number < int(named.group(1))]
+        if not complete:
+            raise DeploymentError(f"{self.root}: {why}; and no version is complete (a manifest and its model file) to "
+                                  "point `current` at: deploy one with python -m training.retrain")
+        return why, self.switch((older or complete)[-1])
+
     def rollback(self) -> tuple[Version, Version]:
         """Point `current` back at the version it replaced (its manifest's `parent`, else the newest
         older version). Returns (from, to)."""

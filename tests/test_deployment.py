@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.deployment import Deployment, DeploymentError, is_deployment, resolve_model
+from core.deployment import MANIFEST, Deployment, DeploymentError, is_deployment, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +77,35 @@ def test_a_published_version_has_the_permissions_of_an_ordinary_install(tmp_path
     assert v.path.stat().st_mode & 0o777 == 0o755
     assert modes == {"screw.onnx": 0o644, "calibration": 0o755, "calibration/roc.png": 0o644, "run.sh": 0o755,
                      "deployment.json": 0o644}
+
+
+def test_a_broken_current_is_repaired(tmp_path: Path) -> None:
+    """A `current` that named no version, a version with an unreadable manifest, or one whose model
+    file was gone blocked rollback (it followed the broken pointer): the tool could not repair what
+    it is for. repair() points it at the newest complete version older than the one it named."""
+    dep = Deployment(tmp_path / "d")
+    dep.switch(stage_model(dep, b"one"))
+    v2 = stage_model(dep, b"two", parent="v0001")
+    dep.switch(stage_model(dep, b"three", parent="v0002"))
+    assert dep.broken() is None
+    with pytest.raises(DeploymentError, match="not broken"):
+        dep.repair()
+    (dep.root / "v0003" / "screw.onnx").unlink()
+    assert "v0003/screw.onnx: the model of the current version v0003 is missing" in dep.broken()
+    why, to = dep.repair()
+    assert to.name == "v0002" and "missing" in why and dep.broken() is None
+    (v2.path / MANIFEST).write_text("{ torn")
+    why, to = Deployment(dep.root).repair()
+    assert "unreadable" in why and to.name == "v0001"
+    (dep.root / "current").unlink()
+    os.symlink("v0009", dep.root / "current")
+    why, to = dep.repair()
+    assert "not a version folder" in why and to.name == "v0001"  # the newest complete one
+    (dep.root / "v0001" / "screw.onnx").unlink()
+    (dep.root / "current").unlink()
+    os.symlink("elsewhere", dep.root / "current")
+    with pytest.raises(DeploymentError, match="no version is complete"):
+        dep.repair()
 
 
 def test_a_second_run_never_removes_the_staging_of_a_run_still_building(tmp_path: Path) -> None:

@@ -134,6 +134,27 @@ def test_a_candidate_whose_thresholds_calibration_refuses_is_not_deployed(tmp_pa
     assert dep.current().name == "v0002" and dep.current().manifest["metrics"]["deployed"] is not None
 
 
+def test_list_flags_a_broken_current_and_rollback_repairs_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--list did not flag a current version whose model file was missing, and a `current` naming no
+    version made --rollback fail (exit 1): the tool could not repair what it is for."""
+    dep = Deployment(tmp_path / "d")
+    for i in (1, 2):
+        staged = dep.stage()
+        (staged / "m.onnx").write_bytes(b"%d" % i)
+        dep.switch(dep.publish(staged, {"model": "m.onnx", "parent": "v0001" if i == 2 else None}))
+    (dep.root / "v0002" / "m.onnx").unlink()
+    assert main(["--list", str(dep.root)]) == 1
+    out, err = capsys.readouterr()
+    assert "* v0002" in out and "MODEL MISSING" in out.splitlines()[-1] and "MODEL MISSING" not in out.splitlines()[1]
+    assert err.startswith("error: current is broken: ") and "m.onnx: the model of the current version" in err
+    (dep.root / "current").unlink()
+    os.symlink("v0007", dep.root / "current")
+    assert main(["--list", str(dep.root)]) == 1 and "not a version folder" in capsys.readouterr().err
+    assert main(["--rollback", str(dep.root)]) == 0
+    assert "repaired: current -> v0001" in capsys.readouterr().out
+    assert dep.current().name == "v0001" and main(["--list", str(dep.root)]) == 0
+
+
 def test_usage_errors(tmp_path: Path, config: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--config", str(config)])

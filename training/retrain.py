@@ -252,10 +252,15 @@ def retrain(args: argparse.Namespace, config: dict[str, Any], data: Path, heldou
 
 
 def list_versions(root: str) -> int:
+    """Print the versions; 1 when `current` is broken (said, with the repair), so a check can alert."""
     dep = Deployment(root)
     if not dep.root.is_dir():
         raise ValueError(f"--list {root}: not a deployment folder")
-    cur = dep.current()
+    why = dep.broken()
+    try:
+        cur = dep.current()
+    except DeploymentError:  # a pointer to no version: every row is listed, none starred
+        cur = None
     print(f"{'':2}{'version':<8} {'created':<26} {'model':<18} {'recall':>7} {'aupro':>7}  gate")
     for v in dep.versions():
         m = (v.manifest.get("metrics") or {}).get("candidate") or {}
@@ -263,7 +268,12 @@ def list_versions(root: str) -> int:
         fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"{'*' if cur and cur.name == v.name else ' ':2}{v.name:<8} {str(v.manifest.get('created')):<26} "
               f"{v.manifest['model']:<18} {fmt(m.get('recall')):>7} {fmt(m.get('aupro')):>7}  "
-              f"{'forced' if g.get('forced') else 'passed' if g.get('passed') else '-'}")
+              f"{'forced' if g.get('forced') else 'passed' if g.get('passed') else '-'}"
+              f"{'' if v.model.is_file() else '  MODEL MISSING'}")
+    if why is not None:
+        print(f"error: current is broken: {why}; python -m training.retrain --rollback {dep.root} points it at the "
+              "newest complete version", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -295,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollback:
             if not Path(args.rollback).is_dir():  # typed wrong: not 'nothing deployed' (exit 1)
                 raise ValueError(f"--rollback {args.rollback}: not a deployment folder")
-            frm, to = Deployment(args.rollback).rollback()
+            dep = Deployment(args.rollback)
+            if dep.broken() is not None:  # the pointer itself cannot be followed back: repair it
+                why, to = dep.repair()
+                print(f"repaired: current -> {to.name} (it was broken: {why}); {to.model}")
+                return 0
+            frm, to = dep.rollback()
             print(f"rolled back: current -> {to.name} (was {frm.name}); {to.model}")
             return 0
         missing = [f"--{k}" for k in ("config", "data", "deploy") if not getattr(args, k)]

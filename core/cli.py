@@ -4,6 +4,7 @@ what C libraries print while a run draws its progress."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import signal
@@ -24,6 +25,19 @@ def require(parser: argparse.ArgumentParser, **paths: str | None) -> None:
     for name, value in paths.items():
         if value is not None and not Path(value).exists():
             parser.error(f"--{name.replace('_', '-')} {value}: not found")
+
+
+def require_extra(package: str, extra: str, what: str) -> None:
+    """Exit 1 with one line naming the extra to install when `package` is not installed: run before
+    a module's own `import torch`, so that `python -m training.train --help` on an edge install
+    (no PyTorch) says what to do instead of printing an ImportError's traceback. A package that is
+    installed but fails to import (a missing library of its own) keeps its real error."""
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name not in (None, package):
+            raise
+        raise SystemExit(f"{what} needs the [{extra}] extra: pip install -e '.[{extra}]'") from None
 
 
 def finite_float(text: str) -> float:

@@ -73,3 +73,24 @@ def test_a_negative_thread_count_is_a_usage_error(module: str, argv: list[str], 
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and "--threads" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("module, what", [("training.train", "training"), ("training.evaluate", "evaluation")])
+def test_training_without_torch_names_the_extra_to_install(module: str, what: str) -> None:
+    """`python -m training.train --help` on the edge install (no PyTorch) printed a raw ImportError
+    traceback: one line naming the extra to install, exit 1."""
+    from torchless import run_without_torch
+
+    result = run_without_torch(f"""
+import contextlib, io, runpy
+sys.argv = [{module!r}, '--help']
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    try:
+        runpy.run_module({module!r}, run_name='__main__')
+        rc = ['no exit', err.getvalue()]
+    except SystemExit as e:
+        rc = [e.code, err.getvalue()]
+""")
+    assert result["rc"] == [f"{what} needs the [train] extra: pip install -e '.[train]'", ""]  # exit 1, said once
+    assert result["torch"] == []

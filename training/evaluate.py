@@ -29,6 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.cli import require_extra
+
+require_extra("torch", "train", "evaluation")  # before torch: an edge install gets one line, not a traceback
 import numpy as np
 import torch
 

@@ -25,6 +25,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from core.cli import require_extra
+
+require_extra("torch", "train", "training")  # before torch: an edge install gets one line, not a traceback
 import numpy as np
 import torch
 import torch.distributed as dist

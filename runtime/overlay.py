@@ -27,7 +27,7 @@ NG_COLOR = (40, 40, 230)      # BGR red
 NONE_COLOR = (220, 220, 220)  # no verdict: light gray
 FAIL_COLOR = (0, 165, 255)    # BGR orange: the part could not be inspected (registration)
 CONTOUR_COLOR = (255, 255, 255)
-SUBTHRESHOLD_COLOR = (200, 200, 200)  # a region over the pixel threshold on a part judged OK
+SUBTHRESHOLD_COLOR = (50, 50, 50)  # dark dashes: a region over the pixel threshold on a part judged OK
 MIN_FONT = 0.3  # OpenCV font scale below which text is no longer readable
 LEGEND_MIN_WIDTH = 200  # pixels: the legend line needs ~170 at the smallest readable font
 
@@ -226,7 +226,8 @@ def render(image: np.ndarray, explanation: np.ndarray | None = None, mask: np.nd
             # a region over the pixel threshold on a part whose score stays under the image
             # threshold: an inspector reads a solid outline as "defect here" against the OK
             # badge. It stays visible (where the part came close, what the [ ] keys tune) in a
-            # line the defect outline never uses: thinner, dashed, gray
+            # line the defect outline never uses: thinner, dashed, dark gray (light gray vanished
+            # on the hot colours it lies on)
             t = max(1, outline_width(out) // 2)
             draw_contours(out, mask, SUBTHRESHOLD_COLOR, thickness=t, dash=max(6, 4 * t))
         else:

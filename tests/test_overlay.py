@@ -109,8 +109,8 @@ def test_side_by_side_panels_and_a_failure_badge() -> None:
 def test_a_region_on_an_ok_part_is_never_drawn_as_the_defect_outline() -> None:
     """Issue 26: a region over the pixel threshold on a part whose score is under the image
     threshold (badge OK) was outlined exactly as a defect is. On an OK part it is a thin dashed
-    gray line (never the solid white of NG), and the legend says what each line means."""
-    img = np.full((256, 256, 1), 60, np.uint8)
+    dark line (never the solid white of NG), and the legend says what each line means."""
+    img = np.full((256, 256, 1), 160, np.uint8)
     mask = np.zeros((256, 256), np.uint8)
     mask[80:160, 80:160] = 255
     base = ov.render(img)
@@ -124,7 +124,7 @@ def test_a_region_on_an_ok_part_is_never_drawn_as_the_defect_outline() -> None:
     assert white(ok).sum() == 0  # OK: nothing that looks like it
     drawn = (ok != base).any(axis=2) & ring
     gray = np.abs(ok.astype(int) - list(ov.SUBTHRESHOLD_COLOR)).max(axis=2) < 30
-    assert drawn.sum() > 40 and (gray[drawn]).mean() > 0.8  # a gray line is drawn
+    assert drawn.sum() > 40 and (gray[drawn]).mean() > 0.8  # a dark gray line is drawn
     edge = drawn[80, 60:180]  # along the top edge: dashes, not one line
     assert 0.2 < edge[20:100].mean() < 0.8
     assert drawn.sum() < 0.6 * ((ng != base).any(axis=2) & ring).sum()  # thinner than the NG outline

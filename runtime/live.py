@@ -263,6 +263,8 @@ class Session:
             self.log.add(row)
         if self.s.save_ng and verdict == "NG":
             self.saver.save(self.s.save_ng, f"ng_{frame.index:08d}", frame.image, picture, row)
+        if self.server is not None and verdict == "NG" and picture is not None:
+            self.server.add_ng(picture, {k: row.get(k) for k in ("index", "time", "score", "file", "model")})
         self.counts[verdict] += 1
         self.inspected += 1
         self.last_row = row

@@ -2,11 +2,15 @@
 
     server = StreamServer(parse_bind("127.0.0.1:8080"), status=lambda: {...}).start()
     server.publish(picture)     # BGR overlay of the newest frame; encoded only when someone asks
+    server.add_ng(picture, {"index": 7, "time": "...", "score": 0.9})   # the page's NG history
     server.url                  # http://127.0.0.1:8080/ (port 0 becomes the port the system gave)
     server.close()              # stops the threads and releases the socket
 
-Endpoints: /  a small HTML page showing the stream with the live counters (refreshed from /status
-once a second); /stream.mjpg  multipart/x-mixed-replace JPEG frames; /status  JSON;
+Endpoints: /  one page, inline script and style: the stream with the live counters, the source's
+health, the model and thresholds in force, and the last NG frames (thumbnails with time and
+score; a click enlarges one), refreshed from /status once a second; /stream.mjpg
+multipart/x-mixed-replace JPEG frames; /status  JSON (the camera's, and `recent_ng`: the history
+the server holds); /ng/ID.jpg and /ng/ID_thumb.jpg  an NG picture of that history;
 /snapshot.jpg  the newest picture; HEAD answers each with its headers. Standard library only
 (http.server, one thread per connection). A flood of connections never reaches the camera's
 loop: at most `max_clients` connections hold a thread (the next ones are answered 503 and closed
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import select
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -33,28 +39,99 @@ from core.files import json_text
 
 JPEG_QUALITY = 80
 BOUNDARY = "frame"
+NG_KEEP = 8         # NG pictures the page's history holds (in memory, by reference: ~6 MB each at 1080p)
+THUMB_WIDTH = 320   # the history's thumbnails, pixels
+NG_PATH = re.compile(r"/ng/(\d+)(_thumb)?\.jpg")
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>vae-inspect camera</title>
-<style>body{margin:0;background:#111;color:#ddd;font:14px sans-serif}
-img{display:block;max-width:100%;margin:auto}#c{padding:6px 10px;white-space:pre-wrap}</style></head>
-<body><img id="live" src="/stream.mjpg" alt="live overlay"><div id="c">waiting for /status</div>
+<style>
+body{margin:0;background:#111;color:#ddd;font:14px sans-serif}
+main{display:flex;align-items:flex-start}
+#view{flex:1 1 auto;min-width:0}
+#live{display:block;max-width:100%;margin:auto}
+#c{padding:6px 10px;white-space:pre-wrap}
+aside{flex:0 0 300px;width:300px;box-sizing:border-box;min-height:100vh;padding:4px 12px;background:#1c1c1c;
+overflow-wrap:anywhere}
+h2{margin:12px 0 4px;font-size:12px;font-weight:normal;letter-spacing:.08em;text-transform:uppercase;color:#8ab}
+.box{padding:4px 8px;border-left:4px solid #666;white-space:pre-wrap}
+.live{border-color:#4c6}.connecting,.reconnecting{border-color:#fa0}.failed,.stopped,.ended{border-color:#e44}
+#ng{display:grid;grid-template-columns:1fr 1fr;gap:8px}
+#ng figure{margin:0;cursor:zoom-in}#ng img{display:block;width:100%;border:2px solid #d33}
+figcaption{font-size:12px;color:#bbb;padding-top:2px;white-space:pre-line}
+#big{position:fixed;inset:0;display:flex;flex-direction:column;align-items:center;justify-content:center;
+background:rgba(0,0,0,.88);cursor:zoom-out}
+#big[hidden]{display:none}#big img{width:94vw;height:86vh;object-fit:contain}
+</style></head>
+<body><main>
+<section id="view"><img id="live" src="/stream.mjpg" alt="live overlay"><div id="c">waiting for /status</div></section>
+<aside><h2>Source</h2><div id="source" class="box">-</div>
+<h2>Model in force</h2><div id="model" class="box">-</div>
+<h2>Last NG frames</h2><div id="ng">none yet</div></aside>
+</main>
+<div id="big" hidden><img id="bigimg" alt="this NG frame is no longer held"><figcaption id="bigcap"></figcaption></div>
 <script>
+const $ = id => document.getElementById(id);
 const ms = v => v == null ? "-" : v.toFixed(0);
 const ms1 = v => v == null ? "-" : v.toFixed(1);
+const num = v => v == null ? "none" : Number(v).toPrecision(4);
+const clock = t => new Date(t).toLocaleTimeString();
+let held = [], shown = "";
+function caption(n, sep) {  // a thumbnail's lines (sep "\\n") or the enlarged frame's one line
+  return [clock(n.time), `score ${num(n.score)}`, `frame ${n.index}` + (n.file ? ` (${n.file})` : ""),
+          ...(n.model ? [`model ${n.model}`] : [])].join(sep);
+}
+function enlarge() {  // #ng=ID: the link a click makes, so that back closes it and it can be shared
+  const m = /^#ng=(\\d+)$/.exec(location.hash), big = $("big");
+  if (!m) { big.hidden = true; return; }
+  const n = held.find(h => String(h.id) === m[1]);
+  $("bigimg").src = `/ng/${m[1]}.jpg`;
+  $("bigcap").textContent = n ? caption(n, "  ·  ") : "";
+  big.hidden = false;
+}
+function showNg(list) {
+  held = list;
+  const key = list.map(n => n.id).join();
+  if (key === shown) return;
+  shown = key;
+  const box = $("ng");
+  box.textContent = list.length ? "" : "none yet";
+  for (const n of list) {
+    const [f, img, c] = ["figure", "img", "figcaption"].map(t => document.createElement(t));
+    img.src = `/ng/${n.id}_thumb.jpg`; img.alt = `NG frame ${n.index}`; img.title = n.time;
+    c.textContent = caption(n, "\\n");
+    f.append(img, c);
+    f.onclick = () => { location.hash = `ng=${n.id}`; };
+    box.append(f);
+  }
+  enlarge();
+}
 async function tick() {
   try {
     const s = await (await fetch("/status", {cache: "no-store"})).json();
-    const v = s.verdicts;
-    document.getElementById("c").textContent =
-      `source ${s.source.state}  ${s.fps.toFixed(1)} fps  latency p50 ${ms(s.latency_ms.p50)} ms ` +
+    const v = s.verdicts, src = s.source, m = s.model, th = m.thresholds;
+    $("c").textContent =
+      `source ${src.state}  ${s.fps.toFixed(1)} fps  latency p50 ${ms(s.latency_ms.p50)} ms ` +
       `p99 ${ms(s.latency_ms.p99)} ms  frames ${s.frames.inspected}  dropped ${s.frames.dropped}  ` +
       `OK ${v.OK}  NG ${v.NG}  NO VERDICT ${v["NO VERDICT"]}  failed ${v.failed}` +
-      (s.stages_ms_per_frame ? `\nms per frame: capture ${ms1(s.stages_ms_per_frame.capture)}  inference ` +
+      (s.stages_ms_per_frame ? `\\nms per frame: capture ${ms1(s.stages_ms_per_frame.capture)}  inference ` +
         `${ms1(s.stages_ms_per_frame.inference)}  main ${ms1(s.stages_ms_per_frame.main)}  ` +
         `(bound: ${s.stages_ms_per_frame.bound || "-"})` : "");
-  } catch (e) { document.getElementById("c").textContent = "no status: " + e; }
+    $("source").className = `box ${src.state}`;
+    $("source").textContent = `${src.state}  ${s.fps.toFixed(1)} fps\\n` +
+      `dropped ${src.dropped}  reconnects ${src.reconnects}` +
+      (src.retry_in_s != null ? `\\nnext try in ${src.retry_in_s} s` : "") + (src.error ? `\\n${src.error}` : "") +
+      `\\n${src.spec}`;
+    $("model").textContent = `${m.version || m.path.split("/").pop()}  ${m.backend}  ` +
+      `sha256 ${m.sha256.slice(0, 12)}\\n` +
+      `pixel ${num(th.pixel)}  image ${num(th.image)}  (${th.source})` + (th.note ? `\\n${th.note}` : "") +
+      (m.reloaded ? `\\nreloaded ${clock(m.reloaded)}` : "");
+    showNg(s.recent_ng || []);
+  } catch (e) { $("c").textContent = "no status: " + e; }
 }
+$("big").onclick = () => { location.hash = ""; };
+document.onkeydown = e => { if (e.key === "Escape") location.hash = ""; };
+window.onhashchange = enlarge;
 setInterval(tick, 1000); tick();
 </script></body></html>
 """
@@ -90,6 +167,20 @@ def parse_bind(text: str) -> Bind:
 
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 17\r\n"
         b"Retry-After: 5\r\nConnection: close\r\n\r\ntoo many clients\n")
+
+
+def encode_jpeg(picture: np.ndarray) -> bytes | None:
+    ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return buf.tobytes() if ok else None
+
+
+@dataclass
+class HeldNg:
+    """One NG picture of the page's history: what its caption says, and its JPEGs once asked for."""
+    id: int
+    info: dict[str, Any]
+    picture: np.ndarray
+    jpeg: dict[bool, bytes] = field(default_factory=dict)  # thumbnail? -> bytes
 
 
 class _Server(ThreadingHTTPServer):
@@ -154,6 +245,8 @@ class StreamServer:
         self._picture: np.ndarray | None = None
         self._seq = 0
         self._jpeg: tuple[int, bytes] | None = None   # (seq, bytes): encoded once for every client
+        self._ng: deque[HeldNg] = deque(maxlen=NG_KEEP)
+        self._ng_seq = 0
         self._closing = False
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="http", daemon=True)
@@ -188,12 +281,44 @@ class StreamServer:
             if self._jpeg is not None and self._jpeg[0] == self._seq:
                 return self._jpeg
             seq, picture = self._seq, self._picture
-        ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
+        data = encode_jpeg(picture)
+        if data is None:
             return None
         with self._cond:
-            self._jpeg = (seq, buf.tobytes())
+            self._jpeg = (seq, data)
             return self._jpeg
+
+    def add_ng(self, picture: np.ndarray, info: dict[str, Any]) -> None:
+        """An NG picture (BGR, kept by reference like publish's) for the page's history of the
+        last NG_KEEP, with what its caption says (index, time, score, file, model). Nothing is
+        encoded here: the loop's thread only appends."""
+        with self._cond:
+            self._ng_seq += 1
+            self._ng.append(HeldNg(self._ng_seq, info, picture))
+
+    def recent_ng(self) -> list[dict[str, Any]]:
+        """The history, newest first: {"id", **info}; /ng/ID.jpg and /ng/ID_thumb.jpg serve it."""
+        with self._cond:
+            return [{"id": h.id, **h.info} for h in reversed(self._ng)]
+
+    def ng_jpeg(self, ng_id: int, thumb: bool) -> bytes | None:
+        """The JPEG of a held NG picture (thumb: THUMB_WIDTH wide), encoded once on the first
+        request; None when it has left the history."""
+        with self._cond:
+            held = next((h for h in self._ng if h.id == ng_id), None)
+            if held is None:
+                return None
+            if thumb in held.jpeg:
+                return held.jpeg[thumb]
+        picture = held.picture
+        if thumb and picture.shape[1] > THUMB_WIDTH:
+            height = max(1, round(picture.shape[0] * THUMB_WIDTH / picture.shape[1]))
+            picture = cv2.resize(picture, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
+        data = encode_jpeg(picture)
+        if data is not None:
+            with self._cond:
+                held.jpeg[thumb] = data
+        return data
 
     def admit(self) -> bool:
         """Take a connection slot; False when all `max_clients` are taken."""
@@ -272,7 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
             if path in ("/", "/index.html"):
                 self._send(200, PAGE.encode(), "text/html; charset=utf-8")
             elif path == "/status":
-                self._send(200, (json_text(owner.status(), indent=None) + "\n").encode(), "application/json")
+                status = {**owner.status(), "recent_ng": owner.recent_ng()}
+                self._send(200, (json_text(status, indent=None) + "\n").encode(), "application/json")
             elif path == "/snapshot.jpg":
                 got = owner.jpeg(timeout=0)
                 if got is None:
@@ -281,6 +407,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(200, got[1], "image/jpeg")
             elif path == "/stream.mjpg":
                 self._stream(owner)
+            elif m := NG_PATH.fullmatch(path):
+                data = owner.ng_jpeg(int(m[1]), thumb=bool(m[2]))
+                if data is None:
+                    self._send(404, b"no longer held: the page keeps the last NG frames only\n", "text/plain")
+                else:
+                    self._send(200, data, "image/jpeg")
             else:
                 self._send(404, json.dumps({"error": f"no such page {path}"}).encode(), "application/json")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):

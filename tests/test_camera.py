@@ -214,7 +214,7 @@ def test_server_endpoints_and_socket_release() -> None:
         picture[:, 30:] = 200
         server.publish(picture)
         code, body, ctype = get(server.url + "status")
-        assert code == 200 and ctype == "application/json" and json.loads(body) == {"fps": 1.5}
+        assert code == 200 and ctype == "application/json" and json.loads(body) == {"fps": 1.5, "recent_ng": []}
         code, body, ctype = get(server.url)
         assert code == 200 and b'<img id="live" src="/stream.mjpg"' in body and "text/html" in ctype
         code, body, ctype = get(server.url + "snapshot.jpg")
@@ -300,6 +300,40 @@ def test_the_server_caps_clients_times_idle_ones_out_and_answers_head() -> None:
             code, body, _ = get(server.url + "stream.mjpg")
             assert code == 503 and b"viewers" in body
         assert get(server.url + "status")[0] == 200
+    finally:
+        server.close()
+
+
+def test_the_page_holds_the_last_ng_frames_with_thumbnails(stub: Path, stub_sidecars: None, frames_dir: Path) -> None:
+    """Issue 26: the page showed only the live frame. The server keeps the last NG pictures the
+    session hands it (what their captions say in /status, newest first), serves each full size
+    and as a thumbnail, and forgets the oldest past NG_KEEP."""
+    from runtime import stream
+
+    s = Settings(parse_source(str(frames_dir)), realtime=False, serve=Bind("127.0.0.1", 0))
+    with Pipeline.open(stub) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        session.run()
+    held = session.server.recent_ng()
+    assert [(h["index"], h["file"]) for h in held] == [(5, "005.png"), (2, "002.png")]
+    assert held[0]["score"] > 0.5 and held[0]["time"] and held[0]["model"] == session.tags[pipe]
+
+    server = StreamServer(Bind("127.0.0.1", 0), status=lambda: {"fps": 1.5}).start()
+    try:
+        for i in range(stream.NG_KEEP + 2):
+            server.add_ng(np.full((480, 640, 3), i, np.uint8), {"index": i, "score": 0.9})
+        code, body, _ = get(server.url + "status")
+        recent = json.loads(body)["recent_ng"]
+        assert [n["index"] for n in recent] == list(range(stream.NG_KEEP + 1, 1, -1))
+        newest = recent[0]["id"]
+        decode = lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)  # noqa: E731
+        code, body, ctype = get(server.url + f"ng/{newest}.jpg")
+        assert code == 200 and ctype == "image/jpeg" and decode(body).shape == (480, 640, 3)
+        code, body, _ = get(server.url + f"ng/{newest}_thumb.jpg")
+        assert code == 200 and decode(body).shape == (240, stream.THUMB_WIDTH, 3)
+        assert get(server.url + f"ng/{recent[-1]['id'] - 1}.jpg")[0] == 404  # left the history
+        page = get(server.url)[1].decode()
+        assert "Last NG frames" in page and "Model in force" in page and 'id="source"' in page
     finally:
         server.close()
 

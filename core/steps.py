@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,18 +13,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# training.train's summary line after each epoch (training.loop.log): "epoch 12/150 step 480 loss ..."
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
+LOG_EVERY_S = 180.0  # how often a step's progress is said where no terminal shows a bar
 
 
 class StepFailed(RuntimeError):
     """A step's command exited non-zero; its own message is above and in the step's log."""
 
 
-def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float]) -> None:
-    """`python -m module args` as a child, its output shown and kept in logs/<name>.log."""
+def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float],
+             epochs: bool = False) -> None:
+    """`python -m module args` as a child, its output shown and kept in logs/<name>.log. epochs:
+    the child prints training.train's epoch lines, shown as progress (EpochProgress) rather than
+    one line each."""
     logs.mkdir(parents=True, exist_ok=True)
     print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
     started = time.perf_counter()
+    shown = EpochProgress(name) if epochs else None
     with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -31,18 +41,72 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
-                sys.stdout.write(line)
                 log.write(line)
+                if shown is None:
+                    sys.stdout.write(line)
+                elif not shown.take(line):
+                    shown.write(line)
         except BaseException:
             # interrupted here (SIGTERM to this process alone, Ctrl-C, a failed write): the step
             # must not run on as an orphan, writing into a staging folder nobody owns any more
             stop(proc)
             raise
+        finally:
+            if shown is not None:
+                shown.close()
         rc = proc.wait()
     timings[name] = round(time.perf_counter() - started, 1)
     if rc:
         raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")
     print(f"== {name} done in {timings[name]:.0f} s", flush=True)
+
+
+class EpochProgress:
+    """A training step's epoch lines (EPOCH_LINE) as one progress bar with the step's name, the
+    epochs and the time left where stderr is a terminal, else as one line every `every_s` seconds
+    (a log must not get a redraw per epoch); every other line passes through. training.retrain was
+    silent for the whole training step (20-30 minutes for the screw model): it passed --quiet."""
+
+    def __init__(self, name: str, every_s: float = LOG_EVERY_S, terminal: bool | None = None) -> None:
+        self.name, self.every_s = name, every_s
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.started = self.said = time.monotonic()
+        self.bar: tqdm | None = None
+
+    def take(self, line: str) -> bool:
+        """Show an epoch line as progress (True); False for any other line."""
+        m = EPOCH_LINE.match(line)
+        if m is None:
+            return False
+        done, total = int(m.group(1)), int(m.group(2))
+        if self.terminal:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.name, unit="epoch", file=sys.stderr, dynamic_ncols=True,
+                                leave=False)
+            self.bar.update(done - self.bar.n)
+            return True
+        now = time.monotonic()
+        if now - self.said >= self.every_s:
+            self.said = now
+            left = (now - self.started) / max(done, 1) * (total - done)
+            print(f"== {self.name}: epoch {done}/{total}, {_minutes(now - self.started)} in, about {_minutes(left)} "
+                  "left", flush=True)
+        return True
+
+    def write(self, line: str) -> None:
+        """A line that is not an epoch's: above the bar while one is drawn."""
+        if self.bar is None:
+            sys.stdout.write(line)
+        else:
+            self.bar.write(line.rstrip("\n"), file=sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -155,6 +155,65 @@ def test_list_flags_a_broken_current_and_rollback_repairs_it(tmp_path: Path, cap
     assert dep.current().name == "v0001" and main(["--list", str(dep.root)]) == 0
 
 
+def test_the_training_step_shows_its_epochs_as_a_bar_or_a_line_every_few_minutes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """retrain was silent for the whole training step (20-30 min for the screw model): it passed
+    --quiet to training. On a terminal one bar with the epochs and the time left; in a log, a line
+    every few minutes; every other line of the step as it comes, and all of them in its log."""
+    from core.steps import EpochProgress, run_step
+
+    bar = EpochProgress("train", terminal=True)
+    assert bar.take("epoch 3/10 step 30 loss 1.00 recon 1.00 kl 0.10 (2.00 it/s)\n")
+    bar.write("note: something\n")
+    assert not bar.take("note: not an epoch\n")
+    bar.close()
+    out, err = capsys.readouterr()
+    assert "note: something" in out and "epoch 3/10" not in out
+    assert "train" in err and "3/10" in err and "epoch" in err and "<" in err  # elapsed<left
+    quiet = EpochProgress("train", every_s=0.0, terminal=False)
+    assert quiet.take("epoch 1/4 step 5 loss 1\n")
+    assert capsys.readouterr().out.startswith("== train: epoch 1/4, 0 s in, about 0 s left")
+    (tmp_path / "trainer.py").write_text("for e in range(1, 4):\n    print(f'epoch {e}/3 step {e} loss 1', flush=True)\n"
+                                         "print('wrote model.pt')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))  # the step's child finds it
+    run_step("train", "trainer", [], tmp_path / "logs", {}, epochs=True)
+    out = capsys.readouterr().out
+    assert "wrote model.pt" in out and "epoch 2/3" not in out  # in a log: not a line per epoch
+    assert "epoch 2/3 step 2" in (tmp_path / "logs" / "train.log").read_text()
+
+
+def test_retrain_lets_training_print_its_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                mvtec_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """The training step runs without --quiet, and what training.train prints after each epoch is
+    the line core.steps reads as progress."""
+    import torch
+
+    import training.retrain as rt
+    from core.steps import EPOCH_LINE
+    from tests.conftest import tiny_config
+    from training.train import train
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def record(name: str, module: str, args: list[str], *rest: object, **kw: object) -> None:
+        calls.append((module, args, kw))
+        raise Stop
+    monkeypatch.setattr(rt, "run_step", record)
+    args = rt.build_parser().parse_args(["--deploy", str(tmp_path / "d"), "--init", "scratch"])
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    with pytest.raises(Stop):
+        rt.build_candidate(args, tiny_config(mvtec_dir), stage, Deployment(tmp_path / "d"), {}, [])
+    [(module, train_args, kw)] = calls
+    assert module == "training.train" and "--quiet" not in train_args and kw == {"epochs": True}
+    train(tiny_config(mvtec_dir), tmp_path / "run", torch.device("cpu"), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert any(EPOCH_LINE.match(line) for line in lines), lines
+
+
 def test_usage_errors(tmp_path: Path, config: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--config", str(config)])

@@ -8,9 +8,10 @@
 The candidate is built in a staging folder inside the deployment (core.deployment), step by step,
 each step being the project's own command run as a child process (what a user would type, and a
 crash in one step cannot leave another's state half-changed):
-  train      training.train (warm-started from the deployed checkpoint by default: --init) or, for a
-             template config (model.arch template), export.template (the reference bank, no training,
-             written as an ONNX graph checked against the numpy bank)
+  train      training.train (warm-started from the deployed checkpoint by default: --init; its epochs
+             shown as one bar with the time left on a terminal, as a line every few minutes in a log)
+             or, for a template config (model.arch template), export.template (the reference bank, no
+             training, written as an ONNX graph checked against the numpy bank)
   export     export.onnx, and export.tensorrt where TensorRT and a GPU exist (else said: ONNX only)
   check      export.check: the ONNX graph against PyTorch autograd
   calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar (a
@@ -137,7 +138,7 @@ def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Pat
         run_step("train", "export.template", ["--config", str(train_cfg), "--out", str(model)], logs, timings)
         notes.append("template model: a reference bank, no training (--init does not apply)")
         return model
-    train_args = ["--config", str(train_cfg), "--out", str(stage / "train"), "--quiet"]
+    train_args = ["--config", str(train_cfg), "--out", str(stage / "train")]
     init = None if args.init == "scratch" else (current_checkpoint(dep) if args.init == "current" else Path(args.init))
     if args.init == "current" and init is None:
         notes.append("--init current: nothing deployed yet (or no checkpoint in it): trained from scratch")
@@ -146,7 +147,7 @@ def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Pat
     for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps), ("--device", args.device)):
         if value is not None:
             train_args += [flag, str(value)]
-    run_step("train", "training.train", train_args, logs, timings)
+    run_step("train", "training.train", train_args, logs, timings, epochs=True)  # a bar, or a line every few minutes
     ckpt = stage / "model.pt"
     (stage / "train" / "model.pt").rename(ckpt)
     shutil.rmtree(stage / "train")

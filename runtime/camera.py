@@ -27,8 +27,9 @@ A lost live source is reopened with a doubling backoff (--retries); SIGINT / SIG
 moving to another version (training.retrain, --rollback), reloads the model beside the running
 one and swaps it in between two frames: the stream never stops, and a model that fails to open is
 reported while the running one keeps serving. Exit: 0 normal end (source exhausted, q,
---max-frames, a signal), 1 failure while working (model, source after its retries, recording),
-2 usage error.
+--max-frames, a signal), 1 failure while working (model, source after its retries, recording, a
+full disk: the message names the file), 2 usage error. A frame that cannot be read or inspected
+(a folder's broken file, a 1x1 image) is a failed row with its reason; the run goes on.
 """
 from __future__ import annotations
 
@@ -84,10 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive(int), default=1, metavar="N",
                    help="with --no-realtime: up to N waiting frames per model call (default 1)")
     p.add_argument("--headless", action="store_true", help="never open a window (without a display this is automatic)")
-    p.add_argument("--record", metavar="FILE", help="write the overlay video: .mp4 (mp4v), .avi (MJPG) or .mkv (FFV1, lossless)")
-    p.add_argument("--serve", metavar="[HOST:]PORT", help="HTTP: MJPEG stream, page and /status on [HOST:]PORT (127.0.0.1 unless a host "
+    p.add_argument("--record", metavar="FILE", help="write the overlay video: .mp4 (mp4v), .avi (MJPG) or .mkv (FFV1, lossless); "
+                                                    "written as FILE.partial.EXT until finalized")
+    p.add_argument("--serve", metavar="[HOST:]PORT", help="HTTP: MJPEG stream, page (last NG frames, model and thresholds, "
+                                   "source health) and /status on [HOST:]PORT (127.0.0.1 unless a host "
                                    "is given; port 0: any free port)")
-    p.add_argument("--log", metavar="FILE", help="JSONL file, appended to: a header line per run, then one line per inspected frame")
+    p.add_argument("--log", metavar="FILE", help="JSONL file, appended to: a header line per run, then one line per inspected frame "
+                                                 "(naming the model and thresholds that judged it), a line per reload")
     p.add_argument("--save-ng", metavar="DIR", help="folder: every NG frame, raw and with its overlay, and its row")
     p.add_argument("--snapshots", metavar="DIR", default="runs/camera/snapshots", help="folder for the s key (default %(default)s)")
     p.add_argument("--max-frames", type=positive(int), metavar="N", help="stop after N inspected frames")

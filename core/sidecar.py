@@ -8,7 +8,10 @@ It is what a runtime needs besides the graph itself, and what ties the files tog
             attention_scale, anomaly_scale}   # the maps' normal 99th percentiles (overlay colours)
     registration: {method, lighting, ...}     # core.registration: run on the host before the graph
     input: {name: image, dtype: uint8, layout: NHWC, height, width, channels, color}
-    outputs: [mu, logvar, activations, gradients, attention, anomaly_map, ...]
+    outputs: [mu, logvar, activations, gradients, attention, anomaly_map, ...]   # what the graph has
+    precision: fp32 | int8    # the ONNX graph's arithmetic (absent: fp32); an engine's is in its files entry
+    quantization: {method, format, per_channel, source, calibration: {folder, images, sha256}, map_error}
+                              # int8 only (export.quantize): what it was quantized from and with
     output_shapes: {mu: [N, 32], ...}
     files: {X.onnx: {sha256, bytes, format, opset, weights}, X.trt: {sha256, precision, trt, source, ...}}
                               # source: {file, sha256} of the ONNX the engine was built from
@@ -47,6 +50,9 @@ REQUIRED = ("schema", "model", "input", "outputs", "files", "thresholds")
 SECTION_TYPES: dict[str, type] = {"model": dict, "input": dict, "outputs": list, "files": dict, "thresholds": dict,
                                   "registration": dict}
 NO_REGISTRATION = {"method": "none", "lighting": "none"}
+# the graph's arithmetic: export.onnx writes fp32, export.quantize int8 (static, QDQ); sidecars
+# written before quantization existed have no `precision` and are fp32
+PRECISIONS = ("fp32", "int8")
 
 
 def _from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +106,11 @@ def check_types(data: dict[str, Any], path: Path) -> None:
         if key in data and not isinstance(data[key], kind):
             raise SidecarError(f"{path}: '{key}' must be a {'list' if kind is list else 'mapping'}, "
                                f"got {type(data[key]).__name__} ({str(data[key])[:60]})")
+    outputs = data.get("outputs")
+    if isinstance(outputs, list) and not all(isinstance(n, str) for n in outputs):
+        raise SidecarError(f"{path}: 'outputs' must be a list of output names, got {str(outputs)[:60]}")
+    if data.get("precision", "fp32") not in PRECISIONS:
+        raise SidecarError(f"{path}: precision must be one of {', '.join(PRECISIONS)}, got {data['precision']!r}")
     for name, entry in (data.get("files") or {}).items():
         if not isinstance(entry, dict):
             raise SidecarError(f"{path}: files entry '{name}' must be a mapping, got {type(entry).__name__}")
@@ -204,6 +215,11 @@ def write_sidecar(model_path: str | Path, info: dict[str, Any]) -> Path:
     return path
 
 
+def precision(data: dict[str, Any]) -> str:
+    """The graph's arithmetic a (checked) sidecar records: fp32 unless export.quantize wrote int8."""
+    return str(data.get("precision", "fp32"))
+
+
 def read_sidecar(model_path: str | Path, verify: bool = True) -> dict[str, Any]:
     """The sidecar of X.onnx / X.trt. With verify, the model file must exist and its sha256 must be
     the one recorded for it. Raises SidecarError naming the file otherwise."""
@@ -288,5 +304,5 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     return data
 
 
-__all__ = ["SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "read_sidecar", "sidecar_path", "update_sidecar",
-           "upgrade", "versions", "write_sidecar"]
+__all__ = ["PRECISIONS", "SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "precision", "read_sidecar",
+           "sidecar_path", "update_sidecar", "upgrade", "versions", "write_sidecar"]

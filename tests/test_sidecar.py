@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.sidecar import (SCHEMA, SidecarError, file_entry, read_sidecar, sidecar_path, update_sidecar,
+from core.sidecar import (SCHEMA, SidecarError, file_entry, precision, read_sidecar, sidecar_path, update_sidecar,
                             write_sidecar)
 from core.files import sha256
 
@@ -85,6 +85,9 @@ def test_bad_sidecars(model_file: Path) -> None:
     ("outputs", "anomaly_map", "'outputs' must be a list, got str"),
     ("thresholds", None, "'thresholds' must be a mapping"),
     ("input", 64, "'input' must be a mapping, got int"),
+    ("outputs", ["anomaly_map", 3], "'outputs' must be a list of output names"),
+    ("precision", "int4", "precision must be one of fp32, int8, got 'int4'"),
+    ("precision", None, "precision must be one of fp32, int8, got None"),
 ])
 def test_sections_of_the_wrong_type_name_the_file(model_file: Path, key: str, value: object, message: str) -> None:
     write_sidecar(model_file, INFO)
@@ -222,3 +225,17 @@ def test_update_with_verify_and_backup(model_file: Path) -> None:
     with pytest.raises(SidecarError, match="does not match its sidecar"):
         update_sidecar(model_file, thresholds={"pixel": 0.3}, verify=True)
     assert read_sidecar(model_file, verify=False)["thresholds"]["pixel"] == 0.2
+
+
+def test_precision_and_outputs_round_trip(model_file: Path) -> None:
+    """A line graph's outputs and an INT8 graph's precision come back as written; older sidecars are fp32."""
+    write_sidecar(model_file, INFO)
+    assert "precision" not in read_sidecar(model_file) and precision(read_sidecar(model_file)) == "fp32"
+    line = {**INFO, "outputs": ["anomaly_map"], "precision": "int8",
+            "quantization": {"calibration": {"images": 64, "sha256": "cd" * 32}}}
+    write_sidecar(model_file, line)
+    data = read_sidecar(model_file)
+    assert data["outputs"] == ["anomaly_map"] and data["precision"] == precision(data) == "int8"
+    assert data["quantization"]["calibration"] == {"images": 64, "sha256": "cd" * 32}
+    updated = update_sidecar(model_file, thresholds={"pixel": 0.1, "image": 0.2}, verify=True)
+    assert updated["precision"] == "int8" and read_sidecar(model_file)["outputs"] == ["anomaly_map"]

@@ -44,7 +44,10 @@ from training.models.vae import LOGVAR_LIMIT
 #: Output names in graph order; recon_error and alpha only when present.
 BASE_OUTPUTS = ("mu", "logvar", "activations", "gradients", "attention", "anomaly_map")
 
-#: One line per output, written into the ONNX graph (doc_string) and the docs.
+#: Anomaly map kinds built on the attention: a graph with such a map needs the backward.
+ATTENTION_MAPS = ("attention", "fusion")
+
+#: One line per output, in the contract's order, written into the ONNX graph (doc_string) and the docs.
 OUTPUT_DOCS = {
     "mu": "[N, D] float32: mean of q(z|x), the latent code",
     "logvar": "[N, D] float32: log-variance of q(z|x)",
@@ -62,6 +65,21 @@ class ExportError(ValueError):
 
 
 _OUTPUT_TYPES: dict[tuple[str, ...], type] = {}
+
+
+def line_outputs(outputs: Sequence[str], per_dim: bool = False, recon: bool | None = None) -> list[str]:
+    """The outputs a line graph is asked for, in the contract's order; ExportError for an unknown
+    name, an empty list, or a flag that asks for an output the list leaves out."""
+    asked = set(outputs)
+    unknown = sorted(asked - set(OUTPUT_DOCS))
+    if unknown or not asked:
+        raise ExportError(f"unknown output(s) {', '.join(unknown) or '(none given)'}; choose from "
+                          f"{', '.join(OUTPUT_DOCS)}")
+    for flag, name in ((per_dim, "alpha"), (recon, "recon_error")):
+        if flag and name not in asked:
+            raise ExportError(f"{'per_dim' if name == 'alpha' else 'recon'} asks for '{name}', which the outputs "
+                              f"leave out: add it to them")
+    return [n for n in OUTPUT_DOCS if n in asked]
 
 
 def output_type(names: Sequence[str]) -> type:
@@ -275,7 +293,7 @@ class ExportModule(nn.Module):
     autograd: the graph both ONNX export and the runtime's PyTorch backend run."""
 
     def __init__(self, model: VAE, layer: str, score: str, anomaly_map: str, blur_sigma: float,
-                 per_dim: bool = False, recon: bool | None = None) -> None:
+                 per_dim: bool = False, recon: bool | None = None, outputs: Sequence[str] | None = None) -> None:
         super().__init__()
         if score not in SCORES:
             raise ExportError(f"unknown score '{score}'; choose one of {SCORES}")
@@ -286,11 +304,22 @@ class ExportModule(nn.Module):
                               "(the one-class VAEs mnist, ucsd and resnet18 do)")
         self.model = model
         super().train(False)  # eval BatchNorm: the backward below relies on it
-        self.score, self.per_dim = score, bool(per_dim)
+        self.score = score
         self.score_grad = _ScoreCotangent(score)
         self.amap = AnomalyMap(anomaly_map, float(blur_sigma))
-        # as in the reference: the decoder is in the graph when the map needs it or it is asked for
-        self.with_recon = bool(recon) or self.amap.needs_decoder
+        names = line_outputs(outputs, per_dim, recon) if outputs is not None else \
+            [*BASE_OUTPUTS, *(["recon_error"] if bool(recon) or self.amap.needs_decoder else []),
+             *(["alpha"] if per_dim else [])]
+        self.output_names: tuple[str, ...] = tuple(names)
+        self.per_dim = "alpha" in names
+        self.with_recon = "recon_error" in names
+        # a line graph computes only what its outputs need: the backward for the attention (and the
+        # maps built on it), the decoder for the reconstruction maps (as in the reference, whose
+        # decoder runs when the map needs it or recon_error is asked for)
+        wants_map = "anomaly_map" in names
+        self.needs_backward = bool({"gradients", "attention", "alpha"} & set(names)) or (
+            wants_map and self.amap.kind in ATTENTION_MAPS)
+        self.decodes = self.with_recon or (wants_map and self.amap.needs_decoder)
         self.layer = layer[len("encoder."):] if layer.startswith("encoder.") else layer
         children = [n for n, _ in model.encoder.named_children()]
         if self.layer not in children:
@@ -306,8 +335,6 @@ class ExportModule(nn.Module):
         cfg = model.config
         self.height = self.width = int(cfg["size"])
         self.channels = int(cfg.get("channels", 1))
-        names = list(BASE_OUTPUTS) + (["recon_error"] if self.with_recon else []) + (["alpha"] if self.per_dim else [])
-        self.output_names: tuple[str, ...] = tuple(names)
         self.Outputs = output_type(names)
         self.attention = _Attention((self.height, self.width))
         with torch.no_grad():  # records the static shapes of every step (see _Step)
@@ -338,7 +365,20 @@ class ExportModule(nn.Module):
         y, saved = run_forward(self._after, acts)
         h_pre = m.fc(torch.flatten(y, 1))
         mu, logvar = m.heads(m.fc_act(h_pre))
+        grads, att, alpha = (self.backward_pass(mu, logvar, h_pre, acts, saved) if self.needs_backward
+                             else (None, None, None))
+        recon = m.decoder(mu) if self.decodes else None
+        err = recon_error(x01, recon) if self.with_recon else None
+        amap = self.amap(att, x01, recon, m.map_scale) if "anomaly_map" in self.output_names else None
+        out = {"mu": mu, "logvar": logvar, "activations": acts, "gradients": grads, "attention": att,
+               "anomaly_map": amap, "recon_error": err, "alpha": alpha}
+        return self.Outputs(*(out[n] for n in self.output_names))
 
+    def backward_pass(self, mu: torch.Tensor, logvar: torch.Tensor, h_pre: torch.Tensor, acts: torch.Tensor,
+                      saved: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The explicit vector-Jacobian product from the latent score back to the target layer:
+        (gradients, attention, alpha or None)."""
+        m = self.model
         d = m.latent
         r = 1 + d if self.per_dim else 1
         relu_head = isinstance(m.fc_act, nn.ReLU)
@@ -374,12 +414,7 @@ class ExportModule(nn.Module):
             grads = g[:, 0]
         else:
             alpha, grads = None, g
-        att = self.attention(acts, grads)
-        recon = m.decoder(mu) if self.with_recon else None
-        err = recon_error(x01, recon) if recon is not None else None
-        out = {"mu": mu, "logvar": logvar, "activations": acts, "gradients": grads, "attention": att,
-               "anomaly_map": self.amap(att, x01, recon, m.map_scale), "recon_error": err, "alpha": alpha}
-        return self.Outputs(*(out[n] for n in self.output_names))
+        return grads, self.attention(acts, grads), alpha
 
     def forward(self, image: torch.Tensor) -> NamedTuple:
         with torch.no_grad():  # the backward is explicit; autograd would only cost memory
@@ -388,8 +423,10 @@ class ExportModule(nn.Module):
 
 def build_export_module(checkpoint_path: str | Path, layer: str | None = None, score: str | None = None,
                         per_dim: bool = False, recon: bool | None = None,
-                        map_location: str | torch.device = "cpu") -> tuple[ExportModule, dict[str, Any]]:
-    """ExportModule for a checkpoint; defaults come from its `inference` config section.
+                        map_location: str | torch.device = "cpu",
+                        outputs: Sequence[str] | None = None) -> tuple[ExportModule, dict[str, Any]]:
+    """ExportModule for a checkpoint; defaults come from its `inference` config section; `outputs`
+    (a line graph) computes only those (see `line_outputs`).
 
     settings: layer, score, anomaly_map, blur_sigma (effective), per_dim, recon (whether the
     decoder is in the graph), outputs, checkpoint (path), checkpoint_sha256 (of the bytes the
@@ -397,7 +434,7 @@ def build_export_module(checkpoint_path: str | Path, layer: str | None = None, s
     model, config, digest = load_model_hashed(checkpoint_path, map_location)
     settings = inference_settings(config, layer=layer, score=score)
     module = ExportModule(model, settings["layer"], settings["score"], settings["anomaly_map"],
-                          float(settings["blur_sigma"]), per_dim, recon)
+                          float(settings["blur_sigma"]), per_dim, recon, outputs)
     trained = config["inference"]
     fitted = (module.layer, module.score) == (trained["layer"].removeprefix("encoder."), trained["score"])
     settings.update(layer=module.layer, blur_sigma=float(settings["blur_sigma"]), per_dim=module.per_dim,
@@ -436,5 +473,5 @@ def output_shapes(module: ExportModule) -> dict[str, list[int | str]]:
     return {n: shapes[n] for n in module.output_names}
 
 
-__all__ = ["BASE_OUTPUTS", "OUTPUT_DOCS", "ExportError", "ExportModule", "build_export_module", "export_layers",
-           "output_shapes", "output_type", "score_cotangents", "steps_for"]
+__all__ = ["ATTENTION_MAPS", "BASE_OUTPUTS", "OUTPUT_DOCS", "ExportError", "ExportModule", "build_export_module",
+           "export_layers", "line_outputs", "output_shapes", "output_type", "score_cotangents", "steps_for"]

@@ -1,9 +1,12 @@
 """Export a trained VAE to ONNX with the latent code, activations, their gradients and the maps.
 
     python -m export.onnx --checkpoint runs/screw/model.pt --out screw.onnx [--layer NAME]
-        [--score sum_mu|difference] [--per-dim] [--recon] [--opset N] [--fp16-weights]
+        [--score sum_mu|difference] [--per-dim] [--recon] [--outputs anomaly_map[,attention,...]]
+        [--opset N] [--fp16-weights]
 
-Writes screw.onnx atomically and the sidecar screw.yaml beside it. The graph is
+Writes screw.onnx atomically and the sidecar screw.yaml beside it. --outputs exports a line graph:
+only the named outputs of the contract, and only what computes them (anomaly_map alone of a
+reconstruction map: encoder and decoder, no backward). The graph is
 `export.graph.ExportModule` traced by the TorchScript exporter (no autograd inside: the backward
 is explicit ops), input `image` uint8 [N, H, W, C] with a dynamic N, every other dimension static.
 Exit codes: 0 written, 1 failure (unreadable checkpoint, unsupported layer, export error), 2 usage.
@@ -33,10 +36,12 @@ from core.sidecar import (
     write_sidecar,
 )
 from export.graph import (
+    BASE_OUTPUTS,
     OUTPUT_DOCS,
     ExportError,
     ExportModule,
     build_export_module,
+    line_outputs,
     output_shapes,
 )
 from training.attention import SCORES
@@ -172,7 +177,7 @@ def metadata(module: ExportModule, settings: dict[str, Any], weights: str) -> di
         "input_channels": str(module.channels), "color": "gray" if module.channels == 1 else "rgb",
         "mean": repr(float(pre.mean.flatten()[0])), "std": repr(float(pre.std.flatten()[0])),
         "outputs": ",".join(module.output_names), "weights": weights,
-        "checkpoint_sha256": settings["checkpoint_sha256"],
+        "checkpoint_sha256": settings["checkpoint_sha256"], "precision": "fp32",
     }
 
 
@@ -210,6 +215,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     for k in ("per_dim", "recon"):
         out[k] = raw[k] == "true"
     out["outputs"] = raw["outputs"].split(",")
+    out["precision"] = raw.get("precision", "fp32")  # files exported before export.quantize lack it
     out["opset"] = onnx_opset(m)
     return out
 
@@ -236,6 +242,7 @@ def sidecar_info(module: ExportModule, settings: dict[str, Any], opset: int, wei
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": module.height,
                   "width": module.width, "channels": module.channels, "color": meta["color"]},
         "outputs": list(module.output_names),
+        "precision": "fp32",
         "output_shapes": output_shapes(module),
         "files": {},  # the .onnx entry is added by write_sidecar from the file itself
         "thresholds": {},
@@ -277,16 +284,16 @@ def trace_to_onnx(module: torch.nn.Module, input_hwc: tuple[int, int, int], name
 
 def export_onnx(checkpoint: str | Path, out: str | Path, layer: str | None = None, score: str | None = None,
                 per_dim: bool = False, recon: bool | None = None, opset: int = DEFAULT_OPSET,
-                fp16: bool = False) -> dict[str, Any]:
-    """Export, check and write `out` (.onnx) and its sidecar atomically.
-    Returns {onnx, sidecar, bytes, seconds, outputs, settings}."""
+                fp16: bool = False, outputs: list[str] | None = None) -> dict[str, Any]:
+    """Export, check and write `out` (.onnx) and its sidecar atomically; `outputs`: a line graph
+    of only those (export.graph.line_outputs). Returns {onnx, sidecar, bytes, seconds, outputs, settings}."""
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ExportError(f"opset {opset} is outside {OPSET_RANGE[0]}..{OPSET_RANGE[1]} "
                           f"(TensorRT 10 parses opsets up to 20)")
     out = Path(out)
     check_sidecar_free(out)
     started = time.perf_counter()
-    module, settings = build_export_module(checkpoint, layer, score, per_dim, recon)
+    module, settings = build_export_module(checkpoint, layer, score, per_dim, recon, outputs=outputs)
     names = list(module.output_names)
     weights = "fp16" if fp16 else "fp32"
 
@@ -321,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-dim", action="store_true", help="also output alpha [N, D, K] (per-dimension maps)")
     p.add_argument("--recon", action="store_true", default=None,
                    help="put the decoder in the graph (recon_error) even when the anomaly map does not need it")
+    p.add_argument("--outputs", help="a line graph: only these outputs, comma-separated (e.g. anomaly_map or "
+                                     "anomaly_map,attention), and only what computes them; default: all of "
+                                     f"{', '.join(BASE_OUTPUTS)} (+ recon_error, alpha as asked)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (default {DEFAULT_OPSET})")
     p.add_argument("--fp16-weights", action="store_true", help="store large weights as fp16 (half the file)")
@@ -336,9 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out must end with .onnx, not '{args.out}'")
     if not OPSET_RANGE[0] <= args.opset <= OPSET_RANGE[1]:
         p.error(f"--opset must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (TensorRT 10 parses up to 20)")
+    outputs = None
+    if args.outputs is not None:
+        try:
+            outputs = line_outputs([n.strip() for n in args.outputs.split(",") if n.strip()], args.per_dim, args.recon)
+        except ExportError as e:
+            p.error(f"--outputs: {e}")
     try:
         r = export_onnx(args.checkpoint, args.out, args.layer, args.score, args.per_dim, args.recon,
-                        args.opset, args.fp16_weights)
+                        args.opset, args.fp16_weights, outputs)
     except (FileNotFoundError, ValueError, SidecarError, RuntimeError, onnx.checker.ValidationError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}", file=sys.stderr)
         return 1

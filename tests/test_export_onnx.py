@@ -326,3 +326,88 @@ def test_constant_fc_head_cotangent_is_folded(exported) -> None:
     assert readers == ["Gemm"]  # the forward only
     _, path, _ = exported("mnist-conv2")  # with the fc ReLU the product depends on the image
     assert "MatMul" in [n.op_type for n in onnx.load(str(path)).graph.node if "model.fc.weight" in n.input]
+
+
+def test_line_graph_computes_only_its_outputs_and_passes_the_check(exported, tmp_path: Path) -> None:
+    """--outputs anomaly_map of a reconstruction map: encoder + decoder, no backward; the check covers what it has."""
+    ckpt, full, _ = exported("resnet-layer4")  # recon_error_blur, per_dim
+    r = export_onnx(ckpt, tmp_path / "line.onnx", layer="layer4", outputs=["anomaly_map"])
+    assert r["outputs"] == ["anomaly_map"] and read_metadata(r["onnx"])["outputs"] == ["anomaly_map"]
+    side = read_sidecar(r["onnx"])
+    assert side["outputs"] == ["anomaly_map"] and side["precision"] == "fp32"
+    assert list(side["output_shapes"]) == ["anomaly_map"]
+    line, whole = (onnx.load(str(p), load_external_data=False).graph.node for p in (r["onnx"], full))
+
+    def backward(nodes: list) -> int:  # the explicit backward's transposed convolutions, and the attention
+        return sum(n.op_type == "ConvTranspose" and not n.name.startswith("/decoder/") or "/attention/" in n.name
+                   for n in nodes)
+    assert backward(whole) > 10 and backward(line) == 0
+    result = check(r["onnx"], ckpt, batches=(1, 3))
+    assert result.ok and {(x.batch, x.name) for x in result.reports} == {(1, "anomaly_map"), (3, "anomaly_map")}
+    ours = ort.run(ort.session(r["onnx"], device="cpu"), np.full((2, 64, 64, 1), 90, np.uint8))["anomaly_map"]
+    theirs = ort.run(ort.session(full, device="cpu"), np.full((2, 64, 64, 1), 90, np.uint8))["anomaly_map"]
+    assert np.abs(ours - theirs).max() <= 1e-5 * (theirs.max() - theirs.min())  # the same map, computed alone
+
+
+def test_line_graph_with_attention_keeps_the_backward_in_contract_order(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", "mnist", anomaly_map="recon_error_blur")
+    r = export_onnx(ckpt, tmp_path / "m.onnx", outputs=["anomaly_map", "attention"])
+    assert r["outputs"] == ["attention", "anomaly_map"]
+    assert any("/attention/" in n.name for n in onnx.load(str(r["onnx"]), load_external_data=False).graph.node)
+    result = check(r["onnx"], ckpt, batches=(2,))
+    assert result.ok and {x.name for x in result.reports} == {"attention", "anomaly_map"}
+
+
+def test_outputs_flag_errors_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.pt", "mnist")
+    out = str(tmp_path / "m.onnx")
+    for outputs, message in (("anomaly_map,heatmap", "unknown output(s) heatmap"),
+                             (",", "unknown output(s) (none given)")):
+        with pytest.raises(SystemExit) as e:
+            onnx_main(["--checkpoint", str(ckpt), "--out", out, "--outputs", outputs])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        onnx_main(["--checkpoint", str(ckpt), "--out", out, "--outputs", "anomaly_map", "--per-dim"])
+    assert e.value.code == 2 and "per_dim asks for 'alpha'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.pt"]
+
+
+def test_a_line_graph_refuses_explain_attention_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--explain attention|both needs the attention output: a graph without it is typed wrong (exit 2)."""
+    from runtime.inspect import main as inspect_main
+    from runtime.pipeline import ExplainUnavailable, Pipeline
+
+    ckpt = make_checkpoint(tmp_path / "m.pt", "mnist", anomaly_map="recon_error_blur")
+    line = export_onnx(ckpt, tmp_path / "line.onnx", outputs=["anomaly_map"])["onnx"]
+    images = tmp_path / "in"
+    images.mkdir()
+    import cv2
+    cv2.imwrite(str(images / "a.png"), np.full((28, 28), 128, np.uint8))
+    for explain in ("attention", "both"):
+        rc = inspect_main(["--engine", str(line), "--input", str(images), "--output", str(tmp_path / f"out_{explain}"),
+                           "--explain", explain])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error:") and err.count("\n") == 1, err
+        assert "line.onnx" in err and f"--explain {explain} needs the model's 'attention' output" in err
+    with pytest.raises(ExplainUnavailable):
+        Pipeline.open(line, explain="attention")
+    with Pipeline.open(line) as pipe:  # the map that decides needs nothing else
+        [res] = pipe(str(images / "a.png"))
+        assert set(res.outputs) == {"anomaly_map"} and res.inspection.score >= 0
+
+
+def test_the_runtime_fetches_the_attention_only_where_it_is_drawn(exported) -> None:
+    from runtime.pipeline import Pipeline
+
+    _, path, _ = exported("mnist-conv2")
+    x = np.full((28, 28, 1), 77, np.uint8)
+    for explain, want in (("anomaly_map", {"anomaly_map"}), ("attention", {"anomaly_map", "attention"}),
+                          ("both", {"anomaly_map", "attention"})):
+        with Pipeline.open(path, explain=explain) as pipe:
+            [out] = pipe.infer([pipe.prepare(x, decoded=True)])
+            assert set(out) == want
+            full = pipe.model(x[None])  # the model itself still gives every output when asked for all
+            assert set(full) == set(read_metadata(path)["outputs"])
+            assert np.array_equal(full["anomaly_map"][0], out["anomaly_map"])
+            with pytest.raises(ValueError, match="outputs \\['heatmap'\\] are not in the model"):
+                pipe.model(x[None], ["heatmap"])

@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 if threading.current_thread() is threading.main_thread() else {})
     try:
         return run(args, s, stop, reload_event)
+    except UsageError as e:  # runtime.pipeline.ExplainUnavailable: --explain that the model cannot draw
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ModelError, BackendError, SourceError, RecorderError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from core.deployment import DeploymentError, resolve_model
 from core.prepare import InputSpec
-from core.sidecar import SidecarError
+from core.sidecar import SidecarError, precision
 from core.sidecar import read_sidecar as _read_sidecar
 from runtime import backends as B
 
@@ -46,20 +46,33 @@ class Model:
         """The sidecar's thresholds section ({} when uncalibrated)."""
         return dict((self.sidecar or {}).get("thresholds") or {})
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 [N, H, W, C] at the model's size -> the graph's named outputs (numpy, batch first)."""
+    def __call__(self, images: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, C] at the model's size -> the graph's named outputs (numpy, batch first);
+        `outputs`: only these (ValueError for one the model lacks)."""
         want = (self.spec.height, self.spec.width, self.spec.channels)
         if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
             raise ValueError(f"model input must be uint8 [N, {want[0]}, {want[1]}, {want[2]}], "
                              f"got {images.dtype} {list(images.shape)}")
+        names = tuple(outputs) if outputs is not None else None
+        if names is not None and not set(names) <= set(self.output_names):
+            raise ValueError(f"{self.path}: outputs {sorted(set(names) - set(self.output_names))} are not in the model "
+                             f"(it has {', '.join(self.output_names)})")
         step = self.backend.max_batch or len(images)
-        if len(images) <= step:
-            return self.backend.run(images)
-        parts = [self.backend.run(images[i:i + step]) for i in range(0, len(images), step)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        parts = [self.run(images[i:i + step], names) for i in range(0, len(images), step)]
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def run(self, images: np.ndarray, names: tuple[str, ...] | None) -> dict[str, np.ndarray]:
+        """One backend call: an ONNX Runtime session fetches only `names` (fewer copies out of the
+        graph; it still runs every node: a line graph is what computes less); engines and the
+        PyTorch module compute every output, of which `names` are kept."""
+        if names is not None and getattr(self.backend, "selects_outputs", False):
+            return self.backend.run(images, names)  # type: ignore[call-arg]
+        out = self.backend.run(images)
+        return out if names is None else {k: out[k] for k in names}
 
     def describe(self) -> dict[str, Any]:
         d = {"path": str(self.path), **self.backend.describe(),
+             **({"precision": precision(self.sidecar)} if self.sidecar is not None else {}),
              "input": {"height": self.spec.height, "width": self.spec.width, "channels": self.spec.channels}}
         d.update(self.info)
         return d
@@ -161,6 +174,7 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
             file = checkpoint_from_sidecar(sidecar, given)
             m = sidecar.get("model") or {}
             settings = {k: m[k] for k in ("layer", "score", "per_dim", "recon") if m.get(k) is not None}
+            settings["outputs"] = sidecar.get("outputs")  # a line graph's reference computes the same few
         else:
             file = given
         try:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from core.cli import UsageError
 from core.images import DEFAULT_MAX_PIXELS
 from core.prepare import InputSpec, Prepared, load, prepare, prepare_frame
 from runtime import overlay as ov
@@ -29,6 +30,10 @@ from runtime.model import Model, ModelError, open_model
 from runtime.postprocess import Inspection, Thresholds, inspect_map
 
 EXPLAIN = ("anomaly_map", "attention", "both")
+
+
+class ExplainUnavailable(ModelError, UsageError):
+    """--explain asks for a map the model does not output (a line graph): typed wrong, exit 2."""
 
 
 @dataclass
@@ -72,9 +77,12 @@ class Pipeline:
         if explain not in EXPLAIN:
             raise ValueError(f"explain {explain!r}: choose one of {', '.join(EXPLAIN)}")
         if explain != "anomaly_map" and "attention" not in model.output_names:
-            raise ModelError(f"{model.path}: --explain {explain} needs the model's 'attention' output, which it "
-                             f"does not have (outputs: {', '.join(model.output_names)})")
+            raise ExplainUnavailable(f"{model.path}: --explain {explain} needs the model's 'attention' output, which "
+                                     f"it does not have (outputs: {', '.join(model.output_names)}); use --explain "
+                                     "anomaly_map, or a graph exported with --outputs anomaly_map,attention")
         self.model, self.thresholds, self.explain = model, thresholds, explain
+        # the backend is asked for the attention only where a picture draws it
+        self.fetch = ("anomaly_map",) + (("attention",) if explain != "anomaly_map" else ())
         self.layers = {"anomaly_map": self._anomaly_layer(), "attention": self._attention_layer()}
 
     @classmethod
@@ -140,7 +148,7 @@ class Pipeline:
         outputs per image, batch dimension removed. Raises BackendError on a failed run."""
         if not items:
             return []
-        outs = self.model(np.stack([p.input for p in items]))
+        outs = self.model(np.stack([p.input for p in items]), self.fetch)
         return [{k: v[i] for k, v in outs.items()} for i in range(len(items))]
 
     def judge(self, prepared: Prepared, outputs: dict[str, np.ndarray], keep_maps: bool = False,

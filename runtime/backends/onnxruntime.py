@@ -13,6 +13,7 @@ from runtime.backends import BackendError, BackendUnavailable, inference_failed
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    selects_outputs = True  # run() fetches only the outputs asked for (runtime.model.Model.run)
 
     def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
                  threads: int | None = None, spin: bool = False, device: str | None = None) -> None:
@@ -37,17 +38,19 @@ class OnnxRuntimeBackend:
         self.version = onnxruntime.__version__
         self.threads = threads
 
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, image: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, C] -> {name: array} for `outputs` (default: every output of the graph)."""
         n = len(image)
+        names = list(outputs) if outputs is not None else list(self.output_names)
         if self.max_batch is not None and n < self.max_batch:
             # a graph exported with a fixed batch takes exactly that many images (a folder's last
             # batch is usually short): pad with copies of the last image and drop their outputs
             image = np.concatenate([image, np.repeat(image[-1:], self.max_batch - n, axis=0)])
         try:
-            outs = self.session.run(None, {self.input_name: np.ascontiguousarray(image)})
+            outs = self.session.run(names, {self.input_name: np.ascontiguousarray(image)})
         except self.errors as e:
             raise inference_failed(self.path, e) from e
-        return {name: out[:n] for name, out in zip(self.output_names, outs)}
+        return {name: out[:n] for name, out in zip(names, outs)}
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

@@ -48,7 +48,7 @@ class TorchBackend:
         self.device = pick_device(device)
         module, self.settings = build_export_module(self.path, layer=s.get("layer"), score=s.get("score"),
                                                     per_dim=bool(s.get("per_dim", False)), recon=s.get("recon"),
-                                                    map_location=self.device)
+                                                    map_location=self.device, outputs=s.get("outputs"))
         self.module = module.to(self.device).eval()
         self.input_name = "image"
         self.max_batch = None

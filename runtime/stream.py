@@ -174,6 +174,26 @@ def encode_jpeg(picture: np.ndarray) -> bytes | None:
     return buf.tobytes() if ok else None
 
 
+class Slots:
+    """A count with a cap, shared by the handler threads: connections, streams."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """One more; False (and nothing taken) when all `cap` are in use."""
+        with self._lock:
+            if self.used >= self.cap:
+                return False
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
+
+
 @dataclass
 class HeldNg:
     """One NG picture of the page's history: what its caption says, and its JPEGs once asked for."""
@@ -193,7 +213,7 @@ class _Server(ThreadingHTTPServer):
         """One thread per connection, up to the owner's cap: past it the connection is answered
         503 and closed at once, in this thread, so a flood of connects holds no thread and no
         descriptor (one per idle client exhausted `ulimit -n` and stopped the camera's reads)."""
-        if not self.owner.admit():
+        if not self.owner.connections.take():
             try:
                 request.setblocking(False)  # a fresh socket's send buffer takes the answer; never wait
                 request.send(BUSY)
@@ -204,14 +224,14 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: the slot is free again
-            self.owner.leave()
+            self.owner.connections.give()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.owner.leave()
+            self.owner.connections.give()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (a browser tab closed while /status was kept alive resets the
@@ -234,8 +254,7 @@ class StreamServer:
     def __init__(self, bind: Bind, status: Callable[[], dict[str, Any]], max_clients: int = 32,
                  max_streams: int = 8, idle_timeout: float = 10.0) -> None:
         self.status = status
-        self.max_clients, self.max_streams, self.idle_timeout = max_clients, max_streams, idle_timeout
-        self.connections = 0
+        self.connections, self.streams, self.idle_timeout = Slots(max_clients), Slots(max_streams), idle_timeout
         try:
             self.httpd = (_Server6 if ":" in bind.host else _Server)((bind.host, bind.port), _Handler)
         except OSError as e:
@@ -250,7 +269,6 @@ class StreamServer:
         self._closing = False
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="http", daemon=True)
-        self.clients = 0
 
     @property
     def url(self) -> str:
@@ -320,30 +338,10 @@ class StreamServer:
                 held.jpeg[thumb] = data
         return data
 
-    def admit(self) -> bool:
-        """Take a connection slot; False when all `max_clients` are taken."""
-        with self._cond:
-            if self.connections >= self.max_clients:
-                return False
-            self.connections += 1
-            return True
-
-    def leave(self) -> None:
-        with self._cond:
-            self.connections -= 1
-
-    def start_stream(self) -> bool:
-        """Count a viewer of the stream; False when `max_streams` are watching (each costs a
-        JPEG write per frame)."""
-        with self._cond:
-            if self.clients >= self.max_streams:
-                return False
-            self.clients += 1
-            return True
-
-    def end_stream(self) -> None:
-        with self._cond:
-            self.clients -= 1
+    @property
+    def clients(self) -> int:
+        """Viewers of the stream now."""
+        return self.streams.used
 
     @property
     def closing(self) -> bool:
@@ -431,8 +429,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, owner: StreamServer) -> None:
         viewer = not self.head
-        if viewer and not owner.start_stream():
-            self._send(503, f"too many viewers ({owner.max_streams}); try again later\n".encode(), "text/plain")
+        if viewer and not owner.streams.take():  # each viewer costs a JPEG write per frame
+            self._send(503, f"too many viewers ({owner.streams.cap}); try again later\n".encode(), "text/plain")
             return
         try:
             self.send_response(200)
@@ -456,4 +454,4 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
         finally:
             if viewer:
-                owner.end_stream()
+                owner.streams.give()

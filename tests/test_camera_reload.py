@@ -29,7 +29,9 @@ def publish(dep: Deployment, folder: Path, thresholds: dict) -> str:
     return dep.publish(stage, {"model": model.name}).name
 
 
-def test_a_new_current_version_and_sighup_reload_without_stopping(tmp_path: Path) -> None:
+def two_versions(tmp_path: Path, bright: int) -> tuple[Deployment, str, str, Path]:
+    """A deployment with v1 (thresholds 0.5 / 0.5) current and v2 (0.3 / 0.9) published beside
+    it, and a folder of 4 frames, every other one with a square of `bright` gray."""
     dep = Deployment(tmp_path / "models")
     v1 = publish(dep, tmp_path / "a", {"pixel": 0.5, "image": 0.5})
     v2 = publish(dep, tmp_path / "b", {"pixel": 0.3, "image": 0.9})
@@ -38,8 +40,13 @@ def test_a_new_current_version_and_sighup_reload_without_stopping(tmp_path: Path
     frames.mkdir()
     for i in range(4):
         img = np.full((48, 48, 3), 40, np.uint8)
-        img[10:20, 25:35] = 250 if i % 2 else 40
+        img[10:20, 25:35] = bright if i % 2 else 40
         cv2.imwrite(str(frames / f"{i}.png"), img)
+    return dep, v1, v2, frames
+
+
+def test_a_new_current_version_and_sighup_reload_without_stopping(tmp_path: Path) -> None:
+    dep, v1, v2, frames = two_versions(tmp_path, 250)
     proc, err = start_camera(["--engine", str(dep.root), "--source", str(frames), "--loop", "--fps", "20",
                               "--headless", "--serve", "127.0.0.1:0"], tmp_path)
     try:
@@ -77,16 +84,7 @@ def test_the_frame_log_says_which_model_and_thresholds_judged_each_frame(tmp_pat
     thresholds, and every row carries the version and thresholds of the model that judged it (a
     frame already inferred by the old model is still its row, even after the record)."""
     monkeypatch.setattr(Reloader, "WATCH_EVERY_S", 0.1)
-    dep = Deployment(tmp_path / "models")
-    v1 = publish(dep, tmp_path / "a", {"pixel": 0.5, "image": 0.5})
-    v2 = publish(dep, tmp_path / "b", {"pixel": 0.3, "image": 0.9})
-    dep.switch(v1)
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(4):
-        img = np.full((48, 48, 3), 40, np.uint8)
-        img[10:20, 25:35] = 180 if i % 2 else 40  # bright: 0.7, NG under v1 (0.5) and OK under v2 (0.9)
-        cv2.imwrite(str(frames / f"{i}.png"), img)
+    dep, v1, v2, frames = two_versions(tmp_path, 180)  # 0.7: NG under v1 (0.5), OK under v2 (0.9)
     log = tmp_path / "frames.jsonl"
     threading.Timer(0.5, dep.switch, [v2]).start()
     assert camera.main(["--engine", str(dep.root), "--source", str(frames), "--loop", "--fps", "50", "--headless",

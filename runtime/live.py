@@ -37,7 +37,7 @@ from runtime.meter import LatencyMeter, StageClock, stage_text, stage_times
 from runtime.inference_thread import END, Inspector, prepare
 from runtime.pipeline import Pipeline, Result
 from runtime.reload import Reloader
-from runtime.recorder import FrameLog, PictureSaver, RecorderError, VideoRecorder
+from runtime.recorder import FrameLog, PictureSaver, RecorderError, VideoRecorder, why
 from runtime.reports import _num, model_identity
 from runtime.sources import Frame, Reader, Request, Roi, SourceSpec, open_reader
 from runtime.stream import Bind, StreamServer
@@ -351,8 +351,12 @@ class Session:
         try:  # beside the running model only: a re-export meanwhile replaced model and sidecar together
             model.sidecar = update_sidecar(model.path, thresholds=set_pixel, verify=True, backup=True,
                                            expect_sha256=running)
-        except (SidecarError, OSError) as e:
+        except SidecarError as e:
             print(f"error: the threshold was not written: {e}", file=sys.stderr)
+            return
+        except OSError as e:  # the temporary beside it failed: its errno alone would not say which file
+            print(f"error: the threshold was not written to {model.path.with_suffix('.yaml')}: {why(e)}",
+                  file=sys.stderr)
             return
         print(f"wrote pixel threshold {pixel:.6g} to {model.path.with_suffix('.yaml')}", file=sys.stderr)
 

@@ -631,6 +631,27 @@ def test_a_stop_during_a_reload_waits_for_it_and_closes_the_model_it_opened(stub
         assert opened.closed and session.pipe is pipe  # never swapped in after the stop: closed
 
 
+def test_w_on_a_full_disk_names_the_sidecar(tmp_path: Path, frames_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The w key's write fails on a full disk: the message said only 'No space left on device'."""
+    import errno
+
+    from runtime import live
+
+    def full(*args: Any, **kw: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    model = hashed_stub(tmp_path / "w")
+    s = Settings(parse_source(str(frames_dir)), realtime=False)
+    with Pipeline.open(model) as pipe:
+        session = Session(pipe, make_capture(pipe, s), s, threading.Event())
+        monkeypatch.setattr(live, "update_sidecar", full)
+        session.press(ord("]"))
+        session.press(ord("w"))
+    assert (f"error: the threshold was not written to {model.with_suffix('.yaml')}: No space left on device (ENOSPC)"
+            in capsys.readouterr().err)
+
+
 def test_w_refuses_a_model_re_exported_while_the_camera_ran(tmp_path: Path, frames_dir: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """The live threshold was tuned on the running model: a re-export (model and sidecar replaced

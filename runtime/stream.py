@@ -170,6 +170,7 @@ BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConten
 
 
 def encode_jpeg(picture: np.ndarray) -> bytes | None:
+    """A BGR picture as JPEG bytes at JPEG_QUALITY; None when OpenCV cannot encode it."""
     ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     return buf.tobytes() if ok else None
 

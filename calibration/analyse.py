@@ -66,6 +66,18 @@ def refusals(data: Scores, chosen: Chosen) -> list[str]:
     return reasons
 
 
+def basis(chosen: Chosen, data: Scores) -> dict[str, str]:
+    """Which threshold rests on what: the image labels (a ROC of good against defective images), the
+    defect masks, or the good images alone (a quantile of normal parts)."""
+    good, bad = int((~data.labels).sum()), int(data.labels.sum())
+    normals = f"normals: the {good} good images alone ({{}})"
+    image = (f"labels: the ROC of {good} good against {bad} defective images ({chosen.image.rule})"
+             if chosen.mode != "normal-only" else normals.format(f"conformal, {chosen.image.rule}"))
+    pixel = (f"masks: the defect pixels of {bad} defective images against every other pixel ({chosen.pixel.rule})"
+             if chosen.mode == "labelled" else normals.format(chosen.pixel.rule))
+    return {"image": image, "pixel": pixel}
+
+
 def choice_json(c: Choice) -> dict[str, Any]:
     return {"threshold": c.threshold, "rule": c.rule, "method": c.method, "note": c.note, "met": c.met, **c.info}
 
@@ -111,13 +123,18 @@ def analyse(c: Collected, pixel_rule: Rule, image_rule: Rule, folds: int = 5, se
     inside = measure(data, pixel, image)
     defect, values = data.pixels()
     scored = data.scored
-    labelled = chosen.mode == "labelled"
+    labelled = chosen.mode != "normal-only"   # both classes of image: recall, precision, image AUROC
+    masked = chosen.mode == "labelled"        # defect masks too: pixel IoU, AUPRO, pixel AUROC
     iou, iou_thr = best_iou(defect, values) if defect.any() else (float("nan"), float("nan"))
     notes = [n for n in (chosen.pixel.note, chosen.image.note) if n]
     if not labelled:
         notes.insert(0, "no defective images: normal-only mode; recall is unknown (no defective part was seen)")
+    elif not masked:
+        notes.insert(0, "image labels only (no defect masks): image-labels mode; pixel IoU, AUPRO and pixel AUROC "
+                        "need masks and are not measured; the pixel statistics count the good images alone")
     body: dict[str, Any] = {
         "mode": chosen.mode,
+        "basis": basis(chosen, data),
         "rule": {"pixel": chosen.pixel.rule, "image": chosen.image.rule},
         "requested_rule": {"pixel": str(pixel_rule), "image": str(image_rule)},
         "thresholds": {"pixel": pixel, "image": image},
@@ -132,10 +149,11 @@ def analyse(c: Collected, pixel_rule: Rule, image_rule: Rule, folds: int = 5, se
                   "note": "image AUROC over the scored images (failed registrations excluded)"},
         "best_iou": {"iou": iou, "threshold": iou_thr},
         # per-region overlap up to 30 % pixel FPR (MVTec AD's AUPRO): the retraining gate compares it
-        "aupro": aupro(data.masks[scored], data.maps[scored]) if labelled and defect.any() else None,
+        "aupro": aupro(data.masks[scored], data.maps[scored]) if masked and defect.any() else None,
         "pixel_statistics": {"frame": "the original image frame (registration undone), resampled to the model's "
                                       "resolution", "resolution": list(c.resolution), "mask_resize": MASK_RESIZE,
-                             "pixels": int(values.size), "defect_pixels": int(defect.sum())},
+                             "pixels": int(values.size), "defect_pixels": int(defect.sum()),
+                             "images": int(data.pixel_images.sum())},
         "folds": kfold(data, folds, seed, _choose(pixel_rule, image_rule), _measure),
         "bootstrap": bootstrap(data, pixel, image, resamples, seed),
         "registration": {"statuses": c.statuses, "failed": c.failures, "policy": REJECTED},
@@ -148,6 +166,7 @@ def analyse(c: Collected, pixel_rule: Rule, image_rule: Rule, folds: int = 5, se
             f"a part passes when its score is at most the k-th smallest of the n normal scores (k = "
             f"{chosen.image.info['k']}, n = {chosen.image.info['n']}); a new normal part like them is rejected "
             f"with probability <= (n + 1 - k) / (n + 1) = {chosen.image.info['bound']:.4g}")
+    if not masked:
         body["pixel_rule_reason"] = chosen.pixel.note or "per-pixel upper quantile of the normal pixels"
     body["images"] = images_json(c, image)
     return chosen, body
@@ -163,7 +182,7 @@ def sidecar_section(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, An
             fold_summary[m] = {"mean": folds[m]["mean"], "std": folds[m]["std"]}
     boot = body["bootstrap"]
     section = {"pixel": body["thresholds"]["pixel"], "image": body["thresholds"]["image"], "rule": body["rule"],
-               **extra, "mode": body["mode"], "folds": fold_summary,
+               **extra, "mode": body["mode"], "basis": body["basis"], "folds": fold_summary,
                "bootstrap": {"resamples": boot["resamples"], "level": boot["level"],
                              **{m: boot[m] for m in ("image_fpr", "recall", "precision", "pixel_iou")}},
                "auroc": {"pixel": body["auroc"]["pixel"], "image": body["auroc"]["image"]},

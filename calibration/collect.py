@@ -106,7 +106,8 @@ def collect(pipe: Pipeline, ds: Dataset, batch: int = 8, progress: bool = False)
         bar.update(len(chunk))
     bar.close()
     p99 = float(np.percentile(np.concatenate(normal_maps), 99)) if normal_maps else None
-    data = Scores.build([s.rel for s in ds.samples], [s.defective for s in ds.samples], list(scores), maps, masks)
+    data = Scores.build([s.rel for s in ds.samples], [s.defective for s in ds.samples], list(scores), maps, masks,
+                        ds.masked)
     return Collected(data, ds.samples, failures, dict(statuses), gains, p99, (h, w))
 
 

@@ -9,13 +9,16 @@ Accepted layouts (MVTec AD's, and a plain folder of good parts):
     CATEGORY/test                  the same, given as its test/ folder (masks in ../ground_truth)
     DIR/good, DIR/<defect>, DIR/ground_truth/<defect> (or ../ground_truth)
     DIR/*.png                      nothing but images: all good (the normal-only mode)
+    DIR/good, DIR/<defect>         and no ground_truth/ anywhere: image labels only (OK / NG folders,
+                                   no pixel masks: the image-labels mode)
 
     ds = find_dataset("../shared/data/mvtec/screw")
     ds.samples[0].rel, ds.samples[0].defective, ds.samples[0].mask
     ds.fingerprint()               # {path, images, good, defective, sha256}: what the thresholds were chosen on
 
-Every defective image needs its mask, and the mask must have the image's size: both are checked
-here from the file headers, before any model runs (DataError naming the file).
+Where a ground_truth/ folder exists, every defective image needs its mask, and the mask must have
+the image's size: both are checked here from the file headers, before any model runs (DataError
+naming the file). Without one the defective images are labelled, not masked.
 """
 from __future__ import annotations
 
@@ -62,6 +65,11 @@ class Dataset:
     def defective(self) -> int:
         return sum(s.defective for s in self.samples)
 
+    @property
+    def masked(self) -> bool:
+        """Every defective image has its defect mask (vacuously with none): pixel ground truth."""
+        return all(s.mask is not None for s in self.samples if s.defective)
+
     def fingerprint(self) -> dict[str, Any]:
         """What the thresholds were chosen on: the folder, the counts, and the sha256 of the sorted
         list of (relative path, size in bytes) of every image and mask, so that a data set that
@@ -82,10 +90,10 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
 
 
-def _mask_of(image: Path, kind: str, masks: Path | None) -> Path:
+def _mask_of(image: Path, kind: str, masks: Path | None) -> Path | None:
+    """The defect mask of a defective image; None when there are no masks at all (labels only)."""
     if masks is None:
-        raise DataError(f"{image}: defective image without masks (no ground_truth/ folder beside "
-                        f"{image.parent.parent})")
+        return None
     want = masks / kind / f"{image.stem}{MASK_SUFFIX}.png"
     if want.is_file():
         return want
@@ -111,8 +119,9 @@ def _check_sizes(sample: Sample) -> None:
 
 def find_dataset(path: str | Path) -> Dataset:
     """The calibration samples under `path` (layouts in the module docstring), sorted by relative
-    path. Raises DataError for a folder with no images, a defective image without its mask, a
-    mask of another size, or images both at the top and in sub-folders (ambiguous)."""
+    path. Raises DataError for a folder with no images, a defective image without its mask (where
+    a ground_truth/ folder exists), a mask of another size, or images both at the top and in
+    sub-folders (ambiguous)."""
     given = Path(path)
     if not given.is_dir():
         raise DataError(f"{given}: not a folder")

@@ -119,7 +119,7 @@ def bootstrap(data: Scores, pixel: float, image: float, resamples: int = 1000, s
     `resamples` stratified resamples of the images (seeded)."""
     labels = data.labels
     ng = data.scores >= image                          # +inf (failed registration): rejected
-    ok = data.scored
+    ok = data.pixel_images
     hot = data.maps >= pixel
     tp = np.where(ok, (hot & data.masks).sum((1, 2)), 0)
     fp = np.where(ok, (hot & ~data.masks).sum((1, 2)), 0)

@@ -1,6 +1,6 @@
 """The calibration report folder: calibration.json beside PNG plots an engineer can read.
 
-    roc.png              pixel and image ROC curves with the chosen operating points (labelled data)
+    roc.png              image ROC (labelled data) and pixel ROC (defect masks) with the chosen points
     scores.png           image scores of good vs defective parts and pixel values of normal vs defect
                          pixels, with the thresholds
     pixel_threshold.png  pooled IoU and F1 against the pixel threshold, the chosen one marked
@@ -61,10 +61,11 @@ def _roc_panel(ax: Any, curve: Curve, threshold: float, title: str, auroc: float
 
 def plot_roc(c: Collected, body: dict[str, Any], path: Path) -> None:
     defect, values = c.scores.pixels()
-    fig, (a, b) = _figure(2)
-    _roc_panel(a, Curve.of(defect, values), body["thresholds"]["pixel"], "pixel ROC (all pixels)",
-               body["auroc"]["pixel"])
-    _roc_panel(b, Curve.of(c.scores.labels, c.scores.scores), body["thresholds"]["image"],
+    fig, panels = _figure(2 if defect.any() else 1)  # no defect pixel (image labels only): no pixel ROC
+    if defect.any():
+        _roc_panel(panels[0], Curve.of(defect, values), body["thresholds"]["pixel"], "pixel ROC (all pixels)",
+                   body["auroc"]["pixel"])
+    _roc_panel(panels[-1], Curve.of(c.scores.labels, c.scores.scores), body["thresholds"]["image"],
                "image ROC (Inspection.score; failed registrations rejected)", body["auroc"]["image"])
     _save_figure(fig, path)
 
@@ -178,7 +179,7 @@ def plot_worst(pipe: Pipeline, c: Collected, body: dict[str, Any], path: Path, n
 def write_plots(pipe: Pipeline, c: Collected, body: dict[str, Any], folder: Path, worst: int = 6) -> list[str]:
     """Every plot the data allows into `folder`; returns their file names."""
     made = []
-    if body["mode"] == "labelled":
+    if body["mode"] != "normal-only":
         plot_roc(c, body, folder / "roc.png")
         made.append("roc.png")
     plot_scores(c, body, folder / "scores.png")
@@ -216,6 +217,7 @@ def summary_lines(body: dict[str, Any]) -> list[str]:
     held = f"held-out ({k} folds)" if k else "held-out: none"
     lines = [f"mode: {body['mode']} ({body['data']['good']} good, {body['data']['defective']} defective; "
              f"{len(body['registration']['failed'])} failed registration, counted as rejected)"]
+    lines += [f"{what} threshold rests on {on}" for what, on in body["basis"].items()]
     lines += [f"note: {n}" for n in body["notes"]]
     if folds.get("note"):
         lines.append(f"note: {folds['note']}")
@@ -224,7 +226,7 @@ def summary_lines(body: dict[str, Any]) -> list[str]:
                  f"{_fold(folds, 'pixel_iou', pct=False)}" if body["mode"] == "labelled" else
                  f"{pixel} pixel FPR {_pct(ins['pixel_fpr'])}; {held} pixel FPR {_fold(folds, 'pixel_fpr')}")
     recall = (f"recall {_pct(ins['recall'])}, precision {_pct(ins['precision'])}"
-              if body["mode"] == "labelled" else "recall unknown (no defective images)")
+              if body["mode"] != "normal-only" else "recall unknown (no defective images)")
     lines.append(f"image threshold {body['thresholds']['image']:.6g} ({body['rule']['image']}): in-sample FPR "
                  f"{_pct(ins['image_fpr'])}, {recall}")
     lines.append(f"  good: {cm['good']['ok']} OK, {cm['good']['ng']} NG, {cm['good']['failed']} failed; defective: "

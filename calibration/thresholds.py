@@ -29,6 +29,13 @@ normal score and the bound, 1/(n + 1), is reported as not meeting the target. Th
 threshold: fpr=X is the per-pixel upper quantile of the normal pixels; best-iou and f1 need
 defect masks, so the pixel threshold is the image threshold itself (a good part that passes shows
 no outline; every NG part outlines its hottest region).
+
+Image labels only (good and defective images, no defect masks, the common factory case too): the
+image threshold comes from the labelled ROC as with masks; the pixel threshold rests on the good
+images alone. fpr=X is the per-pixel upper quantile of their pixels; best-iou and f1 need masks,
+so the pixel threshold is the conformal bound of the good images' maxima at the image rule's FPR
+(fpr=X, else 0.05), rule `normal-max fpr=X`: a good part shows an outline with probability at
+most that bound.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ PIXEL_FORMS = ("best-iou", "fpr=X", "f1")
 IMAGE_FORMS = ("fpr=X", "youden", "f1", "recall=X")
 _VALUED = ("fpr", "recall")
 SAME_AS_IMAGE = "same-as-image"
+NORMAL_MAX = "normal-max"
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ class Choice:
 class Chosen:
     pixel: Choice
     image: Choice
-    mode: str            # "labelled" or "normal-only"
+    mode: str            # "labelled", "image-labels" (no defect masks) or "normal-only"
 
 
 def _largest(ok: np.ndarray) -> int | None:
@@ -198,22 +206,32 @@ def conformal(scores: np.ndarray, alpha: float) -> Choice:
 
 
 def choose(data: Scores, pixel_rule: Rule, image_rule: Rule) -> Chosen:
-    """Both thresholds on `data`: labelled rules when both classes are present, otherwise the
-    normal-only mode (module docstring). Raises ValueError when there are no normal images, or no
-    scored image to place a threshold on."""
+    """Both thresholds on `data`: labelled rules when both classes are present (the pixel one on
+    the good images alone without defect masks), otherwise the normal-only mode (module
+    docstring). Raises ValueError when there are no normal images, or no scored image to place a
+    threshold on."""
     if not (~data.labels).any():
         raise ValueError("no good images: an image threshold needs normal parts")
     pix_labels, pix_scores = data.pixels()
     if pix_scores.size == 0:
         raise ValueError("every image failed registration: nothing was scored")
+    alpha = float(image_rule.value) if image_rule.name == "fpr" else 0.05  # type: ignore[arg-type]
     if data.labelled:
         image = choose_image(image_rule, data.labels, data.scores)
-        pixel = choose_pixel(pixel_rule, pix_labels, pix_scores) if pix_labels.any() else \
-            Choice(image.threshold, SAME_AS_IMAGE, "fallback", "the defect masks hold no pixels: pixel threshold = "
-                   "image threshold")
-        return Chosen(pixel, image, "labelled")
-    alpha = image_rule.value if image_rule.name == "fpr" else 0.05
-    image = conformal(data.scores, float(alpha))  # type: ignore[arg-type]
+        if data.masked:
+            pixel = choose_pixel(pixel_rule, pix_labels, pix_scores) if pix_labels.any() else \
+                Choice(image.threshold, SAME_AS_IMAGE, "fallback", "the defect masks hold no pixels: pixel threshold "
+                       "= image threshold")
+            return Chosen(pixel, image, "labelled")
+        if pixel_rule.name == "fpr":  # pixels() holds the good images' alone
+            return Chosen(choose_pixel(pixel_rule, pix_labels, pix_scores), image, "image-labels")
+        bound = conformal(data.scores[~data.labels], alpha)
+        pixel = Choice(bound.threshold, f"{NORMAL_MAX} fpr={alpha!r}", "conformal",
+                       f"pixel rule {pixel_rule} needs defect masks: pixel threshold = the conformal bound of the good "
+                       f"images' maxima (a good part shows an outline with probability <= {bound.info['bound']:.3g})",
+                       bound.info)
+        return Chosen(pixel, image, "image-labels")
+    image = conformal(data.scores, alpha)
     if image_rule.name != "fpr":
         image = Choice(image.threshold, image.rule, image.method,
                        f"image rule {image_rule} needs defective images; used fpr=0.05 (conformal)", image.info)

@@ -200,6 +200,38 @@ def test_normal_only_data_gives_a_conformal_threshold_and_says_recall_is_unknown
     assert th["recall"] == "unknown" and th["mode"] == "normal-only" and th["conformal"]["bound"] == 2 / 25
 
 
+def test_image_labels_without_masks_calibrate_the_image_on_labels_and_the_pixel_on_normals(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """OK / NG folders without pixel masks (what most factories have) were refused ("defective
+    image without masks", exit 1). The image threshold comes from the labelled ROC, the pixel one
+    from the good images alone by a stated rule, and the report says which rests on what."""
+    data = make_parts(tmp_path / "d", n_good=10, n_bad=10, blank=0)
+    shutil.rmtree(data / "ground_truth")
+    model = hashed_stub(tmp_path / "m")
+    assert calibrate(model, data / "test") == 0
+    err = capsys.readouterr().err
+    assert "image threshold rests on labels: the ROC of 10 good against 10 defective images (fpr=0.05)" in err
+    assert "pixel threshold rests on normals: the 10 good images alone (normal-max fpr=0.05)" in err
+    assert "image-labels mode" in err and "recall unknown" not in err
+    folder = tmp_path / "m" / "stub_calibration"
+    body = json.loads((folder / "calibration.json").read_text())
+    assert body["mode"] == "image-labels" and body["basis"]["pixel"].startswith("normals:")
+    assert body["rule"] == {"pixel": "normal-max fpr=0.05", "image": "fpr=0.05"}
+    assert isinstance(body["in_sample"]["recall"], float) and body["in_sample"]["recall"] > 0
+    assert body["aupro"] is None and body["auroc"]["pixel"] is None and body["auroc"]["image"] > 0.5
+    assert body["in_sample"]["pixel_iou"] is None and body["pixel_statistics"]["images"] == 10  # the good ones
+    # 10 normals cannot bound FPR 0.05: the pixel threshold lies above every good part's maximum
+    assert body["in_sample"]["pixel_fpr"] == 0.0 and body["choice"]["pixel"]["method"] == "conformal"
+    assert isinstance(body["folds"]["recall"]["mean"], float)
+    assert {"roc.png", "scores.png", "worst.png"} <= set(body["plots"]) and "pixel_threshold.png" not in body["plots"]
+    th = read_sidecar(model)["thresholds"]
+    assert th["mode"] == "image-labels" and th["basis"] == body["basis"] and th["aupro"] is None
+    assert th["pixel"] == body["thresholds"]["pixel"] != th["image"]
+    assert calibrate(model, data / "test", "--pixel-rule", "fpr=0.01", "--dry-run") == 0
+    body = json.loads((folder / "calibration.json").read_text())
+    assert body["rule"]["pixel"] == "fpr=0.01" and body["in_sample"]["pixel_fpr"] <= 0.01
+
+
 def nan_stub() -> torch.nn.Module:
     class NaNStub(Stub):
         def forward(self, image: torch.Tensor) -> StubOutputs:

@@ -134,6 +134,24 @@ def test_choose_and_measure_labelled_and_normal_only() -> None:
         choose(scores_of([True, True], [0.3, 0.4]), parse_rule("f1", "pixel"), parse_rule("f1", "image"))
 
 
+def test_image_labels_only_choose_the_pixel_threshold_on_the_good_images_alone() -> None:
+    """Without defect masks a defective image's pixels are of unknown class: counting them as
+    normal pixels put a pixel fpr=X threshold above the defects themselves."""
+    with_masks = scores_of(list(LABELS), list(SCORES))
+    data = Scores(with_masks.files, with_masks.labels, with_masks.scores, with_masks.maps,
+                  np.zeros_like(with_masks.masks), with_masks.index, masked=False)
+    assert data.pixel_images.tolist() == (~LABELS).tolist() and data.take(np.arange(3)).masked is False
+    c = choose(data, parse_rule("fpr=0.05", "pixel"), parse_rule("fpr=0.2", "image"))
+    assert c.mode == "image-labels" and c.image.threshold == pytest.approx(0.45)  # the labelled ROC
+    good = np.sort(data.maps[~LABELS].ravel())[::-1]                            # 5 x 16 good pixels
+    assert good[4] < c.pixel.threshold < good[3]                                # 4 of 80 above: 5 %
+    got = measure(data, c.pixel.threshold, c.image.threshold)
+    assert got["pixel_fpr"] == pytest.approx(0.05) and math.isnan(got["pixel_iou"]) and got["recall"] == 0.75
+    c = choose(data, parse_rule("best-iou", "pixel"), parse_rule("youden", "image"))
+    assert c.pixel.rule == "normal-max fpr=0.05" and c.pixel.method == "conformal" and "needs defect masks" in c.pixel.note
+    assert c.pixel.threshold > 0.9  # 5 normals: above every good maximum (0.9), the conformal bound 1/6
+
+
 def test_folds_are_stratified_and_k_is_reduced_when_a_class_is_small() -> None:
     labels = np.array([False] * 12 + [True] * 7)
     folds = stratified_folds(labels, 5, seed=3)

@@ -69,8 +69,8 @@ def heldout_folder(data: Path, heldout: Path | None) -> Path:
     """The held-out images: --heldout, else NEW_DIR's own test/ (an MVTec category)."""
     folder = heldout or (data / "test" if (data / "test").is_dir() else None)
     if folder is None or not folder.is_dir():
-        raise ValueError("--heldout DIR is needed (good and defective parts with masks, or good parts only): "
-                         f"{data} has no test/ folder to take them from")
+        raise ValueError("--heldout DIR is needed (good and defective parts, with masks or without, or good parts "
+                         f"only): {data} has no test/ folder to take them from")
     return folder
 
 

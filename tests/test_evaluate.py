@@ -55,16 +55,86 @@ def test_evaluate_cli_errors(checkpoint: Path, mvtec_dir: Path, tmp_path: Path, 
     assert e.value.code == 2
     assert evaluate_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 1
     assert "nope.pt" in capsys.readouterr().err
-    unlabelled = tmp_path / "unlabelled"
-    shutil.copytree(mvtec_dir, unlabelled)
-    shutil.rmtree(unlabelled / "ground_truth")
-    assert evaluate_main(["--checkpoint", str(checkpoint), "--data", str(unlabelled)]) == 1
-    assert "error: the test split has 0 defective" in capsys.readouterr().err
+    good_only = tmp_path / "good_only"
+    shutil.copytree(mvtec_dir, good_only)
+    shutil.rmtree(good_only / "test" / "crack")
+    assert evaluate_main(["--checkpoint", str(checkpoint), "--data", str(good_only)]) == 1
+    assert "error: the test split has 0 defective and 3 good images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--checkpoint", str(checkpoint), "--fpr", "1.5"])
+    assert e.value.code == 2
     assert evaluate_main(["--checkpoint", str(checkpoint), "--layer", "fc"]) == 1
     assert "not a feature map" in capsys.readouterr().err
     # a layer named twice is scored once (it used to double the map's rows against the masks)
     assert evaluate_main(["--checkpoint", str(checkpoint), "--layer", "layer3", "--layer", "layer3"]) == 0
     assert capsys.readouterr().out.count("attention/layer3/sum_mu/eq2") == 1
+
+
+def test_image_labels_without_masks_get_image_metrics_and_skip_pixel_ones(checkpoint: Path, mvtec_dir: Path,
+                                                                          tmp_path: Path, capsys):
+    """A split labelled OK / NG without pixel masks (an MVTec folder without ground_truth/) was
+    refused ("0 defective"): the image-level metrics are reported, the pixel ones skipped with a note."""
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(mvtec_dir, unlabelled)
+    shutil.rmtree(unlabelled / "ground_truth")
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(checkpoint), "--data", str(unlabelled), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "note: the test split has no pixel masks (image labels only): pixel AUROC, best IoU and AUPRO are " \
+           "skipped" in captured.err
+    header = captured.out.splitlines()[0].split()
+    assert header == ["map", "image_auroc", "recall_at_fpr"]
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["anomalous"] == 3 and result["fpr"] == 0.05 and "pixel masks" in result["note"]
+    row = result["metrics"]["recon_error_blur"]
+    assert "pixel_auroc" not in row and "aupro" not in row and 0 <= row["image_auroc"] <= 1
+    assert 0 <= row["recall_at_fpr"] <= 1 and (out / "grid.png").is_file()
+
+
+def test_recall_at_fpr_by_hand():
+    from training.evaluate import recall_at_fpr
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.35, 0.5, 0.6, 0.8])
+    assert recall_at_fpr(labels, scores, 0.05) == 0.0       # nothing above the good 0.9
+    assert recall_at_fpr(labels, scores, 0.25) == 1.0       # one good (0.9) of four may be rejected
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzipped idx file of unsigned bytes, as MNIST ships them."""
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_the_mnist_one_class_config_can_be_evaluated(tmp_path: Path, capsys):
+    """MNIST has digit labels and no pixel masks: training.evaluate refused it ("no pixel masks"),
+    so the shipped configs/mnist_one_class.yaml could not be evaluated at all."""
+    from tests.conftest import REPO
+    from training.config import load_config, merge
+
+    rng = np.random.default_rng(0)
+    digits = np.repeat(np.arange(10), 8)
+    images = rng.integers(0, 30, (len(digits), 28, 28))
+    for i, d in enumerate(digits):  # a 1 is a bar, every other digit a block: an easy one-class task
+        if d == 1:
+            images[i, 4:24, 12:16] = 255
+        else:
+            images[i, 8:20, 8:20] = 200
+    root = tmp_path / "mnist"
+    root.mkdir()
+    write_idx(root / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", digits)
+    config = merge(load_config(REPO / "configs" / "mnist_one_class.yaml"),
+                   {"data": {"root": str(root)}, "train": {"epochs": 1, "batch_size": 4}})
+    ckpt = train(config, tmp_path / "run", torch.device("cpu"), max_steps=1, progress=False)
+    assert evaluate_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "eval")]) == 0
+    assert "image labels only" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert {"attention/conv2/sum_mu/eq2", "recon_error", "template", "kl"} <= set(metrics)
+    assert all("image_auroc" in row and "pixel_auroc" not in row for row in metrics.values())
 
 
 def test_a_checkpoint_without_fitted_statistics_is_refused(mvtec_dir: Path, tmp_path: Path, capsys):

@@ -18,8 +18,12 @@ core.prepare as the runtime prepares them); every map is computed in that frame 
 the image's own frame at model size (Split.to_original) before it is scored against the masks.
 Image scores per map: its max (image_auroc), the mean of its top 1 % pixels (image_auroc_top1),
 its area above the map's pixel 99.9th percentile on normal training images (image_auroc_area);
-`kl` is the KL of q(z|x) as an image score. Writes OUT/metrics.json and OUT/grid.png. Images
-that cannot be read or registered are reported and skipped.
+`kl` is the KL of q(z|x) as an image score; recall_at_fpr is the recall of a map's max at the
+best threshold whose false-positive rate on the good images is <= --fpr (0.05). A split with image
+labels only (MNIST one-class, an MVTec folder without ground_truth/) gets the image-level metrics,
+and the pixel ones (pixel AUROC, best IoU, AUPRO) are skipped with a note. Writes
+OUT/metrics.json and OUT/grid.png. Images that cannot be read or registered are reported and
+skipped.
 """
 from __future__ import annotations
 
@@ -53,6 +57,9 @@ TEMPLATE_FUSED = ("recon_error_blur", "ssim_error")   # the VAE maps fused with 
 NORMAL_IMAGES = 64             # training images whose maps give each map's normal scale and p99.9
 TOP_FRACTION = 0.01            # image score: the mean of a map's top 1 % pixels
 AREA_QUANTILE = 0.999          # image score: the area above a map's normal 99.9th percentile
+FPR = 0.05                     # recall_at_fpr's false-positive rate (calibration's default image rule)
+NO_MASKS = ("the test split has no pixel masks (image labels only): pixel AUROC, best IoU and AUPRO are "
+            "skipped; image-level metrics only")
 
 
 def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str], variants: list[str],
@@ -159,20 +166,31 @@ def image_scores(m: np.ndarray, threshold: float | None = None) -> dict[str, np.
     return out
 
 
+def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = FPR) -> float:
+    """The recall of the best threshold on `scores` whose false-positive rate on the good images
+    (labels 0) is <= fpr: what a line calibrated at that FPR would catch, in-sample."""
+    from sklearn.metrics import roc_curve
+
+    f, r, _ = roc_curve(np.asarray(labels).astype(bool), np.asarray(scores, np.float64), drop_intermediate=False)
+    return float(r[f <= fpr + 1e-12].max())
+
+
 def score_maps(maps: dict[str, np.ndarray], split: Split, kl: np.ndarray | None = None,
-               thresholds: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+               thresholds: dict[str, float] | None = None, fpr: float = FPR) -> dict[str, dict[str, float]]:
     """Metrics of maps [N, h, w] that lie in the masks' frame (all_maps' output): pixel AUROC, best
-    IoU, AUPRO, and the image AUROC of each image score (image_auroc: the max)."""
-    if split.masks is None:
-        raise ValueError("the test split has no pixel masks: localization metrics need ground truth")
+    IoU, AUPRO where the split has pixel masks, and for every split the image AUROC of each image
+    score (image_auroc: the max) and the max's recall_at_fpr."""
     n_bad = int(split.labels.sum())
     if n_bad == 0 or n_bad == len(split.labels):
-        raise ValueError(f"the test split has {n_bad} defective (with masks) and {len(split.labels) - n_bad} good "
-                         f"images ({len(split.skipped)} skipped): the metrics need both")
+        raise ValueError(f"the test split has {n_bad} defective and {len(split.labels) - n_bad} good images "
+                         f"({len(split.skipped)} skipped): the metrics need both")
     table = {}
     for name, m in maps.items():
-        table[name] = localization_metrics(split.masks, m, split.labels)
-        for k, v in image_scores(m, (thresholds or {}).get(name)).items():
+        scores = image_scores(m, (thresholds or {}).get(name))
+        table[name] = localization_metrics(split.masks, m, split.labels) if split.masks is not None else \
+            {"image_auroc": roc_auc(split.labels, scores["max"])}
+        table[name]["recall_at_fpr"] = recall_at_fpr(split.labels, scores["max"], fpr)
+        for k, v in scores.items():
             if k != "max":
                 table[name][f"image_auroc_{k}"] = roc_auc(split.labels, v)
     if kl is not None:
@@ -236,7 +254,7 @@ def load_splits(config: dict[str, Any], data: str | Path | None = None,
 
 def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] | None, scores: list[str] | None,
              variants: list[str], out: Path | None, per_dim: bool = False,
-             device: str | torch.device = "cpu") -> dict[str, Any]:
+             device: str | torch.device = "cpu", fpr: float = FPR) -> dict[str, Any]:
     model, config = load_model(checkpoint, device)
     inf = config["inference"]
     layers = layers or [inf["layer"]]
@@ -248,7 +266,8 @@ def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] 
     result = {"checkpoint": str(checkpoint), "images": len(split), "anomalous": int(split.labels.sum()),
               "skipped": [{"file": f, "reason": r} for f, r in split.skipped],
               "registration": split.registration.to_mapping(),
-              "blur_sigma": inf["blur_sigma"], "metrics": score_maps(maps, split, kl, thresholds)}
+              "blur_sigma": inf["blur_sigma"], "fpr": fpr, "note": NO_MASKS if split.masks is None else None,
+              "metrics": score_maps(maps, split, kl, thresholds, fpr)}
     if out is not None:
         write_json(out / "metrics.json", result)
         att = f"attention/{layers[0]}/{scores[0]}/{variants[0]}"
@@ -256,8 +275,8 @@ def evaluate(checkpoint: str | Path, data: str | Path | None, layers: list[str] 
     return result
 
 
-def format_table(metrics: dict[str, dict[str, float]], extra: list[str] | None = None) -> str:
-    keys = ["pixel_auroc", "best_iou", "aupro", "image_auroc", *(extra or [])]
+def format_table(metrics: dict[str, dict[str, float]], extra: list[str] | None = None, pixel: bool = True) -> str:
+    keys = [*(("pixel_auroc", "best_iou", "aupro") if pixel else ()), "image_auroc", *(extra or [])]
     lines = [f"{'map':44s} " + " ".join(f"{k:>13s}" for k in keys)]
     for name, m in metrics.items():
         lines.append(f"{name:44s} " + " ".join(f"{m.get(k, float('nan')):13.3f}" for k in keys))
@@ -274,14 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-dim", action="store_true", help="also the mean of the element-wise maps")
     p.add_argument("--out", type=Path, help="write metrics.json and grid.png here")
     p.add_argument("--device", default="cpu", type=device_arg, help=f"{GRAMMAR} (default cpu)")
+    p.add_argument("--fpr", type=float, default=FPR, help=f"the false-positive rate of recall_at_fpr (default {FPR})")
     args = p.parse_args(argv)
+    if not 0.0 < args.fpr < 1.0:
+        p.error(f"--fpr {args.fpr}: between 0 and 1, exclusive")
     try:
         result = evaluate(args.checkpoint, args.data, args.layer, args.score, args.variant or ["eq2"], args.out,
-                          args.per_dim, torch_device(args.device))
+                          args.per_dim, torch_device(args.device), args.fpr)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(format_table(result["metrics"]))
+    if result["note"]:
+        print(f"note: {result['note']}", file=sys.stderr)
+    print(format_table(result["metrics"], ["recall_at_fpr"], pixel=result["note"] is None))
     return 0
 
 

@@ -32,7 +32,7 @@ def load(root: Path, split: str, size: int, channels: int, strict: bool, registr
             masks.append(None if good else root / "ground_truth" / kind_dir.name / f"{p.stem}_mask.png")
     if not paths:
         raise ImageError(f"{base}: no images found")
-    want_masks = split == "test"
+    want_masks = split == "test" and (root / "ground_truth").is_dir()  # none at all: image labels only
     r = read_many(paths, size, channels, strict, masks if want_masks else None, registration, fit_registration)
     return Split(r.images, np.asarray(labels)[r.kept], r.masks, [f"{kinds[i]}/{paths[i].name}" for i in r.kept],
                  [kinds[i] for i in r.kept], ignored + r.skipped, r.registration, r.registrations)

@@ -2,6 +2,7 @@
 
     python -m bench.camera --engine MODEL [--video FILE [--roi x,y,w,h]] [--frames 200] [--batch 1]
         [--rounds 2] [--threads N] [--soak SECONDS] [--out runs/bench/camera]
+    python -m bench.camera --engine MODEL --compare MODEL [MODEL ...] [--batch 1 8] [--threads 1 2] ...
 
 Without --video, the UCSD Ped2 Test001 frames (../shared/data, or synthetic frames when absent)
 are upscaled to 1920x1080 and written once as an mp4v video of --frames frames under --out. Measured in this one
@@ -30,6 +31,11 @@ frames' maps, image: their max score) so masks are drawn.
 connects to the stream and /status now and then; RSS and open file descriptors are sampled every
 few seconds; targets: RSS growth <= 5 % after the warm-up, no descriptor growth.
 Prints a table and writes OUT/camera.json (and OUT/soak.json) atomically.
+--compare: --engine and the other models side by side instead (e.g. the fp32 full graph, the fp32
+line graph, the INT8 line graph), at every --batch and --threads given: `bare` and `camera` frames/s
+for each, all of them interleaved in every round, best kept, each model's speed-up over --engine at
+the same batch and threads; each model judged by its own thresholds (or crude ones from its own
+maps: an INT8 model's scores shift). Writes OUT/compare.json.
 """
 from __future__ import annotations
 
@@ -249,6 +255,65 @@ def soak(pipe: Pipeline, video: Path, seconds: float, out: Path, roi: Roi | None
             "baseline": base, "targets_met": {"rss_growth_le_5pct": growth <= 0.05, "no_fd_growth": fd_growth <= 0}}
 
 
+def compare(args: argparse.Namespace, roi: Roi | None, out: Path, argv: list[str] | None) -> int:
+    """--compare: bare and camera frames/s of every model at every batch and thread count, side by side."""
+    models = [args.engine, *args.compare]
+    pipes: dict[tuple[str, int | None], Pipeline] = {}
+    try:
+        for model in models:
+            for t in args.threads or [None]:
+                pipes[model, t] = Pipeline.open(model, providers=args.providers, threads=t, warmup=max(args.batch))
+    except ModelError as e:
+        for pipe in pipes.values():
+            pipe.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    first = pipes[models[0], (args.threads or [None])[0]]
+    video, roi = bench_video(first, args.video, roi, args.frames, out)
+    prepared = {model: decode_prepared(pipes[model, (args.threads or [None])[0]], video, args.frames, roi)
+                for model in models}
+    for (model, _), pipe in pipes.items():
+        pipe.thresholds = crude_thresholds(pipe, prepared[model])  # its own: never another model's
+    combos = [(m, t, b) for t in args.threads or [None] for b in args.batch for m in models]
+    runs: dict[tuple[str, int | None, int], dict[str, list[dict[str, Any]]]] = {c: {"bare": [], "camera": []} for c in combos}
+    for r in range(args.rounds):
+        for m, t, b in combos:
+            runs[m, t, b]["bare"].append(bare(pipes[m, t], prepared[m], b))
+            runs[m, t, b]["camera"].append(camera(pipes[m, t], video, len(prepared[m]), b, out, False, False, roi=roi))
+            print(f"  round {r + 1}/{args.rounds} {Path(m).name} threads {t} batch {b}: bare "
+                  f"{runs[m, t, b]['bare'][-1]['fps']:.1f}, camera {runs[m, t, b]['camera'][-1]['fps']:.1f} frames/s",
+                  file=sys.stderr)
+    precisions = {m: pipes[m, (args.threads or [None])[0]].describe().get("precision") for m in models}
+    for pipe in pipes.values():
+        pipe.close()
+    best = {c: {k: max(v, key=lambda x: x["fps"]) for k, v in res.items()} for c, res in runs.items()}
+    rows = []
+    for m, t, b in combos:
+        base = best[models[0], t, b]
+        x = best[m, t, b]
+        rows.append({"model": m, "precision": precisions[m], "threads": t, "batch": b,
+                     "bare_fps": x["bare"]["fps"], "camera_fps": x["camera"]["fps"],
+                     "bare_fps_rounds": [v["fps"] for v in runs[m, t, b]["bare"]],
+                     "camera_fps_rounds": [v["fps"] for v in runs[m, t, b]["camera"]],
+                     "overhead": x["bare"]["fps"] / x["camera"]["fps"] - 1,
+                     "bare_speedup": x["bare"]["fps"] / base["bare"]["fps"],
+                     "camera_speedup": x["camera"]["fps"] / base["camera"]["fps"], "stages_ms": x["camera"]["stages_ms"]})
+    print(f"\n{len(prepared[models[0]])} frames {SIZE[0]}x{SIZE[1]} from {video}; best of {args.rounds} interleaved "
+          f"rounds; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; speed-up over {Path(models[0]).name}")
+    print(f"{'model':<24} {'threads':>7} {'batch':>5} {'bare f/s':>9} {'camera f/s':>10} {'overhead':>9} "
+          f"{'bare x':>7} {'camera x':>8}")
+    for r in rows:
+        print(f"{Path(r['model']).name:<24} {str(r['threads'] or 'auto'):>7} {r['batch']:>5} {r['bare_fps']:>9.1f} "
+              f"{r['camera_fps']:>10.1f} {100 * r['overhead']:>+8.1f}% {r['bare_speedup']:>7.2f} {r['camera_speedup']:>8.2f}")
+    write_json(out / "compare.json", {
+        "command": " ".join(["python -m bench.camera", *(argv if argv is not None else sys.argv[1:])]),
+        "video": str(video), "size": list(SIZE), "frames": len(prepared[models[0]]), "rounds": args.rounds,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_average": os.getloadavg()}, "rows": rows})
+    print(f"wrote {out / 'compare.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.camera", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, help="model file (.onnx runs on ONNX Runtime, CPU provider)")
@@ -257,24 +322,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roi", help="x,y,w,h of --video the camera inspects (as runtime.camera --roi); without --video "
                                  "the made video's part region")
     p.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
-    p.add_argument("--batch", type=int, default=1, help="model batch for bare and camera (default 1)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1],
+                   help="model batch for bare and camera (default 1; several with --compare)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; best kept (default 2)")
     p.add_argument("--soak", type=float, help="also run the soak for this many seconds")
     p.add_argument("--providers", default="cpu", help="ONNX Runtime providers (default cpu)")
-    p.add_argument("--threads", type=int_at_least(1), help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--threads", type=int_at_least(1), nargs="+",
+                   help="ONNX Runtime intra-op threads (default: one per core; several with --compare)")
+    p.add_argument("--compare", nargs="+", metavar="MODEL", help="models measured side by side with --engine")
     p.add_argument("--out", default="runs/bench/camera")
     args = p.parse_args(argv)
     require(p, engine=args.engine, video=args.video)
+    for model in args.compare or []:
+        require(p, compare=model)
+    if not args.compare and (len(args.batch) > 1 or len(args.threads or []) > 1):
+        p.error("several --batch or --threads values need --compare")
+    if args.compare and args.soak is not None:
+        p.error("--soak measures one model: leave out --compare")
     try:
         given_roi = Roi.parse(args.roi) if args.roi else None
     except ValueError as e:
         p.error(str(e))
-    if min(args.frames, args.batch, args.rounds) < 1 or (args.soak is not None and args.soak <= 0):
+    if min(args.frames, *args.batch, args.rounds) < 1 or (args.soak is not None and args.soak <= 0):
         p.error("--frames, --batch, --rounds and --soak must be positive")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     cv2.setNumThreads(1)  # as runtime.camera runs: its threads are the parallelism
+    if args.compare:
+        return compare(args, given_roi, out, argv)
+    args.batch, args.threads = args.batch[0], (args.threads or [None])[0]
     try:
         pipe = Pipeline.open(args.engine, providers=args.providers, threads=args.threads, warmup=args.batch)
     except ModelError as e:

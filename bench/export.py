@@ -1,25 +1,31 @@
 """Export benchmark: what the explicit backward costs in ONNX Runtime, and what it saves over eager.
 
     python -m bench.export [--config configs/screw_256.yaml] [--checkpoint PT] [--batches 1 8]
-        [--runs 20] [--warmup 3] [--threads 2] [--results bench/results]
+        [--runs 20] [--warmup 3] [--threads 1 2] [--calib-data DIR] [--results bench/results]
 
 The screw model of configs/screw_256.yaml (ResNet18 VAE, 256x256, inference layer3 / sum_mu /
 recon_error_blur): --checkpoint, or else the untrained model (random weights; latency does not
-depend on the weights). On this CPU, in one run, ONNX Runtime (CPU, --threads intra-op threads)
-at each batch size:
+depend on the weights). On this CPU, in one run, ONNX Runtime (CPU) at each batch size and each
+--threads count (intra-op threads):
   forward      the graph without attention: preprocess, encoder, heads, decoder, recon_error, blur
-               (what the model's anomaly map needs, no backward)
+               (what the model's anomaly map needs, no backward), built here from the model's modules
   attn-fc      export.graph.ExportModule at layer4 (backward crosses only the fc head)
-  attn-layer3  ExportModule at layer3 (backward crosses layer4: conv, BN, ReLU, residual)
+  attn-layer3  ExportModule at layer3 (backward crosses layer4: conv, BN, ReLU, residual): the fp32
+               full graph deployed today
+  line         export.onnx --outputs anomaly_map: the fp32 line graph (only what the verdict needs)
+  int8-line    export.quantize of the line graph, calibrated on --calib-data (default the shared
+               screw training parts, else synthetic parts), prepared as the runtime prepares them
 and PyTorch on the same thread count:
   eager        training.inference.reference_outputs (forward + autograd), the reference path
   torch-graph  ExportModule in eager PyTorch (what the runtime's PyTorch backend runs)
 Latency is the median of --runs (>= 20) after --warmup, the configurations interleaved round by
 round in shuffled order so that load from other processes on the shared machine hits all of them
 alike (ONNX Runtime threads do not spin between runs, which would starve the next case).
-Targets: attn-layer3 <= 1.15x forward, eager >= 1.6x attn-layer3 at batch 1. Also reported:
-export time and file size (fp32, and fp16 weights), and the parity of each attention graph
-against autograd at batch 1 (max err / range over outputs).
+Targets: attn-layer3 <= 1.15x forward, eager >= 1.6x attn-layer3 at batch 1; int8-line >= 3x
+faster than attn-layer3 at batch 1 (>= 2x at batch 8); line no slower than forward. Also reported:
+export time and file size (fp32, fp16 weights, int8), the parity of each fp32 graph against
+autograd at batch 1 (max err / range over outputs) and the INT8 map's error against the fp32 line
+graph on its calibration images.
 With a GPU: ExportModule on CUDA, eager and captured in a CUDA graph, batch 1 and 64.
 Prints a table and writes bench/results/export.json.
 """
@@ -38,7 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.cli import int_at_least
+
 REPO = Path(__file__).resolve().parents[1]
+SCREW_GOOD = Path("../shared/data/mvtec/screw/train/good")
 
 
 class ForwardOutputs(NamedTuple):
@@ -137,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--runs", type=int, default=20, help="timed runs per case (>= 20 for the report)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime and PyTorch")
+    p.add_argument("--threads", type=int_at_least(1), nargs="+", default=[1, 2],
+                   help="CPU threads for ONNX Runtime and PyTorch; each count is measured (default 1 2)")
+    p.add_argument("--calib-data", default=str(SCREW_GOOD),
+                   help="good parts the INT8 graph is calibrated on (default the shared screw training parts; "
+                        "synthetic parts where they are absent)")
     p.add_argument("--results", default=str(REPO / "bench" / "results"), help="JSON output folder")
     args = p.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or min(args.batches) < 1:
-        p.error("--runs, --threads and --batches must be >= 1, --warmup >= 0")
+    if args.runs < 1 or args.warmup < 0 or min(args.batches) < 1:
+        p.error("--runs and --batches must be >= 1, --warmup >= 0")
     # hundreds of MB of graphs: removed however the run ends
     with tempfile.TemporaryDirectory(prefix="bench_export_") as work:
         return run(args, Path(work), argv)
@@ -155,13 +168,14 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     from export.check import compare
     from export.graph import build_export_module
     from export.onnx import export_onnx, trace_to_onnx
+    from export.quantize import quantize
     from core.files import write_json
+    from core.synthetic import make_parts
     from training.checkpoint import load_model, save_checkpoint
     from training.config import load_config
     from training.inference import reference_outputs
     from training.models import build_model
 
-    torch.set_num_threads(args.threads)  # the bench only: the machine is shared
     try:
         config = load_config(args.config)
     except (FileNotFoundError, ValueError) as e:
@@ -178,7 +192,8 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     else:
         torch.manual_seed(0)
         ckpt, trained = work / "screw_untrained.pt", False
-        save_checkpoint(ckpt, build_model(config["model"]), config)
+        # nothing fitted a registration for random weights (training does), and speed does not depend on it
+        save_checkpoint(ckpt, build_model(config["model"]), {**config, "registration": {"method": "none", "lighting": "none"}})
     try:
         model, config = load_model(ckpt)
     except (FileNotFoundError, ValueError) as e:
@@ -188,7 +203,7 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     h = w = int(config["model"]["size"])
     c = int(config["model"].get("channels", 1))
     print(f"model: {config['model']['arch']} {h}x{w}x{c}, {'trained: ' + str(ckpt) if trained else 'untrained (random weights)'}; "
-          f"inference {inf['layer']} / {inf['score']} / {inf['anomaly_map']}; {args.threads} threads", file=sys.stderr)
+          f"inference {inf['layer']} / {inf['score']} / {inf['anomaly_map']}; threads {args.threads}", file=sys.stderr)
 
     # --- export -------------------------------------------------------------------------------
     exports: dict[str, dict[str, Any]] = {}
@@ -204,58 +219,86 @@ def run(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
         graphs[name] = r["onnx"]
     r = export_onnx(ckpt, work / "attn-layer3-fp16.onnx", layer="layer3", fp16=True)
     exports["attn-layer3 (fp16 weights)"] = {"seconds": r["seconds"], "bytes": r["bytes"], "layer": "layer3"}
+    r = export_onnx(ckpt, work / "line.onnx", outputs=["anomaly_map"])
+    exports["line"] = {"seconds": r["seconds"], "bytes": r["bytes"]}
+    graphs["line"] = r["onnx"]
+    calib = Path(args.calib_data)
+    if not calib.is_dir():  # speed does not depend on the images; synthetic parts stand in for absent data
+        calib = make_parts(work / "parts") / "train" / "good"
+    q = quantize(graphs["line"], calib, work / "int8-line.onnx")
+    exports["int8-line"] = {"seconds": q["seconds"], "bytes": q["bytes"], "calibration": str(calib),
+                            "images": len(q["calibration"].images), "map_error": q["map_error"]}
+    graphs["int8-line"] = q["onnx"]
     for name, e in exports.items():
         print(f"exported {name:<27} {e['bytes'] / 1e6:7.1f} MB in {e['seconds']:5.1f} s", file=sys.stderr)
 
     # no busy-waiting: a session spinning after its run would steal the cores from the next case
-    sessions = {name: ort.session(path, device="cpu", threads=args.threads) for name, path in graphs.items()}
+    sessions = {(name, t): ort.session(path, device="cpu", threads=t) for name, path in graphs.items()
+                for t in args.threads}
     modules = {"attn-layer3": build_export_module(ckpt, layer="layer3")[0]}
 
     # --- parity at batch 1 (the deployment contract, in passing) -------------------------------
     rng = np.random.default_rng(0)
     img1 = rng.integers(0, 256, (1, h, w, c), dtype=np.uint8)
     parity = {}
-    for name, layer in (("attn-fc", "layer4"), ("attn-layer3", "layer3")):
+    for name, layer in (("attn-fc", "layer4"), ("attn-layer3", "layer3"), ("line", inf["layer"])):
         ref = reference_outputs(model, torch.from_numpy(img1), layer, inf["score"], inf["anomaly_map"],
                                 float(inf["blur_sigma"]))
-        reps = compare(ort.run(sessions[name], img1), ref, 1e-4, 1)
+        ours = ort.run(sessions[name, args.threads[0]], img1)
+        reps = compare(ours, {k: ref[k] for k in ours}, 1e-4, 1)
         parity[name] = {"max_err_over_range": max(r.max_abs_err / r.range if r.range else 0.0 for r in reps),
                         "outliers": sum(r.outliers for r in reps)}
 
     # --- latency --------------------------------------------------------------------------------
     rows = []
-    for n in args.batches:
-        x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
-        tx = torch.from_numpy(x)
-        cases: dict[str, Callable[[], Any]] = {name: (lambda s=s: ort.run(s, x)) for name, s in sessions.items()}
-        cases["eager"] = lambda: reference_outputs(model, tx, inf["layer"], inf["score"], inf["anomaly_map"],
-                                                   float(inf["blur_sigma"]))
-        cases["torch-graph"] = lambda: modules["attn-layer3"](tx)
-        print(f"timing batch {n}: {len(cases)} cases x {args.runs} runs", file=sys.stderr)
-        for name, ms in interleaved(cases, args.runs, args.warmup).items():
-            rows.append({"case": name, "batch": n, **summary(ms), "images_per_s": 1000.0 * n / statistics.median(ms)})
+    for threads in args.threads:
+        torch.set_num_threads(threads)  # the bench only: the machine is shared
+        for n in args.batches:
+            x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+            tx = torch.from_numpy(x)
+            cases: dict[str, Callable[[], Any]] = {name: (lambda s=sessions[name, threads]: ort.run(s, x))
+                                                   for name in graphs}
+            cases["eager"] = lambda: reference_outputs(model, tx, inf["layer"], inf["score"], inf["anomaly_map"],
+                                                       float(inf["blur_sigma"]))
+            cases["torch-graph"] = lambda: modules["attn-layer3"](tx)
+            print(f"timing batch {n}, {threads} threads: {len(cases)} cases x {args.runs} runs", file=sys.stderr)
+            for name, ms in interleaved(cases, args.runs, args.warmup).items():
+                rows.append({"case": name, "batch": n, "threads": threads, **summary(ms),
+                             "images_per_s": 1000.0 * n / statistics.median(ms)})
 
-    def med(case: str, n: int) -> float:
-        return next(r["median_ms"] for r in rows if r["case"] == case and r["batch"] == n)
+    def med(case: str, n: int, threads: int) -> float:
+        return next(r["median_ms"] for r in rows if (r["case"], r["batch"], r["threads"]) == (case, n, threads))
 
     for r in rows:
-        r["x_forward"] = r["median_ms"] / med("forward", r["batch"])
-    b1 = min(args.batches)
-    targets = {"attn-layer3 / forward (<= 1.15)": med("attn-layer3", b1) / med("forward", b1),
-               "attn-fc / forward (<= 1.15)": med("attn-fc", b1) / med("forward", b1),
-               "eager / attn-layer3 (>= 1.6)": med("eager", b1) / med("attn-layer3", b1)}
+        r["x_forward"] = r["median_ms"] / med("forward", r["batch"], r["threads"])
+        r["x_attn_layer3"] = med("attn-layer3", r["batch"], r["threads"]) / r["median_ms"]  # speed-up over today's graph
+    b1, b8 = min(args.batches), max(args.batches)
+    targets = {}
+    for t in args.threads:
+        targets.update({
+            f"{t} threads: attn-layer3 / forward (<= 1.15)": med("attn-layer3", b1, t) / med("forward", b1, t),
+            f"{t} threads: attn-fc / forward (<= 1.15)": med("attn-fc", b1, t) / med("forward", b1, t),
+            f"{t} threads: eager / attn-layer3 (>= 1.6)": med("eager", b1, t) / med("attn-layer3", b1, t),
+            f"{t} threads: attn-layer3 / int8-line at batch {b1} (>= 3)": med("attn-layer3", b1, t) / med("int8-line", b1, t),
+            f"{t} threads: attn-layer3 / int8-line at batch {b8} (>= 2)": med("attn-layer3", b8, t) / med("int8-line", b8, t),
+            f"{t} threads: line / forward at batch {b1} (<= 1.00 + noise)": med("line", b1, t) / med("forward", b1, t)})
     gpu = cuda_section(modules["attn-layer3"], (h, w, c), args.runs, args.warmup) if torch.cuda.is_available() else []
 
     # --- report ---------------------------------------------------------------------------------
-    print(f"\n{'case':<14}{'batch':>6}{'median ms':>11}{'p10':>9}{'p90':>9}{'img/s':>8}{'x forward':>11}")
+    print(f"\n{'case':<14}{'batch':>6}{'threads':>8}{'median ms':>11}{'p10':>9}{'p90':>9}{'img/s':>8}{'x forward':>11}"
+          f"{'speed-up':>10}")
     for r in rows + gpu:
-        xf = f"{r['x_forward']:>11.2f}" if "x_forward" in r else ""
-        print(f"{r['case']:<14}{r['batch']:>6}{r['median_ms']:>11.1f}{r['p10_ms']:>9.1f}{r['p90_ms']:>9.1f}"
-              f"{r['images_per_s']:>8.1f}{xf}")
-    print(f"\ntargets at batch {b1}: " + "; ".join(f"{k}: {v:.2f}" for k, v in targets.items()))
+        xf = f"{r['x_forward']:>11.2f}{r['x_attn_layer3']:>10.2f}" if "x_forward" in r else ""
+        print(f"{r['case']:<14}{r['batch']:>6}{r.get('threads', ''):>8}{r['median_ms']:>11.1f}{r['p10_ms']:>9.1f}"
+              f"{r['p90_ms']:>9.1f}{r['images_per_s']:>8.1f}{xf}")
+    print("(speed-up: attn-layer3's median over the case's, same batch and threads)")
+    print("\ntargets:\n" + "\n".join(f"  {k}: {v:.2f}" for k, v in targets.items()))
     print("exports: " + "; ".join(f"{k} {e['bytes'] / 1e6:.1f} MB / {e['seconds']:.1f} s" for k, e in exports.items()))
     print("parity at batch 1 (max err/range over outputs): "
           + "; ".join(f"{k} {v['max_err_over_range']:.1e} ({v['outliers']} outliers)" for k, v in parity.items()))
+    e = exports["int8-line"]["map_error"]
+    print(f"int8-line anomaly_map vs line on its {e['images']} calibration images: max {e['max_over_range']:.2e}, "
+          f"mean {e['mean_over_range']:.2e} x range")
     report = {"command": "python -m bench.export " + " ".join(argv if argv is not None else sys.argv[1:]),
               "model": {"config": args.config, "checkpoint": str(ckpt) if trained else None, "trained": trained,
                         "size": h, "channels": c, "inference": inf},

@@ -177,3 +177,23 @@ def test_registration_failures_are_skipped_not_calibrated_on(line: tuple[Path, P
     c = q.calibration_images(parts / "train/good", spec, 64)
     assert len(c.images) == 11 and c.skipped == {"unreadable": 0, "registration_failed": 1}
     assert all(i.shape == (28, 28, 1) and i.dtype == np.uint8 for i in c.images)
+
+
+def test_camera_bench_compares_models_side_by_side(line: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """bench.camera --compare: bare and camera frames/s of each model at each batch, ratios to --engine."""
+    import json
+
+    from bench.camera import main as camera_bench
+
+    fp32, int8, _ = line
+    assert camera_bench(["--engine", str(fp32), "--compare", str(int8), "--batch", "1", "2", "--threads", "1",
+                         "--frames", "4", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert [(Path(r["model"]).name, r["batch"], r["precision"]) for r in rows] == [
+        ("m.onnx", 1, "fp32"), ("m.int8.onnx", 1, "int8"), ("m.onnx", 2, "fp32"), ("m.int8.onnx", 2, "int8")]
+    assert all(r["bare_fps"] > 0 and r["camera_fps"] > 0 and r["threads"] == 1 for r in rows)
+    assert [r["bare_speedup"] for r in rows][::2] == [1.0, 1.0]  # --engine against itself
+    assert rows[1]["bare_speedup"] == pytest.approx(rows[1]["bare_fps"] / rows[0]["bare_fps"])
+    with pytest.raises(SystemExit) as e:  # several settings without --compare: which one would it be?
+        camera_bench(["--engine", str(fp32), "--batch", "1", "2", "--out", str(tmp_path)])
+    assert e.value.code == 2

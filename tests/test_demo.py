@@ -50,7 +50,9 @@ def test_demo_end_to_end_with_the_template_setting(tmp_path: Path, capsys) -> No
 
 def test_demo_end_to_end_with_a_vae(tmp_path: Path, capsys) -> None:
     """The VAE path: training, ONNX export, the parity check against autograd, calibration."""
-    data = make_parts(tmp_path / "parts", n_train=12, n_good=3, n_defect=2, size=96)
+    # stark defects: calibration refuses thresholds that pass every defect, and a one-epoch VAE
+    # passes every subtle one
+    data = make_parts(tmp_path / "parts", n_train=12, n_good=3, n_defect=2, size=96, defect_gray=255)
     cfg = tmp_path / "vae.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(data)))
     out = tmp_path / "demo"

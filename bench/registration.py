@@ -4,7 +4,7 @@
         [--out runs/bench/registration]
 
 Fits the registration on train/good (core.registration.fit), registers every image, builds the
-template bank from the registered training images (core.template), maps the test half, warps each
+template bank from the registered training images (families.template.bank), maps the test half, warps each
 map back to the original frame at model resolution and scores it (core.metrics) against the
 masks brought to that size (INTER_AREA, > 127). Per size: pixel AUROC, best IoU, AUPRO, image
 AUROC (max of the map); registration and plain-resize time per image (one OpenCV thread, the
@@ -30,7 +30,7 @@ from core.files import write_json
 from core.images import ImageError, read_image, resize_to_model
 from core.metrics import localization_metrics
 from core.registration import Registration, RegistrationSpec, fit, register, warp_back
-from core.template import TemplateBank
+from families.template.bank import TemplateBank
 
 # The classical baseline of the issue (256 x 256, the shared test half), for comparison.
 ISSUE_BASELINE = {"pixel_auroc": 0.949, "best_iou": 0.370, "aupro": 0.888, "image_auroc": 0.959}

@@ -12,7 +12,7 @@ COMMANDS = [
     ("export.onnx", ["--checkpoint", MISSING, "--out", "{tmp}/m.onnx"]),
     ("export.check", ["--onnx", MISSING, "--checkpoint", MISSING]),
     ("export.tensorrt", ["--onnx", MISSING, "--check-only"]),
-    ("export.template", ["--data", MISSING, "--out", "{tmp}/t.onnx"]),
+    ("families.template.build", ["--data", MISSING, "--out", "{tmp}/t.onnx"]),
     ("training.disentanglement", ["--checkpoint", MISSING]),
     ("training.retrain", ["--config", MISSING, "--data", MISSING, "--deploy", "{tmp}/d"]),
     ("calibration.calibrate", ["--engine", MISSING, "--data", MISSING]),

@@ -1,4 +1,4 @@
-"""core.template: the nearest-template anomaly map on synthetic aligned parts."""
+"""families.template.bank: the nearest-template anomaly map on synthetic aligned parts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.template import TemplateBank
+from families.template.bank import TemplateBank
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""export.template + the template backend: a training-free model that inspection, calibration and
+"""families.template (build, graph, backend): a training-free model that inspection, calibration and
 the camera open like any other (X.npz + X.yaml)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-import export.template as et
+import families.template.build as et
 from core.synthetic import part
 import runtime.inspect as ri
 from core.sidecar import read_sidecar
@@ -83,7 +83,7 @@ def test_usage_and_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert "at least 2 good images" in capsys.readouterr().err
     (tmp_path / "cfg.yaml").write_text("model: {arch: resnet18}\n")
     assert et.main(["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "x.npz")]) == 2
-    assert "builds arch 'template'" in capsys.readouterr().err
+    assert "another family than 'template'" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -132,7 +132,7 @@ def test_a_graph_that_fails_its_check_leaves_the_previous_build_whole(parts: Pat
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """X.npz was written before the graph was checked: a rebuild whose graph disagreed with the
     bank (nothing written, it said) had already replaced X.npz, which no longer matched X.yaml."""
-    import export.template_graph as tg
+    import families.template.graph as tg
 
     out = tmp_path / "bar.onnx"
     et.build(parts, out, size=64)

@@ -13,12 +13,14 @@ from test_runtime_models import make_stub_model
 from torchless import run_without_torch
 
 # what an edge box runs: inspection, calibration, the camera, the ONNX Runtime, TensorRT and template
-# backends, and building a template bank (export.template needs no PyTorch either)
-RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registration", "core.template",
+# backends, building a template bank (families.template.build needs no PyTorch either), and every
+# family's declaration (the runtime's backend table reads them)
+RUNTIME_MODULES = ("core.files", "core.images", "core.prepare", "core.registration", "families",
+                   "families.template.bank",
                    "core.sidecar", "core.metrics", "core.ort", "core.device", "core.tensorrt",
                    "runtime.model", "runtime.pipeline", "runtime.inspect", "runtime.overlay",
                    "runtime.postprocess", "runtime.backends.onnxruntime", "runtime.backends.tensorrt",
-                   "runtime.backends.template", "export.template", "core.deployment", "calibration.calibrate",
+                   "families.template.backend", "families.template.build", "core.deployment", "calibration.calibrate",
                    "calibration.report", "runtime.camera", "runtime.live", "runtime.capture", "runtime.stream",
                    "runtime.recorder", "runtime.inference_thread", "runtime.reload")
 

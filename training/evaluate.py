@@ -9,7 +9,7 @@ Maps (all raw, no per-image normalization):
   recon_error, recon_error_blur          |x - x_hat|, raw and Gaussian-smoothed
   ssim_error                             (1 - SSIM) x |x - x_hat|, smoothed (maps.structural_error)
   fusion/<layer>/<score>                 blurred error / s_r + attention / s_a (maps.AnomalyMap)
-  template                               the training-free nearest-reference map (core.template,
+  template                               the training-free nearest-reference map (families.template.bank,
                                          k = 5, bank: the training images as the model saw them)
   template+<map>                         template / s_t + map / s_m, each divided by its normal scale
   trivial_darkness                       255 - I: "where the part is", the floor to beat
@@ -42,7 +42,7 @@ import torch
 from core.device import GRAMMAR, device_arg
 from core.files import atomic_write, write_json
 from core.metrics import localization_metrics, roc_auc
-from core.template import TemplateBank
+from families.template.bank import TemplateBank
 from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
 from training.checkpoint import load_model
 from training.data import Split, load_split, registration_of
@@ -52,7 +52,7 @@ from training.maps import AnomalyMap, GaussianBlur, fuse, recon_error
 from training.models import VAE
 from training.stats import fusion_scales
 
-TEMPLATE_K = 5                 # nearest references per image (core.template's benchmark setting)
+TEMPLATE_K = 5                 # nearest references per image (families.template.bank's benchmark setting)
 TEMPLATE_FUSED = ("recon_error_blur", "ssim_error")   # the VAE maps fused with the template
 NORMAL_IMAGES = 64             # training images whose maps give each map's normal scale and p99.9
 TOP_FRACTION = 0.01            # image score: the mean of a map's top 1 % pixels

@@ -8,12 +8,14 @@
 The candidate is built in a staging folder inside the deployment (core.deployment), step by step,
 each step being the project's own command run as a child process (what a user would type, and a
 crash in one step cannot leave another's state half-changed):
-  train      training.train (warm-started from the deployed checkpoint by default: --init; its epochs
-             shown as one bar with the time left on a terminal, as a line every few minutes in a log)
-             or, for a template config (model.arch template), export.template (the reference bank, no
-             training, written as an ONNX graph checked against the numpy bank)
-  export     export.onnx, and export.tensorrt where TensorRT and a GPU exist (else said: ONNX only)
-  check      export.check: the ONNX graph against PyTorch autograd
+  build      as the config's model family says (families/: model.family, or model.arch for older
+             configs): the VAE trains (training.train, warm-started from the deployed checkpoint by
+             default: --init; its epochs shown as one bar with the time left on a terminal, as a line
+             every few minutes in a log), exports (export.onnx) and checks the graph against PyTorch
+             autograd (export.check); the template builds its reference bank as an ONNX graph
+             checked against the numpy bank; the discriminative family trains its net and exports
+             it checked against PyTorch; then export.tensorrt where TensorRT and a GPU exist (else
+             said: ONNX only)
   calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar (a
              rule no threshold reaches, or a threshold that passes every defect, fails the step)
   baseline   the deployed model calibrated on the same held-out set, without touching it (--dry-run)
@@ -48,6 +50,7 @@ from core.deployment import Deployment, DeploymentError, report_metrics
 from core.files import write_json
 from core.steps import StepFailed, run_step
 from core.images import is_image_name
+from families import BuildRequest, family_of
 from training.config import load_config, merge
 
 DEFAULT_TOLERANCE = 0.02
@@ -127,33 +130,25 @@ def tensorrt_available() -> str | None:
 
 def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Path, dep: Deployment,
                     timings: dict[str, float], notes: list[str]) -> Path:
-    """Train (or bank), export and check the candidate inside `stage`; returns its model file."""
+    """Build the candidate inside `stage` as its family says (train or bank, export, parity check),
+    then its TensorRT engine where one can be built; returns its model file."""
     logs = stage / "logs"
-    stem = Path(args.deploy).name or "model"
     train_cfg = stage / "train.yaml"
     train_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    if config["model"].get("arch") == "template":
-        # the bank as an ONNX graph (checked against the numpy bank before it is written) beside X.npz
-        model = stage / f"{stem}.onnx"
-        run_step("train", "export.template", ["--config", str(train_cfg), "--out", str(model)], logs, timings)
-        notes.append("template model: a reference bank, no training (--init does not apply)")
-        return model
-    train_args = ["--config", str(train_cfg), "--out", str(stage / "train")]
-    init = None if args.init == "scratch" else (current_checkpoint(dep) if args.init == "current" else Path(args.init))
-    if args.init == "current" and init is None:
-        notes.append("--init current: nothing deployed yet (or no checkpoint in it): trained from scratch")
-    if init is not None:
-        train_args += ["--init", str(init)]
-    for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps), ("--device", args.device)):
-        if value is not None:
-            train_args += [flag, str(value)]
-    run_step("train", "training.train", train_args, logs, timings, epochs=True)  # a bar, or a line every few minutes
-    ckpt = stage / "model.pt"
-    (stage / "train" / "model.pt").rename(ckpt)
-    shutil.rmtree(stage / "train")
-    model = stage / f"{stem}.onnx"
-    run_step("export", "export.onnx", ["--checkpoint", str(ckpt), "--out", str(model)], logs, timings)
-    run_step("check", "export.check", ["--onnx", str(model), "--checkpoint", str(ckpt)], logs, timings)
+    family = family_of(config)
+    init = None
+    if family.warm_start and args.init != "scratch":
+        init = current_checkpoint(dep) if args.init == "current" else Path(args.init)
+        if args.init == "current" and init is None:
+            notes.append("--init current: nothing deployed yet (or no checkpoint in it): trained from scratch")
+    overrides = [a for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps),
+                                       ("--device", args.device)) if value is not None for a in (flag, str(value))]
+
+    def run(name: str, module: str, step_args: list[str], **kw: Any) -> None:
+        run_step(name, module, step_args, logs, timings, **kw)
+
+    request = BuildRequest(train_cfg, stage / f"{Path(args.deploy).name or 'model'}.onnx", init, overrides, run, notes)
+    model = family.builder()(request)
     why = tensorrt_available()
     if why is None:
         run_step("tensorrt", "export.tensorrt", ["--onnx", str(model), "--out", str(model.with_suffix(".trt")),
@@ -187,6 +182,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     if Path(args.deploy).exists() and not Path(args.deploy).is_dir():
         raise ValueError(f"--deploy {args.deploy}: exists and is not a folder")
     config = merge(load_config(args.config), {"data": data_section(data)})
+    family_of(config)  # a family no folder declares is the config's mistake: before any work
     if args.init not in ("current", "scratch") and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init {args.init}: not a checkpoint file (or use current / scratch)")
     return config, data, heldout_folder(data, Path(args.heldout) if args.heldout else None)

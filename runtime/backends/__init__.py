@@ -3,59 +3,36 @@
 A backend takes uint8 images [N, H, W, C] at the model's size and returns the exported graph's
 named outputs as numpy arrays (docs/architecture.md, "The exported graph's contract"). Host-side
 work beyond that (decode, colour, registration, resize) belongs to core.prepare; everything
-numeric is in the graph, so every backend computes the same function. The `template` backend runs
-a reference bank (export.template) instead of a graph, with the same interface.
+numeric is in the graph, so every backend computes the same function. A model family may add a
+backend for files it opens without a graph (the template family's .npz reference bank): the table
+below takes them from the families' declarations (families.FAMILIES).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
+from core.backend import Backend, BackendError, BackendUnavailable, inference_failed
+from families import FAMILIES
 
+__all__ = ["BACKENDS", "EXTENSIONS", "Backend", "BackendError", "BackendUnavailable", "backend_for", "create",
+           "inference_failed"]
+
+# backend name -> "module:Class"; families add theirs
+_CLASSES: dict[str, str] = {
+    "onnxruntime": "runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "runtime.backends.tensorrt:TensorRTBackend",
+    "torch": "runtime.backends.torch:TorchBackend",
+    **{name: target for f in FAMILIES.values() for name, target in f.backends.values()},
+}
 # Extension -> backend name; `--backend` overrides it (runtime.model.open_model).
 EXTENSIONS: dict[str, str] = {
     ".onnx": "onnxruntime",
     ".trt": "tensorrt", ".engine": "tensorrt", ".plan": "tensorrt",
     ".pt": "torch", ".pth": "torch",
-    ".npz": "template",
+    **{ext: name for f in FAMILIES.values() for ext, (name, _) in f.backends.items()},
 }
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch", "template")
-
-
-class BackendError(RuntimeError):
-    """A backend failed to load or run a model. Each backend turns its library's own exception
-    types (ONNX Runtime's are not even RuntimeErrors) into this one at its boundary, with one line
-    naming the model file, so callers handle one type."""
-
-
-class BackendUnavailable(BackendError):
-    """The backend's library or hardware is missing; the message is one actionable line."""
-
-
-def inference_failed(path: str | Path, error: BaseException) -> BackendError:
-    """The BackendError for a failed run of `path`: the library's first message line, bounded."""
-    text = str(error).strip()
-    detail = text.splitlines()[0][:300] if text else ""
-    return BackendError(f"{path}: inference failed ({error.__class__.__name__}{': ' + detail if detail else ''})")
-
-
-class Backend(Protocol):
-    name: str
-    input_name: str
-    output_names: tuple[str, ...]
-    max_batch: int | None  # None: any batch size
-    input_shape: tuple  # (H, W, C) the model itself declares
-
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 [N, H, W, C] -> {output name: array with leading dim N}."""
-        ...
-
-    def close(self) -> None: ...
-
-    def describe(self) -> dict[str, object]:
-        """What ran (provider, device, precision) for reports and benchmarks."""
-        ...
+BACKENDS: tuple[str, ...] = tuple(_CLASSES)
 
 
 def backend_for(path: str | Path) -> str | None:
@@ -73,11 +50,11 @@ def create(name: str, path: str | Path, **options: object) -> Backend:
     if name == "tensorrt":
         from runtime.backends.tensorrt import TensorRTBackend
         return TensorRTBackend(path, device=options.get("device"))  # type: ignore[arg-type]
-    if name == "template":
-        from runtime.backends.template import TemplateBackend
-        return TemplateBackend(path)
     if name == "torch":
         from runtime.backends.torch import TorchBackend
         return TorchBackend(path, device=options.get("device"),  # type: ignore[arg-type]
                             settings=options.get("settings"))  # type: ignore[arg-type]
+    if name in _CLASSES:  # a family's backend: it takes the file alone
+        module, cls = _CLASSES[name].split(":")
+        return getattr(importlib.import_module(module), cls)(path)
     raise ValueError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")

@@ -1,4 +1,4 @@
-"""Template backend for `.npz` reference banks (export.template): the training-free map
+"""Template backend for `.npz` reference banks (families.template.build): the training-free map
 (core.template) behind the backend interface, so inspection, calibration and the camera run a
 template model exactly as they run an exported VAE. Output: anomaly_map only (no attention)."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.template import TemplateBank
-from runtime.backends import BackendError, inference_failed
+from families.template.bank import TemplateBank
+from core.backend import BackendError, inference_failed
 
 
 class TemplateBackend:

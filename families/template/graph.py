@@ -1,4 +1,4 @@
-"""The template map (core.template) as an ONNX graph, so that ONNX Runtime and TensorRT run a
+"""The template map (families.template.bank) as an ONNX graph, so that ONNX Runtime and TensorRT run a
 template model as they run an exported VAE, under the same contract: input `image` uint8
 [N, H, W, C] (registered on the host), output `anomaly_map` float32 [N, 1, H, W].
 
@@ -12,6 +12,7 @@ numpy bank on the bank's own images and noise before it is written (`template_gr
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from core.files import atomic_write
-from core.template import SEARCH, TemplateBank
+from families.template.bank import SEARCH, TemplateBank, TemplateError
 
 OPSET = 17
 PARITY_TOL = 1e-4  # x the map's range: float summation order only, the same references chosen
@@ -41,9 +42,11 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return cv2.getGaussianKernel(size, sigma, cv2.CV_32F).ravel().astype(np.float32)
 
 
-def build_graph(bank: TemplateBank) -> Any:
-    """The onnx.ModelProto of `bank`'s anomaly map."""
-    onnx = _onnx()
+def reference_nodes(bank: TemplateBank) -> tuple[list[Any], list[Any]]:
+    """(nodes, initializers) from the uint8 input `image` to `x` (float NHWC, gray levels), `refs`
+    (the k nearest bank images, float [N, k, H, W, C]) and `least` (per pixel the least |difference|
+    to them, worst channel, float [N, 1, H, W], gray levels): TemplateBank.references as a graph.
+    The template map and the learned families that compare a part with its references build on it."""
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     n_bank, h, w, c = bank.images.shape
@@ -54,7 +57,7 @@ def build_graph(bank: TemplateBank) -> Any:
             numpy_helper.from_array(bank.images.astype(np.float16), "bank_images"),          # [B, H, W, C]
             numpy_helper.from_array(np.array([bank.k], np.int64), "k"),
             numpy_helper.from_array(np.array([-1, 1, SEARCH * SEARCH * c], np.int64), "query_shape"),
-            numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255")]
+            numpy_helper.from_array(np.array([1], np.int64), "axis1")]
     nodes = [
         helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]),
@@ -70,34 +73,61 @@ def build_graph(bank: TemplateBank) -> Any:
         helper.make_node("Unsqueeze", ["x", "axis1"], ["x5"]),
         helper.make_node("Sub", ["refs", "x5"], ["diff"]),
         helper.make_node("Abs", ["diff"], ["absdiff"]),
-        helper.make_node("ReduceMin", ["absdiff"], ["least"], axes=[1], keepdims=0),           # [N, H, W, C]
-        helper.make_node("ReduceMax", ["least"], ["worst_channel"], axes=[3], keepdims=1),     # [N, H, W, 1]
-        helper.make_node("Transpose", ["worst_channel"], ["raw255"], perm=[0, 3, 1, 2]),
-        helper.make_node("Mul", ["raw255", "inv255"], ["raw"]),
+        helper.make_node("ReduceMin", ["absdiff"], ["least_c"], axes=[1], keepdims=0),         # [N, H, W, C]
+        helper.make_node("ReduceMax", ["least_c"], ["worst_channel"], axes=[3], keepdims=1),   # [N, H, W, 1]
+        helper.make_node("Transpose", ["worst_channel"], ["least"], perm=[0, 3, 1, 2]),
     ]
-    init.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
-    out = "raw"
-    if bank.sigma > 0:
-        kernel = gaussian_kernel(bank.sigma)
-        r = len(kernel) // 2
-        init += [numpy_helper.from_array(np.array([0, 0, r, r, 0, 0, r, r], np.int64), "pads"),
-                 numpy_helper.from_array(kernel.reshape(1, 1, -1, 1), "blur_v"),
-                 numpy_helper.from_array(kernel.reshape(1, 1, 1, -1), "blur_h")]
-        nodes += [helper.make_node("Pad", ["raw", "pads"], ["padded"], mode="reflect"),  # cv2's reflect-101
-                  helper.make_node("Conv", ["padded", "blur_v"], ["blur_rows"]),
-                  helper.make_node("Conv", ["blur_rows", "blur_h"], ["blurred"])]
-        out = "blurred"
-    nodes.append(helper.make_node("Identity", [out], ["anomaly_map"]))
+    return nodes, init
+
+
+def blur_nodes(source: str, sigma: float, out: str) -> tuple[list[Any], list[Any]]:
+    """cv2.GaussianBlur of `source` [N, 1, H, W] at `sigma` as two 1-D convolutions with
+    reflect-101 padding (cv2's default border), named `out`."""
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    if sigma <= 0:
+        return [helper.make_node("Identity", [source], [out])], []
+    kernel = gaussian_kernel(sigma)
+    r = len(kernel) // 2
+    init = [numpy_helper.from_array(np.array([0, 0, r, r, 0, 0, r, r], np.int64), f"{out}_pads"),
+            numpy_helper.from_array(kernel.reshape(1, 1, -1, 1), f"{out}_v"),
+            numpy_helper.from_array(kernel.reshape(1, 1, 1, -1), f"{out}_h")]
+    nodes = [helper.make_node("Pad", [source, f"{out}_pads"], [f"{out}_padded"], mode="reflect"),
+             helper.make_node("Conv", [f"{out}_padded", f"{out}_v"], [f"{out}_rows"]),
+             helper.make_node("Conv", [f"{out}_rows", f"{out}_h"], [out])]
+    return nodes, init
+
+
+def finish(nodes: list[Any], init: list[Any], name: str, image_shape: tuple[int, int, int],
+           props: dict[str, str]) -> Any:
+    """The checked onnx.ModelProto of `nodes` from `image` (uint8 [N, H, W, C]) to `anomaly_map`."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper  # noqa: PLC0415
+
+    h, w, c = image_shape
     graph = helper.make_graph(
-        nodes, "template_map",
+        nodes, name,
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", h, w, c])],
         [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, h, w])], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vae-inspect")
     model.ir_version = 8  # readable by every ONNX Runtime and TensorRT 10 parser of opset 17
     onnx.checker.check_model(model)
-    helper.set_model_props(model, {"family": "template", "k": str(bank.k), "sigma": str(bank.sigma),
-                                   "bank_images": str(n_bank)})
+    helper.set_model_props(model, props)
     return model
+
+
+def build_graph(bank: TemplateBank) -> Any:
+    """The onnx.ModelProto of `bank`'s anomaly map."""
+    _onnx()
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    nodes, init = reference_nodes(bank)
+    init.append(numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255"))
+    nodes.append(helper.make_node("Mul", ["least", "inv255"], ["raw"]))
+    blur, blur_init = blur_nodes("raw", bank.sigma, "anomaly_map")
+    return finish(nodes + blur, init + blur_init, "template_map", bank.images.shape[1:],
+                  {"family": "template", "k": str(bank.k), "sigma": str(bank.sigma),
+                   "bank_images": str(len(bank.images))})
 
 
 def tied(bank: TemplateBank, images: np.ndarray) -> np.ndarray:
@@ -110,10 +140,12 @@ def tied(bank: TemplateBank, images: np.ndarray) -> np.ndarray:
     return (d2[:, bank.k] - d2[:, bank.k - 1]) <= TIE_GAP * np.maximum(d2[:, bank.k], 1e-12)
 
 
-def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray) -> dict[str, Any]:
-    """ONNX Runtime (CPU) against the numpy bank on `images`: max |err| relative to the map's range
-    over the images whose nearest set is not a tie, and how many images differ at a tie (another
-    of two equally near references chosen: reported, as export.check reports ReLU kinks)."""
+def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray,
+           reference: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """ONNX Runtime (CPU) against the reference computation of the map (default the numpy bank's)
+    on `images`: max |err| relative to the map's range over the images whose nearest set is not a
+    tie, and how many images differ at a tie (another of two equally near references chosen:
+    reported, as export.check reports ReLU kinks)."""
     from core import ort  # noqa: PLC0415
 
     import onnxruntime  # noqa: PLC0415
@@ -122,7 +154,7 @@ def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray) -> dict[s
     so.log_severity_level = 3
     sess = onnxruntime.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     got = np.concatenate([ort.run(sess, images[i:i + 8])["anomaly_map"] for i in range(0, len(images), 8)])
-    want = bank.anomaly_map(images)
+    want = (reference or bank.anomaly_map)(images)
     span = float(want.max() - want.min()) or 1.0
     err = np.abs(got - want).reshape(len(images), -1).max(1)
     differ = err > PARITY_TOL * span
@@ -133,23 +165,25 @@ def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray) -> dict[s
             "nearest_differ": int(differ.sum()), "ties": int(excused.sum())}
 
 
-def template_graph(bank: TemplateBank, out: Path, registered: np.ndarray) -> dict[str, Any]:
-    """Build the graph, check it on the registered training images and as many noise images against
-    the numpy bank, and write it atomically when every image agrees within PARITY_TOL x range.
-    Raises TemplateError (from export.template) when it does not."""
-    from export.template import TemplateError  # noqa: PLC0415 - the CLI's error type
-
-    data = build_graph(bank).SerializeToString()
+def checked_write(data: bytes, bank: TemplateBank, out: Path, registered: np.ndarray,
+                  reference: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """Check a graph built on `bank` against its reference on the registered training images, as
+    many with sensor-like noise (parts it has not seen, nearly) and as many of pure noise (every
+    reference about as far: ties are likely and must be told apart), and write it atomically when
+    every image agrees within PARITY_TOL x range. Raises TemplateError when one does not."""
     rng = np.random.default_rng(0)
     n = min(len(registered), 16)
-    # the references themselves, the same with sensor-like noise (a part it has not seen, nearly),
-    # and pure noise (every reference about as far: ties are likely and must be told apart)
     noisy = (registered[:n].astype(np.int16) + rng.integers(-12, 13, registered[:n].shape)).clip(0, 255)
     noise = rng.integers(0, 256, (n,) + registered.shape[1:], np.uint8)
-    check = parity(data, bank, np.concatenate([registered[:n], noisy.astype(np.uint8), noise]))
+    check = parity(data, bank, np.concatenate([registered[:n], noisy.astype(np.uint8), noise]), reference)
     if check["rel_err"] > PARITY_TOL:
-        raise TemplateError(f"{out}: the graph's map differs from the bank's by {check['rel_err']:.1e} of its range "
+        raise TemplateError(f"{out}: the graph's map differs from its reference by {check['rel_err']:.1e} of its range "
                             f"on {check['nearest_differ'] - check['ties']} of {check['images']} images (not at a tie); "
                             "not written")
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     return check
+
+
+def template_graph(bank: TemplateBank, out: Path, registered: np.ndarray) -> dict[str, Any]:
+    """Build the template graph, check it against the numpy bank and write it (checked_write)."""
+    return checked_write(build_graph(bank).SerializeToString(), bank, out, registered)

@@ -28,6 +28,11 @@ SEARCH = 64          # side of the copies compared to pick the nearest bank imag
 FORMAT = "template_bank/1"
 
 
+class TemplateError(ValueError):
+    """A bank (or a graph of it) cannot be built from this data; the message names the folder or
+    file and the reason."""
+
+
 def _small(images: np.ndarray) -> np.ndarray:
     """uint8 [N, h, w, C] -> float32 [N, SEARCH * SEARCH * C], HWC order: block means (INTER_AREA,
     no aliasing) kept in float, not rounded to uint8, so that the exported graph (an average pool)
@@ -78,21 +83,30 @@ class TemplateBank:
     def leave_one_out(self) -> np.ndarray:
         """Each bank image's map against the others (itself left out): what the map looks like on
         good parts it has not seen, float32 [N, 1, h, w], for the normal scale and thresholds."""
+        return self._maps(self.images, self.others())
+
+    def others(self) -> np.ndarray:
+        """int64 [N, k]: each bank image's k nearest other bank images (itself left out)."""
         if len(self.images) < 2:
             raise ValueError("template bank: leave-one-out needs at least 2 images")
-        idx, _ = self.nearest(self.images, min(self.k + 1, len(self.images)))
+        k = min(self.k, len(self.images) - 1)
+        idx, _ = self.nearest(self.images, k + 1)
         # drop each image's own index (distance 0, normally first; a duplicate image may come first)
-        own = np.arange(len(idx))[:, None]
-        others = np.array([row[row != i][:self.k] for row, i in zip(idx, own[:, 0])])
-        return self._maps(self.images, others)
+        return np.array([row[row != i][:k] for i, row in enumerate(idx)])
+
+    def references(self, img: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One registered image and its nearest bank images -> (their mean, float32 [h, w, C];
+        the least |difference| to them per pixel, worst channel, uint8 [h, w]): the template map
+        before its blur, and what a learned family compares the part with."""
+        diff = np.full(img.shape, 255, np.uint8)
+        for j in near:
+            np.minimum(diff, cv2.absdiff(img, self.images[j]).reshape(img.shape), out=diff)
+        return self.images[near].mean(axis=0, dtype=np.float32), diff.max(axis=2)
 
     def _maps(self, batch: np.ndarray, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(batch), 1) + batch.shape[1:3], np.float32)
         for i, (img, near) in enumerate(zip(batch, idx)):
-            diff = np.full(img.shape, 255, np.uint8)
-            for j in near:
-                np.minimum(diff, cv2.absdiff(img, self.images[j]).reshape(img.shape), out=diff)
-            m = diff.max(axis=2).astype(np.float32) * np.float32(1 / 255)
+            m = self.references(img, near)[1].astype(np.float32) * np.float32(1 / 255)
             out[i, 0] = cv2.GaussianBlur(m, (0, 0), self.sigma) if self.sigma > 0 else m
         return out
 

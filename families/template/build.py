@@ -1,12 +1,12 @@
 """Build a deployable template model: registered good parts as a reference bank, no training.
 
-    python -m export.template --data DIR --out screw.onnx [--size 256] [--channels 1] [--k 5]
+    python -m families.template.build --data DIR --out screw.onnx [--size 256] [--channels 1] [--k 5]
         [--sigma S] [--registration principal_axis|none] [--lighting background|none]
-    python -m export.template --config configs/screw_template.yaml --out models/screw.onnx
+    python -m families.template.build --config configs/screw_template.yaml --out models/screw.onnx
 
 DIR is a folder of good images, or an MVTec category (its train/good is used). The registration is
 fitted on those images (core.registration.fit), every image is registered at the model size, and
-the bank (core.template) is written atomically as X.npz, the reference implementation, and, with
+the bank (families.template.bank) is written atomically as X.npz, the reference implementation, and, with
 --out X.onnx, as an ONNX graph that computes the same map with the bank inside (so ONNX Runtime and
 TensorRT run a template model like an exported VAE), checked against the numpy map before it is
 kept. One sidecar X.yaml describes both: input size and colour, the fitted registration, the map's
@@ -22,6 +22,7 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,10 @@ from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, read_image
 from core.prepare import InputSpec, prepare
 from core.registration import LIGHTINGS, REGISTRATIONS, RegistrationSpec, fit
 from core.sidecar import SidecarError, check_sidecar_free, file_entry, write_sidecar
-from core.template import SEARCH, TemplateBank
+from families import family_of
+from families.template.bank import SEARCH, TemplateBank, TemplateError
 
 DEFAULTS = {"size": 256, "channels": 1, "k": 5, "sigma": None, "method": "principal_axis", "lighting": "background"}
-
-
-class TemplateError(ValueError):
-    """The bank cannot be built from this data; the message names the folder and the reason."""
 
 
 def good_images(root: Path) -> list[Path]:
@@ -69,26 +67,14 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
     # before any work: X.yaml must not be another model's (a rebuild replaces its own X.onnx and X.npz)
     check_sidecar_free(out, own=(out.with_suffix(".onnx").name, out.with_suffix(".npz").name))
     if out.suffix == ".onnx":
-        from export.template_graph import template_graph  # noqa: PLC0415 - needs the onnx package
-    files = good_images(data)
-    decoded = [read_image(p, channels) for p in files]
-    with warnings.catch_warnings(record=True) as caught:  # fit's fallback to none is reported below
-        warnings.simplefilter("always")
-        spec = fit(decoded, RegistrationSpec(method, lighting)) if method != "none" or lighting != "none" \
-            else RegistrationSpec()
-    notes = [str(w.message) for w in caught]
-    input_spec = InputSpec(size, size, channels, "gray" if channels == 1 else "rgb", spec)
-    prepared = [prepare(img, input_spec, keep_image=False) for img in decoded]
-    failed = [(f.name, p.registration.status) for f, p in zip(files, prepared) if not p.ok]
-    kept = np.stack([p.input for p in prepared if p.ok]) if len(failed) < len(prepared) else None
-    if kept is None or len(kept) < 2:
-        raise TemplateError(f"{data}: fewer than 2 images could be registered ({len(failed)} of {len(files)} failed, "
-                            f"e.g. {failed[0][0]}: {failed[0][1]})")
+        from families.template.graph import template_graph  # noqa: PLC0415 - needs the onnx package
+    good = register_good(data, size, channels, method, lighting)
+    kept, input_spec, failed = good.images, good.spec, good.failed
     bank = TemplateBank(kept, k, sigma)
     loo = bank.leave_one_out()
     scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
     npz = out.with_suffix(".npz")
-    info = sidecar_info(bank, input_spec, max(scale, 1e-8), data, len(files), failed)
+    info = sidecar_info(bank, input_spec, max(scale, 1e-8), data, good.files, failed)
     parity = None
     if out.suffix == ".onnx":
         # checked before X.npz is replaced: a graph that disagrees leaves the previous pair whole
@@ -99,7 +85,38 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
         info["export"]["parity"] = parity
     side = write_sidecar(out, info)
     return {"bank": out, "sidecar": side, "images": len(kept), "failed": failed, "anomaly_scale": scale,
-            "bytes": out.stat().st_size, "parity": parity, "seconds": time.perf_counter() - started, "notes": notes}
+            "bytes": out.stat().st_size, "parity": parity, "seconds": time.perf_counter() - started,
+            "notes": good.notes}
+
+
+@dataclass
+class Registered:
+    """Good images registered at the model size: what a bank (and a family trained on one) holds."""
+    images: np.ndarray                 # uint8 [N, size, size, C], the ones that registered
+    spec: InputSpec                    # input size, colour and the fitted registration
+    files: int                         # images read
+    failed: list[tuple[str, str]]      # (file name, registration status) left out
+    notes: list[str]                   # what fit() warned (a fallback, left-out images)
+
+
+def register_good(data: str | Path, size: int, channels: int, method: str, lighting: str) -> Registered:
+    """Read the good images of `data`, fit the registration on them and register each at the
+    model size. Raises TemplateError (fewer than 2 usable images), ImageError (an unreadable file:
+    a bank must not silently miss a part)."""
+    files = good_images(Path(data))
+    decoded = [read_image(p, channels) for p in files]
+    with warnings.catch_warnings(record=True) as caught:  # fit's fallback to none is reported below
+        warnings.simplefilter("always")
+        spec = fit(decoded, RegistrationSpec(method, lighting)) if method != "none" or lighting != "none" \
+            else RegistrationSpec()
+    input_spec = InputSpec(size, size, channels, "gray" if channels == 1 else "rgb", spec)
+    prepared = [prepare(img, input_spec, keep_image=False) for img in decoded]
+    failed = [(f.name, p.registration.status) for f, p in zip(files, prepared) if not p.ok]
+    if len(prepared) - len(failed) < 2:
+        raise TemplateError(f"{data}: fewer than 2 images could be registered ({len(failed)} of {len(files)} failed, "
+                            f"e.g. {failed[0][0]}: {failed[0][1]})")
+    return Registered(np.stack([p.input for p in prepared if p.ok]), input_spec, len(files), failed,
+                      [str(w.message) for w in caught])
 
 
 def onnx_size_error(size: int) -> str:
@@ -138,9 +155,9 @@ def from_config(path: str | Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: cannot read the config ({str(e).splitlines()[0]})") from e
     model, reg = raw.get("model") or {}, raw.get("registration") or {}
-    if not isinstance(model, dict) or model.get("arch", "template") != "template":
-        raise ValueError(f"{path}: model.arch is {model.get('arch')!r}; export.template builds arch 'template' "
-                         "(train other models with python -m training.train)")
+    if not isinstance(model, dict) or family_of({"model": {"arch": "template", **model}}).name != "template":
+        raise ValueError(f"{path}: the config builds another family than 'template' (model: {model}); build it "
+                         "with python -m training.retrain, or train a VAE with python -m training.train")
     settings = {k: model[k] for k in ("size", "channels", "k", "sigma") if k in model}
     settings.update({k: reg[k] for k in ("method", "lighting") if k in reg})
     root = (raw.get("data") or {}).get("root")
@@ -148,7 +165,7 @@ def from_config(path: str | Path) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.template", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m families.template.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML with model {size, channels, k, sigma}, data {root}, registration {...}")
     p.add_argument("--data", help="folder of good images, or an MVTec category (uses train/good)")
     p.add_argument("--out", required=True, help="X.onnx (graph + X.npz reference bank) or X.npz (bank only); "

@@ -56,7 +56,7 @@ METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # node-name prefixes left in fp32: the map thresholds compare (cheap single-channel arithmetic,
 # where 8-bit steps would move scores directly) and the uint8 -> float preprocessing
 KEEP_FP32 = ("/amap/", "/preprocess/")
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Relu")
 
 
 class QuantizeError(RuntimeError):
@@ -103,11 +103,10 @@ def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def phase_taps(kernel: int, stride: int, pad: int) -> list[tuple[list[int], int, int]] | None:
+def phase_taps(kernel: int, stride: int, pad: int) -> list[tuple[list[int], int]]:
     """For a transposed convolution whose output is `stride` x its input: per output phase a
     (outputs o = stride * m + a), the kernel taps that reach it in cross-correlation order and the
-    (begin, end) padding of the equivalent convolution over the input; None when a padding would
-    be negative (no such convolution).
+    offset of the input it reads first.
 
     y[o] = sum_k x[i] w[k] over o = stride * i - pad + k; for o = stride * m + a the taps are
     k = k0 + stride * t with k0 = (a + pad) mod stride, reading x[m + c - t], c = (a + pad - k0) / stride."""
@@ -116,24 +115,53 @@ def phase_taps(kernel: int, stride: int, pad: int) -> list[tuple[list[int], int,
         k0 = (a + pad) % stride
         taps = list(range(k0, kernel, stride))
         c = (a + pad - k0) // stride
-        begin, end = len(taps) - 1 - c, c
-        if begin < 0 or end < 0:
-            return None
-        phases.append((taps[::-1], begin, end))
+        phases.append((taps[::-1], c - len(taps) + 1))
     return phases
 
 
-def conv_transpose_to_phases(model: onnx.ModelProto) -> int:
+def phase_kernel(w: np.ndarray, stride: int, pad: int) -> tuple[np.ndarray, int, int] | None:
+    """A ConvTranspose weight [Cin, Cout, k, k] (output exactly `stride` x the input) as one
+    convolution's weight [stride * stride * Cout, Cin, n, n] over the window every phase reads,
+    each phase's taps in its own channel block (DCR order: block a * stride + b, zeros where a
+    phase does not reach), with its (begin, end) padding; None when the window does not contain
+    the output's own position (a negative padding)."""
+    phases = phase_taps(w.shape[2], stride, pad)
+    lo = min(first for _, first in phases)
+    hi = max(first + len(taps) - 1 for taps, first in phases)
+    if lo > 0 or hi < 0:
+        return None
+    cin, cout, n = w.shape[0], w.shape[1], hi - lo + 1
+    kernel = np.zeros((stride, stride, cout, cin, n, n), w.dtype)
+    for a, (rows, top) in enumerate(phases):
+        for b, (cols, left) in enumerate(phases):
+            part = w[:, :, rows][:, :, :, cols].transpose(1, 0, 2, 3)  # [Cout, Cin, len(rows), len(cols)]
+            kernel[a, b, :, :, top - lo:top - lo + len(rows), left - lo:left - lo + len(cols)] = part
+    return kernel.reshape(stride * stride * cout, cin, n, n), -lo, hi
+
+
+def conv_transpose_as_conv(model: onnx.ModelProto) -> int:
     """Rewrite each 2-D ConvTranspose with constant weights, square kernel k, stride s, symmetric
-    padding p, k - 2p = s (the output exactly s x the input), group 1 and no dilation, as s * s
-    Convs on its input (one per output phase; weights [Cout, Cin, taps, taps] sliced from the
-    transposed weight [Cin, Cout, k, k]), concatenated and interleaved by DepthToSpace (DCR: the
-    channel block of phase (a, b) is a * s + b). Others are left as they are. Returns the count."""
+    padding p, k - 2p = s (the output exactly s x the input), group 1 and no dilation, as one Conv
+    on its input with s * s * Cout channels (`phase_kernel`: every output phase's taps) interleaved
+    by DepthToSpace: the same sums (the decoders' k4 s2 p1 reads a 3x3 window, 9 taps where 4 reach
+    each phase, 2.25x the multiply-adds, in INT8). One convolution, not one per phase: their outputs
+    would each be quantized to its own range and again, after the interleaving, to the next layer's
+    (twice the rounding). A Relu that alone reads the ConvTranspose moves before the interleaving
+    (they commute): Conv + Relu is one INT8 kernel whose output range starts at 0. Others are left
+    as they are. Returns the count."""
     g = model.graph
     weights = {i.name: i for i in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in g.output}
+    moved: set[str] = set()  # the Relus now applied before the interleaving
     nodes: list[onnx.NodeProto] = []
     done = 0
     for node in g.node:
+        if node.name and node.name in moved:
+            continue
         k, s = _attribute(node, "kernel_shape", []), _attribute(node, "strides", [1, 1])
         pads = _attribute(node, "pads", [0, 0, 0, 0])
         plain = (node.op_type == "ConvTranspose" and node.input[1] in weights and len(k) == 2 and len(set(k)) == 1
@@ -141,25 +169,31 @@ def conv_transpose_to_phases(model: onnx.ModelProto) -> int:
                  and set(_attribute(node, "dilations", [1, 1])) == {1}
                  and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
                  and not any(_attribute(node, "output_padding", [])) and not _attribute(node, "output_shape", [])
-                 and k[0] - 2 * pads[0] == s[0])
-        phases = phase_taps(k[0], s[0], pads[0]) if plain else None
-        if phases is None:
+                 and k[0] - 2 * pads[0] == s[0] and (len(node.input) < 3 or not node.input[2] or node.input[2] in weights))
+        found = phase_kernel(numpy_helper.to_array(weights[node.input[1]]), s[0], pads[0]) if plain else None
+        if found is None:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weights[node.input[1]]).transpose(1, 0, 2, 3)  # [Cout, Cin, k, k]
-        bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
+        kernel, begin, end = found
         base = node.name or node.output[0]
-        parts = []
-        for a, (rows, top, bottom) in enumerate(phases):
-            for b, (cols, left, right) in enumerate(phases):
-                name = f"{base}/phase{a}{b}"
-                g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, rows][:, :, :, cols]), f"{name}/W"))
-                nodes.append(helper.make_node("Conv", [node.input[0], f"{name}/W", *bias], [f"{name}/Y"], name=f"{name}/Conv",
-                                              kernel_shape=[len(rows), len(cols)], pads=[top, left, bottom, right]))
-                parts.append(f"{name}/Y")
-        nodes.append(helper.make_node("Concat", parts, [f"{base}/phases"], name=f"{base}/Concat", axis=1))
-        nodes.append(helper.make_node("DepthToSpace", [f"{base}/phases"], list(node.output), name=f"{base}/DepthToSpace",
-                                      blocksize=s[0], mode="DCR"))
+        inputs = [node.input[0], f"{base}/phases/W"]
+        g.initializer.append(numpy_helper.from_array(kernel, inputs[1]))
+        if len(node.input) > 2 and node.input[2]:  # the bias, once per phase block
+            bias = numpy_helper.to_array(weights[node.input[2]])
+            g.initializer.append(numpy_helper.from_array(np.tile(bias, s[0] * s[0]), f"{base}/phases/B"))
+            inputs.append(f"{base}/phases/B")
+        after = readers.get(node.output[0], [])
+        relu = after[0] if (len(after) == 1 and after[0].op_type == "Relu" and after[0].name
+                            and node.output[0] not in outputs) else None
+        nodes.append(helper.make_node("Conv", inputs, [f"{base}/phases"], name=f"{base}/Conv",
+                                      kernel_shape=list(kernel.shape[2:]), pads=[begin, begin, end, end]))
+        last = f"{base}/phases"
+        if relu is not None:
+            nodes.append(helper.make_node("Relu", [last], [f"{base}/phases_relu"], name=f"{base}/Relu"))
+            last = f"{base}/phases_relu"
+            moved.add(relu.name)
+        nodes.append(helper.make_node("DepthToSpace", [last], list((relu or node).output),
+                                      name=f"{base}/DepthToSpace", blocksize=s[0], mode="DCR"))
         done += 1
     del g.node[:]
     g.node.extend(nodes)
@@ -226,7 +260,7 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
         pre, phased, quantized = (Path(work) / n for n in ("pre.onnx", "phased.onnx", "int8.onnx"))
         quant_pre_process(str(src), str(pre))  # shapes, and BatchNorm folded into the convolutions
         model = onnx.load(str(pre))
-        rewritten = conv_transpose_to_phases(model)
+        rewritten = conv_transpose_as_conv(model)
         onnx.save(model, str(phased))
         kept = [n.name for n in model.graph.node if n.name.startswith(tuple(keep_fp32))]
         quantize_static(str(phased), str(quantized), _Reader(sidecar["input"].get("name", "image"), calib.images),
@@ -252,7 +286,7 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
     info["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "uint8",
         "weights": "int8", "per_channel": per_channel, "reduce_range": reduce_range, "method": method,
-        "ops": list(QUANTIZED_OPS), "kept_fp32": list(keep_fp32), "conv_transpose_as_phases": rewritten,
+        "ops": list(QUANTIZED_OPS), "kept_fp32": list(keep_fp32), "conv_transpose_as_conv": rewritten,
         "source": {"file": relative_to(src, out.parent), "sha256": sidecar["files"][src.name]["sha256"]},
         "calibration": {"folder": str(calib.folder.resolve()), "images": len(calib.images), "skipped": calib.skipped,
                         "sha256": calib.sha256},
@@ -318,5 +352,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["KEEP_FP32", "QuantizeError", "calibration_images", "conv_transpose_to_phases", "map_error", "phase_taps",
+__all__ = ["KEEP_FP32", "QuantizeError", "calibration_images", "conv_transpose_as_conv", "map_error", "phase_kernel", "phase_taps",
            "quantize", "main"]

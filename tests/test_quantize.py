@@ -15,7 +15,7 @@ from core import ort
 from core.sidecar import read_sidecar, sidecar_path
 from export.check import main as check_main
 from export.onnx import export_onnx, read_metadata
-from export.quantize import conv_transpose_to_phases, main as quantize_main, phase_taps, quantize
+from export.quantize import conv_transpose_as_conv, main as quantize_main, phase_kernel, phase_taps, quantize
 from runtime.pipeline import Pipeline
 from test_export_graph import make_checkpoint
 
@@ -57,7 +57,7 @@ def test_int8_graph_runs_int8_kernels_and_keeps_the_map_fp32(line: tuple[Path, P
     _, int8, _ = line
     nodes = onnx.load(str(int8), load_external_data=False).graph.node
     ops = [n.op_type for n in nodes]
-    assert "ConvTranspose" not in ops and ops.count("DepthToSpace") == 2  # the decoder's two, as phase convolutions
+    assert "ConvTranspose" not in ops and ops.count("DepthToSpace") == 2  # the decoder's two, as convolutions
     quantized = {n.input[0] for n in nodes if n.op_type == "DequantizeLinear"}
     assert len(quantized) > 10
     amap = [n for n in nodes if n.name.startswith("/amap/")]
@@ -74,7 +74,7 @@ def test_int8_sidecar_records_precision_source_and_calibration_and_no_thresholds
     q = side["quantization"]
     assert q["source"] == {"file": "m.onnx", "sha256": src["files"]["m.onnx"]["sha256"]}
     assert q["calibration"]["images"] == 12 and len(q["calibration"]["sha256"]) == 64
-    assert q["conv_transpose_as_phases"] == 2 and q["per_channel"] and q["format"] == "QDQ"
+    assert q["conv_transpose_as_conv"] == 2 and q["per_channel"] and q["format"] == "QDQ"
     assert 0 < q["map_error"]["max_over_range"] <= INT8_MAP_TOLERANCE and q["map_error"]["images"] == 12
     assert side["model"]["checkpoint"] == src["model"]["checkpoint"] == "m.pt"
     assert list(side["files"]) == ["m.int8.onnx"]
@@ -135,15 +135,15 @@ def _conv_transpose_model(cin: int, cout: int, k: int, s: int, p: int, seed: int
 
 
 @pytest.mark.parametrize("k, s, p", [(4, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 1)])
-def test_conv_transpose_as_phase_convolutions_is_the_same_function(k: int, s: int, p: int, tmp_path: Path) -> None:
+def test_conv_transpose_as_one_convolution_is_the_same_function(k: int, s: int, p: int, tmp_path: Path) -> None:
     """Every k - 2p = s upsampling: the decoders' (4, 2, 1) and other strides and paddings."""
     model = _conv_transpose_model(3, 4, k, s, p)
     x = np.random.default_rng(1).normal(size=(2, 3, 5, 5)).astype(np.float32)
     onnx.save(model, str(tmp_path / "a.onnx"))
     want = ort.run(ort.session(tmp_path / "a.onnx", device="cpu"), x)["y"]
-    assert conv_transpose_to_phases(model) == 1
+    assert conv_transpose_as_conv(model) == 1
     onnx.checker.check_model(model)
-    assert [n.op_type for n in model.graph.node] == ["Conv"] * s * s + ["Concat", "DepthToSpace"]
+    assert [n.op_type for n in model.graph.node] == ["Conv", "DepthToSpace"]
     onnx.save(model, str(tmp_path / "b.onnx"))
     got = ort.run(ort.session(tmp_path / "b.onnx", device="cpu"), x)["y"]
     assert got.shape == want.shape == (2, 4, 5 * s, 5 * s)
@@ -152,11 +152,14 @@ def test_conv_transpose_as_phase_convolutions_is_the_same_function(k: int, s: in
 
 def test_conv_transpose_that_is_not_an_exact_upsampling_is_left_alone() -> None:
     for model in (_conv_transpose_model(3, 4, 3, 2, 1), _conv_transpose_model(3, 4, 4, 2, 1, output_padding=[1, 1])):
-        assert conv_transpose_to_phases(model) == 0
+        assert conv_transpose_as_conv(model) == 0
         assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
     # k=4, s=2, p=1: phase 0 reads x[m-1], x[m] with taps 3, 1; phase 1 reads x[m], x[m+1] with taps 2, 0
-    assert phase_taps(4, 2, 1) == [([3, 1], 1, 0), ([2, 0], 0, 1)]
-    assert phase_taps(2, 2, 3) is None
+    assert phase_taps(4, 2, 1) == [([3, 1], -1), ([2, 0], 0)]
+    kernel, begin, end = phase_kernel(np.arange(16.0).reshape(1, 1, 4, 4), 2, 1)
+    assert kernel.shape == (4, 1, 3, 3) and (begin, end) == (1, 1)
+    assert kernel[3, 0].tolist() == [[0, 0, 0], [0, 10, 8], [0, 2, 0]]  # phase (1, 1): taps (2, 0) x (2, 0)
+    assert phase_kernel(np.ones((1, 1, 2, 2)), 2, 3) is None  # a window beside the output: no padding reaches it
 
 
 def test_registration_failures_are_skipped_not_calibrated_on(line: tuple[Path, Path, Path],

@@ -1,6 +1,6 @@
 """Static INT8 quantization of an exported graph, for edge CPUs without a GPU.
 
-    python -m export.quantize --onnx X.onnx --calib-data DIR --out X.int8.onnx
+    python -m export.quantize --onnx X.onnx --calib-data DIR --out X.int8.onnx [--outputs anomaly_map]
         [--max-images 64] [--method minmax|percentile|entropy] [--no-per-channel] [--reduce-range]
         [--keep-fp32 PREFIX ...] [--verify-data DIR] [--quiet]
 
@@ -16,6 +16,10 @@ kernel for Conv and none for ConvTranspose, which it would run in fp32 after deq
 weights on every call. Left in fp32 (`KEEP_FP32`): the anomaly map's own arithmetic (the
 reconstruction error and its blur: a few single-channel ops, and the values thresholds compare)
 and the graph's preprocessing.
+
+--outputs anomaly_map cuts the line graph out of a full one first (onnx.utils.Extractor: the
+nodes no asked-for output needs are dropped, the same graph export.onnx --outputs writes), which is
+how training.retrain --int8 deploys its INT8 line graph from the fp32 graph it has checked.
 
 The sidecar X.int8.yaml records `precision: int8`, the source graph and its sha256, the
 calibration images (folder, count, a sha256 over their names and bytes) and the map's error
@@ -40,6 +44,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import onnx
+import onnx.utils
 from onnx import helper, numpy_helper
 
 from core import ort
@@ -236,9 +241,11 @@ def map_error(fp32: Path, int8: Path, images: list[np.ndarray]) -> dict[str, flo
 
 def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max_images: int = DEFAULT_MAX_IMAGES,
              method: str = "minmax", per_channel: bool = True, reduce_range: bool = False,
-             keep_fp32: tuple[str, ...] = KEEP_FP32, verify_data: str | Path | None = None) -> dict[str, Any]:
-    """Quantize `onnx_path` (an fp32 graph with its sidecar) to `out` and write out's sidecar.
-    Returns {onnx, sidecar, bytes, seconds, calibration, map_error, kept_fp32}. Raises
+             keep_fp32: tuple[str, ...] = KEEP_FP32, verify_data: str | Path | None = None,
+             outputs: list[str] | None = None) -> dict[str, Any]:
+    """Quantize `onnx_path` (an fp32 graph with its sidecar) to `out` and write out's sidecar;
+    `outputs`: only these of the source's (a line graph cut from a full one: the nodes nothing
+    asked for are dropped, as export.onnx --outputs would not have exported them). Returns {onnx, sidecar, bytes, seconds, calibration, map_error, kept_fp32}. Raises
     QuantizeError / SidecarError (one line naming the file)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -249,27 +256,35 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
     sidecar = read_sidecar(src, verify=True)
     if precision(sidecar) != "fp32":
         raise QuantizeError(f"{src}: already {precision(sidecar)}; quantize the fp32 graph it came from")
-    if "anomaly_map" not in sidecar["outputs"]:
-        raise QuantizeError(f"{src}: has no anomaly_map output to calibrate and compare")
+    names = [n for n in sidecar["outputs"] if outputs is None or n in outputs]  # the contract's order
+    if outputs is not None and set(outputs) - set(names):
+        raise QuantizeError(f"{src}: has no output {', '.join(sorted(set(outputs) - set(names)))} (it has "
+                            f"{', '.join(sidecar['outputs'])})")
+    if "anomaly_map" not in names:
+        raise QuantizeError(f"{src}: the INT8 graph needs the anomaly_map output, to calibrate and compare it")
     check_sidecar_free(out)
     spec = InputSpec.from_mapping(sidecar["input"], sidecar.get("registration"), f"{sidecar_path(src)}")
     calib = calibration_images(calib_data, spec, max_images)
     check = calibration_images(verify_data, spec, max_images) if verify_data else calib
     source = onnx.load(str(src), load_external_data=False)
     with tempfile.TemporaryDirectory(prefix=".quantize_", dir=out.parent) as work:
-        pre, phased, quantized = (Path(work) / n for n in ("pre.onnx", "phased.onnx", "int8.onnx"))
-        quant_pre_process(str(src), str(pre))  # shapes, and BatchNorm folded into the convolutions
+        line, pre, convs, quantized = (Path(work) / n for n in ("line.onnx", "pre.onnx", "convs.onnx", "int8.onnx"))
+        cut = onnx.utils.Extractor(onnx.load(str(src))).extract_model([sidecar["input"].get("name", "image")], names)
+        onnx.save(cut, str(line))
+        quant_pre_process(str(line), str(pre))  # shapes, and BatchNorm folded into the convolutions
         model = onnx.load(str(pre))
         rewritten = conv_transpose_as_conv(model)
-        onnx.save(model, str(phased))
+        onnx.save(model, str(convs))
         kept = [n.name for n in model.graph.node if n.name.startswith(tuple(keep_fp32))]
-        quantize_static(str(phased), str(quantized), _Reader(sidecar["input"].get("name", "image"), calib.images),
+        quantize_static(str(convs), str(quantized), _Reader(sidecar["input"].get("name", "image"), calib.images),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=per_channel,
                         reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=kept, calibrate_method=getattr(CalibrationMethod, METHODS[method]))
         result = onnx.load(str(quantized))
         # the source's own description (export.onnx.read_metadata reads it), now of an INT8 graph
-        meta = {p.key: p.value for p in source.metadata_props} | {"weights": "int8", "precision": "int8"}
+        meta = {p.key: p.value for p in source.metadata_props} | {
+            "weights": "int8", "precision": "int8", "outputs": ",".join(names),
+            "recon": str("recon_error" in names).lower(), "per_dim": str("alpha" in names).lower()}
         del result.metadata_props[:]
         onnx.helper.set_model_props(result, meta)
         onnx.checker.check_model(result)
@@ -282,6 +297,9 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
     if checkpoint:  # relative to the sidecar's folder
         info["model"]["checkpoint"] = relative_to(src.parent / checkpoint, out.parent)
     info["precision"] = "int8"
+    info["outputs"] = names
+    info["output_shapes"] = {k: v for k, v in (sidecar.get("output_shapes") or {}).items() if k in names}
+    info["model"].update(recon="recon_error" in names, per_dim="alpha" in names)
     info["export"] = {**(info.get("export") or {}), "weights": "int8", "seconds": round(seconds, 2)}
     info["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "uint8",
@@ -315,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7-bit weights: for x86 CPUs without VNNI, whose uint8 x int8 products can saturate")
     p.add_argument("--keep-fp32", nargs="*", default=list(KEEP_FP32), metavar="PREFIX",
                    help=f"node-name prefixes left in fp32 (default {' '.join(KEEP_FP32)})")
+    p.add_argument("--outputs", help="only these outputs of the source, comma-separated (e.g. anomaly_map: the line "
+                                     "graph of a full one, the nodes nothing asked for dropped); default: all of them")
     p.add_argument("--verify-data", help="images to measure the map error against fp32 on (default: the calibration images)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
@@ -333,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{flag} {folder}: no image files in it (a folder of good parts is expected)")
     try:
         r = quantize(args.onnx, args.calib_data, args.out, args.max_images, args.method, args.per_channel,
-                     args.reduce_range, tuple(args.keep_fp32), args.verify_data)
+                     args.reduce_range, tuple(args.keep_fp32), args.verify_data,
+                     [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None)
     except (QuantizeError, SidecarError, ValueError, OSError, onnx.checker.ValidationError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}", file=sys.stderr)
         return 1

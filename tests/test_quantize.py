@@ -200,3 +200,24 @@ def test_camera_bench_compares_models_side_by_side(line: tuple[Path, Path, Path]
     with pytest.raises(SystemExit) as e:  # several settings without --compare: which one would it be?
         camera_bench(["--engine", str(fp32), "--batch", "1", "2", "--out", str(tmp_path)])
     assert e.value.code == 2
+
+
+def test_outputs_cut_a_line_graph_from_a_full_one(line: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """--outputs anomaly_map of a full graph: the backward's nodes are gone, the map is the line graph's."""
+    fp32_line, int8_line, parts = line
+    full = export_onnx(fp32_line.with_suffix(".pt"), tmp_path / "full.onnx")["onnx"]
+    assert quantize_main(["--onnx", str(full), "--calib-data", str(parts / "train/good"), "--out",
+                          str(tmp_path / "cut.int8.onnx"), "--outputs", "anomaly_map", "--quiet"]) == 0
+    cut = tmp_path / "cut.int8.onnx"
+    side = read_sidecar(cut)
+    assert side["outputs"] == ["anomaly_map"] == list(side["output_shapes"]) and not side["model"]["recon"]
+    assert read_metadata(cut)["outputs"] == ["anomaly_map"]
+    nodes = onnx.load(str(cut), load_external_data=False).graph.node
+    assert not [n.name for n in nodes if "/attention/" in n.name or "score_grad" in n.name]
+    assert len(nodes) == len(onnx.load(str(int8_line), load_external_data=False).graph.node)
+    x = np.random.default_rng(3).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    a = ort.run(ort.session(cut, device="cpu"), x)["anomaly_map"]
+    b = ort.run(ort.session(int8_line, device="cpu"), x)["anomaly_map"]
+    assert np.array_equal(a, b)  # the same graph, the same calibration: the same numbers
+    assert quantize_main(["--onnx", str(full), "--calib-data", str(parts / "train/good"), "--out",
+                          str(tmp_path / "x.int8.onnx"), "--outputs", "heatmap"]) == 1

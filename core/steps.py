@@ -16,8 +16,9 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# training.train's summary line after each epoch (training.loop.log): "epoch 12/150 step 480 loss ..."
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
+# a training step's progress lines (training.loop.log): training.train's after each epoch "epoch 12/150
+# step 480 loss ...", families.discriminative.train's every few dozen steps "step 300/1500 loss ..."
+EPOCH_LINE = re.compile(r"^(epoch|step) (\d+)/(\d+) ")
 LOG_EVERY_S = 180.0  # how often a step's progress is said where no terminal shows a bar
 
 
@@ -78,10 +79,10 @@ class EpochProgress:
         m = EPOCH_LINE.match(line)
         if m is None:
             return False
-        done, total = int(m.group(1)), int(m.group(2))
+        unit, done, total = m.group(1), int(m.group(2)), int(m.group(3))
         if self.terminal:
             if self.bar is None:
-                self.bar = tqdm(total=total, desc=self.name, unit="epoch", file=sys.stderr, dynamic_ncols=True,
+                self.bar = tqdm(total=total, desc=self.name, unit=unit, file=sys.stderr, dynamic_ncols=True,
                                 leave=False)
             self.bar.update(done - self.bar.n)
             return True
@@ -89,7 +90,7 @@ class EpochProgress:
         if now - self.said >= self.every_s:
             self.said = now
             left = (now - self.started) / max(done, 1) * (total - done)
-            print(f"== {self.name}: epoch {done}/{total}, {_minutes(now - self.started)} in, about {_minutes(left)} "
+            print(f"== {self.name}: {unit} {done}/{total}, {_minutes(now - self.started)} in, about {_minutes(left)} "
                   "left", flush=True)
         return True
 

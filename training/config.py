@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from core.registration import RegistrationSpec
+from families import family_of
 
 DEFAULTS: dict[str, Any] = {
     "model": {"arch": "resnet18", "size": 256, "channels": 1, "latent": 32},
@@ -58,6 +59,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid YAML ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config is a mapping with model/data/train/inference sections")
+    if not isinstance(raw.get("model") or {}, dict):
+        raise ValueError(f"{path}: model: expected a mapping")
+    try:
+        family = family_of(raw).name
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    if family != "vae":
+        # another family's model and train keys have defaults of their own (families/<name>/); only
+        # the registration request is shared
+        return merge({"registration": DEFAULTS["registration"]}, raw)
     model = raw.get("model")
     if isinstance(model, dict) and model.get("arch") == "factorvae":
         # the dSprites family has its own `train` keys and defaults (factorvae_train.TRAIN_DEFAULTS);

@@ -74,7 +74,11 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
     loo = bank.leave_one_out()
     scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
     npz = out.with_suffix(".npz")
-    info = sidecar_info(bank, input_spec, max(scale, 1e-8), data, good.files, failed)
+    model = {"family": "template", "arch": "template", "anomaly_map": "template", "k": bank.k, "sigma": bank.sigma,
+             "bank_images": int(len(bank.images)), "anomaly_scale": max(scale, 1e-8), "data": str(data),
+             "registration_failures": [f"{name}: {status}" for name, status in failed]}
+    info = sidecar_info(bank, input_spec, model, f"per pixel the least |difference| to the {bank.k} nearest bank "
+                        f"images (64x64 L2 search), Gaussian blur sigma {bank.sigma:g} px, gray levels / 255", good.files)
     parity = None
     if out.suffix == ".onnx":
         # checked before X.npz is replaced: a graph that disagrees leaves the previous pair whole
@@ -127,13 +131,12 @@ def onnx_size_error(size: int) -> str:
             "the bank alone at any size")
 
 
-def sidecar_info(bank: TemplateBank, spec: InputSpec, scale: float, data: Path, n: int,
-                 failed: list[tuple[str, str]]) -> dict[str, Any]:
+def sidecar_info(bank: TemplateBank, spec: InputSpec, model: dict[str, Any], map_text: str, n: int) -> dict[str, Any]:
+    """The sidecar of a model built on `bank` (template, and the families built on its references):
+    `model` its model section, `map_text` what its map computes, n the good images read."""
     h, w, c = bank.images.shape[1:]
     return {
-        "model": {"family": "template", "arch": "template", "anomaly_map": "template", "k": bank.k,
-                  "sigma": bank.sigma, "bank_images": int(len(bank.images)), "anomaly_scale": scale,
-                  "data": str(data), "registration_failures": [f"{name}: {status}" for name, status in failed]},
+        "model": model,
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "height": int(h), "width": int(w),
                   "channels": int(c), "color": spec.color},
         "outputs": ["anomaly_map"],
@@ -141,8 +144,7 @@ def sidecar_info(bank: TemplateBank, spec: InputSpec, scale: float, data: Path, 
         "registration": spec.registration.to_mapping(),
         "preprocessing": {"host": {"read": "core.images.read_image", "prepare": "core.prepare.prepare: registration "
                                    "(the section above), then the model's size"},
-                          "map": f"per pixel the least |difference| to the {bank.k} nearest bank images "
-                                 f"(64x64 L2 search), Gaussian blur sigma {bank.sigma:g} px, gray levels / 255"},
+                          "map": map_text},
         "export": {"images": n, "bank_bytes": bank.nbytes},
     }
 

@@ -99,16 +99,18 @@ def blur_nodes(source: str, sigma: float, out: str) -> tuple[list[Any], list[Any
 
 
 def finish(nodes: list[Any], init: list[Any], name: str, image_shape: tuple[int, int, int],
-           props: dict[str, str]) -> Any:
-    """The checked onnx.ModelProto of `nodes` from `image` (uint8 [N, H, W, C]) to `anomaly_map`."""
+           props: dict[str, str], outputs: dict[str, list[Any]] | None = None) -> Any:
+    """The checked onnx.ModelProto of `nodes` from `image` (uint8 [N, H, W, C]) to `outputs`
+    (name -> shape; default the contract's `anomaly_map` [N, 1, H, W]), all float."""
     onnx = _onnx()
     from onnx import TensorProto, helper  # noqa: PLC0415
 
     h, w, c = image_shape
+    outputs = outputs or {"anomaly_map": ["N", 1, h, w]}
     graph = helper.make_graph(
         nodes, name,
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", h, w, c])],
-        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, h, w])], init)
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, shape) for k, shape in outputs.items()], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vae-inspect")
     model.ir_version = 8  # readable by every ONNX Runtime and TensorRT 10 parser of opset 17
     onnx.checker.check_model(model)
@@ -141,11 +143,12 @@ def tied(bank: TemplateBank, images: np.ndarray) -> np.ndarray:
 
 
 def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray,
-           reference: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+           reference: Callable[[np.ndarray], np.ndarray] | None = None, full_scale: float = 0.0) -> dict[str, Any]:
     """ONNX Runtime (CPU) against the reference computation of the map (default the numpy bank's)
-    on `images`: max |err| relative to the map's range over the images whose nearest set is not a
-    tie, and how many images differ at a tie (another of two equally near references chosen:
-    reported, as export.check reports ReLU kinks)."""
+    on `images`: max |err| relative to the map's range (at least `full_scale`: a map that is a
+    probability has a scale of 1 even where an untrained net's range is a thousandth) over the
+    images whose nearest set is not a tie, and how many images differ at a tie (another of two
+    equally near references chosen: reported, as export.check reports ReLU kinks)."""
     from core import ort  # noqa: PLC0415
 
     import onnxruntime  # noqa: PLC0415
@@ -155,7 +158,7 @@ def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray,
     sess = onnxruntime.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     got = np.concatenate([ort.run(sess, images[i:i + 8])["anomaly_map"] for i in range(0, len(images), 8)])
     want = (reference or bank.anomaly_map)(images)
-    span = float(want.max() - want.min()) or 1.0
+    span = max(float(want.max() - want.min()), full_scale) or 1.0
     err = np.abs(got - want).reshape(len(images), -1).max(1)
     differ = err > PARITY_TOL * span
     excused = differ & tied(bank, images)
@@ -166,7 +169,7 @@ def parity(model_bytes: bytes, bank: TemplateBank, images: np.ndarray,
 
 
 def checked_write(data: bytes, bank: TemplateBank, out: Path, registered: np.ndarray,
-                  reference: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+                  reference: Callable[[np.ndarray], np.ndarray] | None = None, full_scale: float = 0.0) -> dict[str, Any]:
     """Check a graph built on `bank` against its reference on the registered training images, as
     many with sensor-like noise (parts it has not seen, nearly) and as many of pure noise (every
     reference about as far: ties are likely and must be told apart), and write it atomically when
@@ -175,7 +178,7 @@ def checked_write(data: bytes, bank: TemplateBank, out: Path, registered: np.nda
     n = min(len(registered), 16)
     noisy = (registered[:n].astype(np.int16) + rng.integers(-12, 13, registered[:n].shape)).clip(0, 255)
     noise = rng.integers(0, 256, (n,) + registered.shape[1:], np.uint8)
-    check = parity(data, bank, np.concatenate([registered[:n], noisy.astype(np.uint8), noise]), reference)
+    check = parity(data, bank, np.concatenate([registered[:n], noisy.astype(np.uint8), noise]), reference, full_scale)
     if check["rel_err"] > PARITY_TOL:
         raise TemplateError(f"{out}: the graph's map differs from its reference by {check['rel_err']:.1e} of its range "
                             f"on {check['nearest_differ'] - check['ties']} of {check['images']} images (not at a tie); "

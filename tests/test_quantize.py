@@ -3,6 +3,7 @@ fp32 source, calibrated on prepared good parts, with a sidecar that says so and 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -184,8 +185,6 @@ def test_registration_failures_are_skipped_not_calibrated_on(line: tuple[Path, P
 
 def test_camera_bench_compares_models_side_by_side(line: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """bench.camera --compare: bare and camera frames/s of each model at each batch, ratios to --engine."""
-    import json
-
     from bench.camera import main as camera_bench
 
     fp32, int8, _ = line
@@ -221,3 +220,37 @@ def test_outputs_cut_a_line_graph_from_a_full_one(line: tuple[Path, Path, Path],
     assert np.array_equal(a, b)  # the same graph, the same calibration: the same numbers
     assert quantize_main(["--onnx", str(full), "--calib-data", str(parts / "train/good"), "--out",
                           str(tmp_path / "x.int8.onnx"), "--outputs", "heatmap"]) == 1
+
+
+@pytest.mark.slow
+def test_retrain_deploys_the_int8_line_graph_gated_on_its_own_calibration(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """training.retrain --int8: the version's model is the INT8 line graph with thresholds of its own."""
+    from core.deployment import Deployment
+    from core.synthetic import make_parts
+    from training.retrain import main as retrain_main
+
+    data = make_parts(tmp_path / "parts", n_train=12, n_good=5, n_defect=3, size=96, defect_gray=80)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {arch: mnist, size: 28, channels: 1, latent: 8}\n"
+                      "train: {epochs: 1, batch_size: 4, lr: 1.0e-3}\n"
+                      "inference: {layer: conv2, score: sum_mu, anomaly_map: recon_error_blur, blur_sigma: 1.0}\n")
+    rc = retrain_main(["--config", str(config), "--data", str(data), "--deploy", str(tmp_path / "deploy"),
+                       "--int8", "--max-steps", "3", "--force"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    version = Deployment(tmp_path / "deploy").current()
+    assert version.model.name == "deploy.int8.onnx" and (version.path / "deploy.onnx").is_file()
+    side = read_sidecar(version.model)
+    assert side["precision"] == "int8" and side["outputs"] == ["anomaly_map"]
+    assert side["quantization"]["calibration"]["images"] == 12  # the training images
+    assert side["quantization"]["source"]["sha256"] == read_sidecar(version.path / "deploy.onnx")["files"]["deploy.onnx"]["sha256"]
+    # calibrated on the INT8 model itself; the fp32 graph beside it was never calibrated, so nothing was copied
+    assert isinstance(side["thresholds"]["image"], float) and side["thresholds"]["image"] > 0
+    assert read_sidecar(version.path / "deploy.onnx")["thresholds"] == {}
+    steps = json.loads((version.path / "deployment.json").read_text())["steps_s"]
+    assert list(steps)[:5] == ["train", "export", "check", "quantize", "calibrate"]
+    template = tmp_path / "template.yaml"
+    template.write_text("model: {arch: template, size: 64, channels: 1, k: 3}\n")
+    assert retrain_main(["--config", str(template), "--data", str(data), "--deploy", str(tmp_path / "t"), "--int8"]) == 2
+    assert "--int8: a template model is a reference bank" in capsys.readouterr().err

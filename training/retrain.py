@@ -1,7 +1,7 @@
 """Offline retraining with a quality gate, versioned deployment and rollback, in one command.
 
     python -m training.retrain --config configs/screw_template.yaml --data NEW_DIR --deploy models/screw
-        [--heldout DIR] [--init current|scratch|CHECKPOINT] [--force] [--tolerance 0.02] [--epochs N]
+        [--heldout DIR] [--init current|scratch|CHECKPOINT] [--force] [--tolerance 0.02] [--epochs N] [--int8]
     python -m training.retrain --list models/screw
     python -m training.retrain --rollback models/screw
 
@@ -15,7 +15,9 @@ crash in one step cannot leave another's state half-changed):
              autograd (export.check); the template builds its reference bank as an ONNX graph
              checked against the numpy bank; the discriminative family trains its net and exports
              it checked against PyTorch; then export.tensorrt where TensorRT and a GPU exist (else
-             said: ONNX only)
+             said: ONNX only). --int8: export.quantize cuts the line graph (anomaly_map only) out of
+             the checked fp32 graph and quantizes it, calibrated on the training images; that INT8
+             graph is the candidate (calibrated and gated itself; the fp32 graph stays beside it)
   calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar (a
              rule no threshold reaches, or a threshold that passes every defect, fails the step)
   baseline   the deployed model calibrated on the same held-out set, without touching it (--dry-run)
@@ -149,7 +151,15 @@ def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Pat
 
     request = BuildRequest(train_cfg, stage / f"{Path(args.deploy).name or 'model'}.onnx", init, overrides, run, notes)
     model = family.builder()(request)
-    why = tensorrt_available()
+    if args.int8:
+        int8 = model.with_name(f"{model.stem}.int8.onnx")
+        section = config["data"]
+        good = Path(section["root"]) / ("train/good" if section["format"] == "mvtec" else "")
+        run_step("quantize", "export.quantize", ["--onnx", str(model), "--calib-data", str(good), "--out", str(int8),
+                                                 "--outputs", "anomaly_map", "--quiet"], logs, timings)
+        notes.append(f"--int8: the INT8 line graph {int8.name} is deployed ({model.name}, fp32, beside it for --explain)")
+        model = int8
+    why = "--int8: the INT8 graph is for CPUs (ONNX Runtime)" if args.int8 else tensorrt_available()
     if why is None:
         run_step("tensorrt", "export.tensorrt", ["--onnx", str(model), "--out", str(model.with_suffix(".trt")),
                                                  "--fp16", "--verify", "4"], logs, timings)
@@ -182,7 +192,9 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     if Path(args.deploy).exists() and not Path(args.deploy).is_dir():
         raise ValueError(f"--deploy {args.deploy}: exists and is not a folder")
     config = merge(load_config(args.config), {"data": data_section(data)})
-    family_of(config)  # a family no folder declares is the config's mistake: before any work
+    family = family_of(config)  # a family no folder declares is the config's mistake: before any work
+    if args.int8 and not family.trains:
+        raise ValueError(f"--int8: a {family.name} model is a reference bank, not a network to quantize")
     if args.init not in ("current", "scratch") and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init {args.init}: not a checkpoint file (or use current / scratch)")
     return config, data, heldout_folder(data, Path(args.heldout) if args.heldout else None)
@@ -288,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--max-steps", type=int, help="stop training after this many steps (tests, quick runs)")
     p.add_argument("--device", help="training device: auto, cpu, cuda or cuda:N")
+    p.add_argument("--int8", action="store_true",
+                   help="deploy the INT8 line graph (anomaly_map only; export.quantize, calibrated on the training "
+                        "images), gated on its own calibration")
     p.add_argument("--list", metavar="DEPLOY", help="list the versions of a deployment folder")
     p.add_argument("--rollback", metavar="DEPLOY", help="switch `current` back to the version it replaced")
     return p

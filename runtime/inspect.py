@@ -38,7 +38,7 @@ from core.device import device_arg
 from core.images import DEFAULT_MAX_PIXELS, is_image_name
 from runtime.backends import BACKENDS, BackendError
 from runtime.batch import Settings, inspect_folder
-from core.cli import UsageError, finite_float, quiet_native_stderr, sigterm_interrupts
+from core.cli import UsageError, finite_float, int_at_least, quiet_native_stderr, sigterm_interrupts
 from runtime.discover import Entry, discover, report_safe
 from runtime.model import ModelError
 from runtime.pipeline import EXPLAIN, Pipeline
@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. cuda,cpu (default: TensorRT, CUDA, CPU as available)")
     p.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N (default: cuda when available); for .onnx, "
                                                      "cpu means the CPU provider only and cuda:N the GPU of the CUDA/TensorRT providers")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
-    p.add_argument("--workers", type=int, default=2, help="decode / post-process threads each (default 2)")
+    p.add_argument("--threads", type=int_at_least(1), help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="decode / post-process threads each (default 2)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"larger images are decoded reduced by 2/4/8 (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")

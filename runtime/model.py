@@ -21,6 +21,7 @@ from core.deployment import DeploymentError, resolve_model
 from core.prepare import InputSpec
 from core.sidecar import SidecarError, precision
 from core.sidecar import read_sidecar as _read_sidecar
+from families import FAMILIES
 from runtime import backends as B
 
 
@@ -164,13 +165,17 @@ def open_model(path: str | Path, backend: str | None = None, providers: str | li
     if name not in B.BACKENDS:
         raise ModelError(f"unknown backend '{name}'; choose one of {', '.join(B.BACKENDS)}")
     sidecar: dict[str, Any] | None = None
-    if name == "torch" and implied == "template":
-        raise ModelError(f"{given}: a template bank has no PyTorch model; open it with its own backend (template)")
+    if name == "torch" and implied not in ("onnxruntime", "tensorrt", "torch"):
+        raise ModelError(f"{given}: a {implied} model has no PyTorch backend; open it with its own ({implied})")
     if name == "torch":
         settings: dict[str, Any] = {}
         if implied in ("onnxruntime", "tensorrt"):
             # The PyTorch reference of an exported model: same checkpoint and graph settings.
             sidecar = read_sidecar(given, verify)
+            family = (sidecar.get("model") or {}).get("family")
+            if family in FAMILIES and family != "vae":   # a VAE's sidecar says its arch family (resnet_vae...)
+                raise ModelError(f"{given}: --backend torch runs the VAE's export module; a {family} model is "
+                                 "checked against PyTorch when it is exported, and runs on onnxruntime or tensorrt")
             file = checkpoint_from_sidecar(sidecar, given)
             m = sidecar.get("model") or {}
             settings = {k: m[k] for k in ("layer", "score", "per_dim", "recon") if m.get(k) is not None}

@@ -55,10 +55,7 @@ THREADS = [
     ("bench.residual_attention", ["--checkpoint", MISSING]),
     ("bench.disentanglement", []),
     ("runtime.camera", ["--engine", MISSING]),
-    pytest.param("runtime.inspect", ["--engine", MISSING, "--input", MISSING, "--output", "{tmp}/o"],
-                 marks=pytest.mark.xfail(strict=True, reason="runtime/inspect.py's --threads is type=int: its "
-                                                             "owner's to change (core.cli.int_at_least)"),
-                 id="runtime.inspect"),
+    ("runtime.inspect", ["--engine", MISSING, "--input", MISSING, "--output", "{tmp}/o"]),
 ]
 
 

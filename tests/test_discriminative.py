@@ -120,3 +120,14 @@ def test_retrain_builds_and_deploys_the_family(trained: Path) -> None:
     assert side["model"]["family"] == "discriminative" and side["thresholds"]
     logs = {p.name for p in (version.path / "logs").iterdir()}
     assert {"train.log", "export.log", "calibrate.log"} <= logs
+
+
+def test_the_pytorch_backend_refuses_another_family(trained: Path) -> None:
+    from runtime.model import ModelError, open_model
+
+    out = trained / "model.onnx"
+    if not out.is_file():
+        from families.discriminative.export import main
+        assert main(["--checkpoint", str(trained / "run" / "model.pt"), "--out", str(out)]) == 0
+    with pytest.raises(ModelError, match="a discriminative model is checked against PyTorch when it is exported"):
+        open_model(out, backend="torch")

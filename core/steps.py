@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # a training step's progress lines (training.loop.log): training.train's after each epoch "epoch 12/150
 # step 480 loss ...", families.discriminative.train's every few dozen steps "step 300/1500 loss ..."
 EPOCH_LINE = re.compile(r"^(epoch|step) (\d+)/(\d+) ")
+QUIET_TAIL = 20      # lines of a quiet step's output shown when it fails
 LOG_EVERY_S = 180.0  # how often a step's progress is said where no terminal shows a bar
 
 
@@ -27,14 +29,16 @@ class StepFailed(RuntimeError):
 
 
 def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float],
-             epochs: bool = False) -> None:
+             epochs: bool = False, quiet: bool = False) -> None:
     """`python -m module args` as a child, its output shown and kept in logs/<name>.log. epochs:
     the child prints training.train's epoch lines, shown as progress (EpochProgress) rather than
-    one line each."""
+    one line each. quiet: the output goes to the log alone (the automatic set-up's many builds and
+    scores), its last lines shown only when the step fails."""
     logs.mkdir(parents=True, exist_ok=True)
     print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
     started = time.perf_counter()
-    shown = EpochProgress(name) if epochs else None
+    shown = EpochProgress(name) if epochs and not quiet else None
+    tail: deque[str] = deque(maxlen=QUIET_TAIL)
     with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -43,7 +47,9 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
         try:
             for line in proc.stdout:
                 log.write(line)
-                if shown is None:
+                if quiet:
+                    tail.append(line)
+                elif shown is None:
                     sys.stdout.write(line)
                 elif not shown.take(line):
                     shown.write(line)
@@ -58,6 +64,7 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
         rc = proc.wait()
     timings[name] = round(time.perf_counter() - started, 1)
     if rc:
+        sys.stdout.writelines(tail)
         raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")
     print(f"== {name} done in {timings[name]:.0f} s", flush=True)
 

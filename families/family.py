@@ -40,13 +40,15 @@ class Family:
     build: "module:function" taking a BuildRequest and returning the model file it wrote;
     backends: extension -> (backend name, "module:Class") for files the runtime opens without a
     graph (a template's .npz bank); minutes: "module:function"(config, images) -> estimated build
-    minutes on a 2-core CPU, for the automatic set-up's budget; warm_start: retraining may start
-    from the deployed version's checkpoint (--init)."""
+    minutes on a 2-core CPU, for the automatic set-up's budget; config: "module:function"(size,
+    channels, registration) -> the family's config for a new part (the automatic set-up's
+    candidate); warm_start: retraining may start from the deployed version's checkpoint (--init)."""
     name: str
     summary: str
     trains: bool
     build: str
     minutes: str
+    config: str
     warm_start: bool = False
     archs: tuple[str, ...] = ()
     backends: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -56,6 +58,9 @@ class Family:
 
     def estimate(self, config: dict[str, Any], images: int) -> float:
         return float(_resolve(self.minutes)(config, images))
+
+    def new_part(self, size: int, channels: int, registration: dict[str, str]) -> dict[str, Any]:
+        return dict(_resolve(self.config)(size, channels, registration))
 
 
 def _resolve(target: str) -> Any:

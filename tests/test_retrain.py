@@ -206,7 +206,8 @@ def test_retrain_lets_training_print_its_epochs(tmp_path: Path, monkeypatch: pyt
     stage = tmp_path / "stage"
     stage.mkdir()
     with pytest.raises(Stop):
-        rt.build_candidate(args, tiny_config(mvtec_dir), stage, Deployment(tmp_path / "d"), {}, [])
+        rt.build_candidate(args, tiny_config(mvtec_dir), mvtec_dir, mvtec_dir / "test", stage, Deployment(tmp_path / "d"), {},
+                           [])
     [(module, train_args, kw)] = calls
     assert module == "training.train" and "--quiet" not in train_args and kw == {"epochs": True}
     train(tiny_config(mvtec_dir), tmp_path / "run", torch.device("cpu"), progress=True)

@@ -2,6 +2,7 @@
 
     python -m training.retrain --config configs/screw_template.yaml --data NEW_DIR --deploy models/screw
         [--heldout DIR] [--init current|scratch|CHECKPOINT] [--force] [--tolerance 0.02] [--epochs N] [--int8]
+    python -m training.retrain --config auto --data GOOD_DIR --deploy models/part [--heldout DIR] [--budget MIN]
     python -m training.retrain --list models/screw
     python -m training.retrain --rollback models/screw
 
@@ -17,7 +18,10 @@ crash in one step cannot leave another's state half-changed):
              it checked against PyTorch; then export.tensorrt where TensorRT and a GPU exist (else
              said: ONNX only). --int8: export.quantize cuts the line graph (anomaly_map only) out of
              the checked fp32 graph and quantizes it, calibrated on the training images; that INT8
-             graph is the candidate (calibrated and gated itself; the fp32 graph stays beside it)
+             graph is the candidate (calibrated and gated itself; the fp32 graph stays beside it).
+             --config auto: the automatic set-up (training.auto) surveys the good images, builds and
+             scores the registrations and families that fit --budget, and the best by its written
+             rule is the candidate (its config in train.yaml, the table in setup.json)
   calibrate  calibration.calibrate on the held-out set: thresholds into the candidate's sidecar (a
              rule no threshold reaches, or a threshold that passes every defect, fails the step)
   baseline   the deployed model calibrated on the same held-out set, without touching it (--dry-run)
@@ -53,9 +57,11 @@ from core.files import write_json
 from core.steps import StepFailed, run_step
 from core.images import is_image_name
 from families import BuildRequest, family_of
+from training import auto
 from training.config import load_config, merge
 
 DEFAULT_TOLERANCE = 0.02
+AUTO = "auto"   # --config auto: the automatic set-up (training.auto) chooses what to build
 GATE_METRICS = ("recall", "aupro")  # higher is better; compared candidate vs deployed on the same data
 
 
@@ -130,28 +136,37 @@ def tensorrt_available() -> str | None:
     return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["TensorRT unavailable"])[-1][:200]
 
 
-def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Path, dep: Deployment,
-                    timings: dict[str, float], notes: list[str]) -> Path:
+def build_candidate(args: argparse.Namespace, config: dict[str, Any] | None, data: Path, heldout: Path, stage: Path,
+                    dep: Deployment, timings: dict[str, float], notes: list[str]) -> tuple[dict[str, Any], Path]:
     """Build the candidate inside `stage` as its family says (train or bank, export, parity check),
-    then its TensorRT engine where one can be built; returns its model file."""
+    or, with --config auto (config None), as the automatic set-up chooses (training.auto); then
+    its INT8 line graph (--int8) or its TensorRT engine where one can be built. Returns the
+    config it was built from and its model file."""
     logs = stage / "logs"
-    train_cfg = stage / "train.yaml"
-    train_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    family = family_of(config)
-    init = None
-    if family.warm_start and args.init != "scratch":
-        init = current_checkpoint(dep) if args.init == "current" else Path(args.init)
-        if args.init == "current" and init is None:
-            notes.append("--init current: nothing deployed yet (or no checkpoint in it): trained from scratch")
-    overrides = [a for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps),
-                                       ("--device", args.device)) if value is not None for a in (flag, str(value))]
 
     def run(name: str, module: str, step_args: list[str], **kw: Any) -> None:
         run_step(name, module, step_args, logs, timings, **kw)
 
-    request = BuildRequest(train_cfg, stage / f"{Path(args.deploy).name or 'model'}.onnx", init, overrides, run, notes)
-    model = family.builder()(request)
-    if args.int8:
+    overrides = [a for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps),
+                                       ("--device", args.device)) if value is not None for a in (flag, str(value))]
+    stem = Path(args.deploy).name or "model"
+    if config is None:
+        config, model = auto.setup(data, heldout, stage, stem, args.budget, data_section(data), overrides, run)
+        notes.append(f"--config auto: {json.loads((stage / 'setup.json').read_text())['winner']} chosen "
+                     "(setup.json: what was tried and the rule)")
+    else:
+        train_cfg = stage / "train.yaml"
+        train_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        family = family_of(config)
+        init = None
+        if family.warm_start and args.init != "scratch":
+            init = current_checkpoint(dep) if args.init == "current" else Path(args.init)
+            if args.init == "current" and init is None:
+                notes.append("--init current: nothing deployed yet (or no checkpoint in it): trained from scratch")
+        model = family.builder()(BuildRequest(train_cfg, stage / f"{stem}.onnx", init, overrides, run, notes))
+    if args.int8 and not family_of(config).trains:
+        notes.append(f"--int8: the chosen {family_of(config).name} model is a reference bank; nothing to quantize")
+    elif args.int8:
         int8 = model.with_name(f"{model.stem}.int8.onnx")
         section = config["data"]
         good = Path(section["root"]) / ("train/good" if section["format"] == "mvtec" else "")
@@ -165,7 +180,7 @@ def build_candidate(args: argparse.Namespace, config: dict[str, Any], stage: Pat
                                                  "--fp16", "--verify", "4"], logs, timings)
     else:
         notes.append(f"ONNX only: no TensorRT engine built here ({why})")
-    return model
+    return config, model
 
 
 def set_aside(dep: Deployment, stage: Path, why: str) -> Path:
@@ -182,19 +197,26 @@ def current_checkpoint(dep: Deployment) -> Path | None:
     return ckpt if ckpt is not None and ckpt.is_file() else None
 
 
-def plan(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
+def plan(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Path, Path]:
     """(config, data, held-out folder), checked before anything runs: ValueError / FileNotFoundError
-    are the user's to fix (exit 2)."""
+    are the user's to fix (exit 2). The config is None for --config auto (the set-up chooses it)."""
     for flag in ("config", "data"):
-        if not Path(getattr(args, flag)).exists():
+        if not (flag == "config" and args.config == AUTO) and not Path(getattr(args, flag)).exists():
             raise FileNotFoundError(f"--{flag} {getattr(args, flag)}: not found")
     data = Path(args.data)
     if Path(args.deploy).exists() and not Path(args.deploy).is_dir():
         raise ValueError(f"--deploy {args.deploy}: exists and is not a folder")
-    config = merge(load_config(args.config), {"data": data_section(data)})
-    family = family_of(config)  # a family no folder declares is the config's mistake: before any work
-    if args.int8 and not family.trains:
-        raise ValueError(f"--int8: a {family.name} model is a reference bank, not a network to quantize")
+    if args.budget is not None and args.config != AUTO:
+        raise ValueError("--budget is the automatic set-up's (--config auto); a config says what to build")
+    config = None
+    if args.config != AUTO:
+        config = merge(load_config(args.config), {"data": data_section(data)})
+        family = family_of(config)  # a family no folder declares is the config's mistake: before any work
+        if args.int8 and not family.trains:
+            raise ValueError(f"--int8: a {family.name} model is a reference bank, not a network to quantize")
+    else:
+        data_section(data)
+        args.budget = auto.DEFAULT_BUDGET if args.budget is None else args.budget
     if args.init not in ("current", "scratch") and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init {args.init}: not a checkpoint file (or use current / scratch)")
     return config, data, heldout_folder(data, Path(args.heldout) if args.heldout else None)
@@ -209,7 +231,7 @@ def retrain(args: argparse.Namespace, config: dict[str, Any], data: Path, heldou
     notes: list[str] = []
     started = time.perf_counter()
     try:
-        model = build_candidate(args, config, stage, dep, timings, notes)
+        config, model = build_candidate(args, config, data, heldout, stage, dep, timings, notes)
         # calibration refuses thresholds that pass every defect (or miss their rule): the candidate
         # then fails here, unless --force, which deploys anyway
         run_step("calibrate", "calibration.calibrate", ["--engine", str(model), "--data", str(heldout),
@@ -286,9 +308,20 @@ def list_versions(root: str) -> int:
     return 0
 
 
+def positive_minutes(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of minutes > 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.retrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="training config (configs/*.yaml; model.arch template builds a reference bank)")
+    p.add_argument("--config", help="what to build: a config (configs/*.yaml; its model family: families/), or "
+                                    "'auto': the automatic set-up tries the registrations and families that fit "
+                                    "--budget and builds the best (training.auto)")
+    p.add_argument("--budget", type=positive_minutes, metavar="MIN",
+                   help=f"--config auto: minutes the set-up may spend, builds included (default {auto.DEFAULT_BUDGET:g})")
     p.add_argument("--data", help="the new good images: an MVTec category (train/good) or a folder of images")
     p.add_argument("--heldout", help="held-out parts for calibration and the gate (default: DATA/test)")
     p.add_argument("--deploy", help="deployment folder (versions vNNNN and the `current` pointer)")

@@ -41,5 +41,13 @@ def minutes(config: dict[str, Any], images: int) -> float:
     return t["steps"] * step / 60 + EXPORT_MINUTES
 
 
+def new_part(size: int, channels: int, registration: dict[str, str]) -> dict[str, Any]:
+    from families.discriminative.train import DEFAULTS  # noqa: PLC0415
+
+    return {"model": {**DEFAULTS["model"], "size": size, "channels": channels}, "registration": dict(registration),
+            "train": dict(DEFAULTS["train"])}
+
+
 FAMILY = Family("discriminative", "a net that compares the part with its nearest good parts, learned on synthetic "
-                "defects", trains=True, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes")
+                "defects", trains=True, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes",
+                config=f"{__name__}:new_part")

@@ -105,6 +105,7 @@ def export(checkpoint: Path, out: Path) -> dict[str, Any]:
     from core.prepare import InputSpec  # noqa: PLC0415
     from core.registration import RegistrationSpec  # noqa: PLC0415
     from core.sidecar import check_sidecar_free, file_entry, write_sidecar  # noqa: PLC0415
+    from export.onnx import relative_to  # noqa: PLC0415
     from families.template.build import sidecar_info  # noqa: PLC0415
     from families.template.graph import checked_write  # noqa: PLC0415
 
@@ -120,7 +121,7 @@ def export(checkpoint: Path, out: Path) -> dict[str, Any]:
     scale = float(ckpt["anomaly_scale"])
     model = {"family": "discriminative", "arch": "unet", "anomaly_map": "defect_probability", "k": bank.k,
              "width": net.width, "sigma": net.sigma, "bank_images": int(len(bank.images)), "anomaly_scale": scale,
-             "checkpoint": str(checkpoint), "checkpoint_sha256": digest, "data": str(cfg.get("data", {}).get("root")),
+             "checkpoint": relative_to(checkpoint, out.parent), "checkpoint_sha256": digest, "data": str(cfg.get("data", {}).get("root")),
              "registration_failures": [f"{name}: {status}" for name, status in ckpt["data"]["failed"]]}
     info = sidecar_info(bank, spec, model,
                         f"a U-Net's defect probability from the part, the mean of its {bank.k} nearest bank images "

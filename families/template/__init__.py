@@ -29,6 +29,12 @@ def minutes(config: dict[str, Any], images: int) -> float:
     return (10 + images * SECONDS_PER_IMAGE * (size / 256) ** 2) / 60
 
 
+def new_part(size: int, channels: int, registration: dict[str, str]) -> dict[str, Any]:
+    return {"model": {"family": "template", "size": size, "channels": channels, "k": 5},
+            "registration": dict(registration)}
+
+
 FAMILY = Family("template", "the nearest registered good parts, per pixel the least difference (no training)",
-                trains=False, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes", archs=("template",),
+                trains=False, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes",
+                config=f"{__name__}:new_part", archs=("template",),
                 backends={".npz": ("template", "families.template.backend:TemplateBackend")})

@@ -34,6 +34,19 @@ def minutes(config: dict[str, Any], images: int) -> float:
     return int(train.get("epochs", 1)) * images * SECONDS_PER_IMAGE_EPOCH * (size / 128) ** 2 / 60
 
 
+def new_part(size: int, channels: int, registration: dict[str, str]) -> dict[str, Any]:
+    """configs/screw.yaml's settings (the shipped VAE: docs/benchmarks.md chose them on screws) for
+    another part: its size, channels and registration."""
+    return {"model": {"arch": "resnet18", "size": size, "channels": channels, "latent": 32, "fc_relu": False},
+            "registration": dict(registration),
+            "data": {"augment": {"rotate": 3 if registration.get("method") != "none" else 0, "hflip": False,
+                                 "vflip": False}},
+            "train": {"epochs": 150, "batch_size": 16, "lr": 5.0e-4, "lr_decay": 0.5, "loss": "mse", "beta": 0.025,
+                      "seed": 0},
+            "inference": {"layer": "layer3", "score": "sum_mu", "anomaly_map": "recon_error_blur", "blur_sigma": 2.0}}
+
+
 FAMILY = Family("vae", "the paper's one-class VAE: blurred reconstruction error, latent attention to explain",
-                trains=True, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes", warm_start=True,
+                trains=True, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes",
+                config=f"{__name__}:new_part", warm_start=True,
                 archs=("resnet18", "mnist", "ucsd", "factorvae"))

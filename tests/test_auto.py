@@ -1,0 +1,96 @@
+"""training.auto, the automatic set-up behind `training.retrain --config auto`: the survey, the
+registrations that apply, the written rule, and a whole set-up from a folder to a deployed version."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from core.synthetic import make_parts
+from training import auto
+from training.retrain import main
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("auto") / "data"
+    make_parts(root, n_train=20, n_good=6, n_defect=6, size=128)
+    return root
+
+
+def test_the_survey_sees_gray_elongated_parts_and_offers_their_registrations(parts: Path) -> None:
+    s = auto.survey(parts)
+    assert s.images == 20 and (s.height, s.width) == (128, 128) and not s.colour and s.channels == 1
+    assert s.parts == 1.0 and s.elongation > 2
+    assert [r["method"] for r in auto.registrations(s)] == ["none", "shift", "rotation", "principal_axis"]
+    assert all(r["lighting"] == "background" for r in auto.registrations(s))
+
+
+def test_the_survey_of_round_colour_parts_and_of_pictures_without_a_part(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "round").mkdir()
+    (tmp_path / "texture").mkdir()
+    for i in range(6):
+        img = np.full((96, 96, 3), (20, 20, 20), np.uint8)
+        cv2.circle(img, (48 + i % 3, 48), 30, (40, 160, 90), -1)
+        cv2.imwrite(str(tmp_path / "round" / f"{i}.png"), img)
+        cv2.imwrite(str(tmp_path / "texture" / f"{i}.png"), rng.integers(90, 110, (96, 96, 3)).astype(np.uint8))
+    s = auto.survey(tmp_path / "round")
+    assert s.colour and s.parts == 1.0 and s.elongation < 1.5
+    assert [r["method"] for r in auto.registrations(s)] == ["none", "shift", "rotation"]
+    s = auto.survey(tmp_path / "texture")
+    assert s.parts == 0 and [r["method"] for r in auto.registrations(s)] == ["none", "shift"]
+    assert all(r["lighting"] == "none" for r in auto.registrations(s))
+
+
+def test_the_rule_picks_image_auroc_then_aupro_then_recall_then_minutes() -> None:
+    def row(name: str, auroc: float, aupro: float, recall: float, minutes: float) -> auto.Row:
+        return auto.Row(name, "template", 128, {}, 0, {}, "built", minutes, auroc, aupro, recall)
+    rows = [row("a", 0.950, 0.99, 0.9, 1), row("b", 0.960, 0.80, 0.5, 1), row("c", 0.957, 0.90, 0.7, 9),
+            row("d", 0.957, 0.90, 0.7, 2), auto.Row("e", "vae", 128, {}, 0, {}, "skipped")]
+    assert auto.choose(rows).name == "d"            # within 0.005 of b: AUPRO, recall tie, fewer minutes
+    rows[1].image_auroc = 0.99
+    assert auto.choose(rows).name == "b"
+    with pytest.raises(Exception, match="no candidate"):
+        auto.choose([rows[-1]])
+
+
+def test_auto_builds_scores_chooses_and_deploys(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deploy = tmp_path / "deploy"
+    assert main(["--config", "auto", "--data", str(parts), "--deploy", str(deploy), "--budget", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "== setup: what was tried" in out and "skipped" in out     # the trained families do not fit 2 min
+    version = deploy / "v0001"
+    setup = json.loads((version / "setup.json").read_text())
+    winner = [r for r in setup["rows"] if r["name"] == setup["winner"]][0]
+    assert winner["status"] == "built" and winner["image_auroc"] > 0.9
+    assert winner["registration"]["method"] in ("rotation", "principal_axis")   # the parts lie at any angle
+    assert {r["name"]: r["status"] for r in setup["rows"]}["template-128-none"] == "built"
+    cfg = yaml.safe_load((version / "train.yaml").read_text())
+    assert cfg["model"]["family"] == "template" and cfg["registration"] == winner["registration"]
+    side = yaml.safe_load((version / "deploy.yaml").read_text())
+    assert side["thresholds"] and side["registration"]["method"] == winner["registration"]["method"]
+    assert not (version / "setup").exists()
+
+
+def test_auto_on_good_parts_alone_scores_synthetic_defects(parts: Path, tmp_path: Path) -> None:
+    heldout = tmp_path / "heldout"
+    shutil.copytree(parts / "test" / "good", heldout)
+    assert main(["--config", "auto", "--data", str(parts), "--heldout", str(heldout), "--deploy",
+                 str(tmp_path / "deploy"), "--budget", "2"]) == 0
+    setup = json.loads((tmp_path / "deploy" / "v0001" / "setup.json").read_text())
+    assert "synthetic defects" in setup["rule"]
+
+
+def test_budget_belongs_to_auto(parts: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {arch: template, size: 64}\n")
+    assert main(["--config", str(cfg), "--data", str(parts), "--deploy", str(tmp_path / "d"), "--budget", "5"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--config", "auto", "--data", str(parts), "--deploy", str(tmp_path / "d"), "--budget", "-1"])
+    assert e.value.code == 2

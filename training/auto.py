@@ -1,0 +1,236 @@
+"""The automatic set-up behind `python -m training.retrain --config auto`: from a folder of good
+images to the setting a new part is inspected with, by a rule written down before any run.
+
+  survey     up to SURVEY_IMAGES good images: size, colour (channels that differ), how many show
+             one part on a background (the silhouette registration needs), its elongation
+  candidates the registration methods that apply (none and shift always; rotation where a part
+             stands on a background; principal_axis where it is also elongated), each built as a
+             template at SEARCH_SIZE px (seconds); then, with the best registration, every other
+             family (families.FAMILIES, cheapest first) and the template at TEMPLATE_SIZES, each
+             only while the minutes spent plus its estimate fit --budget
+  scoring    each candidate on the held-out set as the calibration sees it: with defective parts
+             (labels, masks) calibration.calibrate --dry-run (image AUROC, AUPRO, held-out folds'
+             recall at the calibrated FPR); with good parts only, calibration.synthetic (the same
+             on synthetic defects pasted on the held-out good parts)
+  the rule   the highest image AUROC wins; within TIE of the best, the higher AUPRO, then the higher
+             recall, then the fewer build minutes. (Written 2026-12-07, before the first run. With
+             labelled held-out parts the choice and the calibration use the same parts: the
+             setting is chosen in-sample, as a human choosing on them would; the report says so.)
+The winner's files become the retraining candidate (calibrated, gated and deployed as any other);
+the table of what was tried and why the winner won is printed and written to setup.json, the
+winner's config to train.yaml.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from core.files import write_json
+from core.images import ImageError, read_image
+from core.registration.principal_axis import FIT_ELONGATION
+from core.registration.silhouette import measure
+from core.steps import StepFailed
+from families import FAMILIES, BuildRequest
+from families.template.build import good_images
+
+SURVEY_IMAGES = 64
+SEARCH_SIZE = 128
+TEMPLATE_SIZES = (256,)
+COLOUR_LEVELS = 4.0      # gray levels between channels (90th percentile of pixels) above which images are colour
+PART_SHARE = 0.9         # share of images with one part on a background for part-based methods
+TIE = 0.005
+SYNTHETIC_COPIES = 3
+DEFAULT_BUDGET = 45.0    # minutes: the issue's training budget on 2 cores
+
+
+@dataclass
+class Survey:
+    images: int
+    height: int
+    width: int
+    colour: bool
+    parts: float                    # share of surveyed images where one part stands on a background
+    elongation: float | None        # median elongation of those parts
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.colour else 1
+
+
+def survey(data: Path) -> Survey:
+    files = good_images(data)
+    step = max(1, len(files) // SURVEY_IMAGES)
+    shapes, spread, sils = [], [], []
+    for path in files[::step][:SURVEY_IMAGES]:
+        img = read_image(path, 3)
+        shapes.append(img.shape[:2])
+        f = img.astype(np.int16)
+        spread.append(float(np.percentile(np.abs(f[:, :, 0] - f[:, :, 1]) + np.abs(f[:, :, 1] - f[:, :, 2]), 90)))
+        sils.append(measure(img))
+    ok = [s for s in sils if s.status == "ok"]
+    h, w = (int(v) for v in np.median(np.array(shapes), axis=0))
+    return Survey(len(files), h, w, float(np.median(spread)) > COLOUR_LEVELS, len(ok) / len(sils),
+                  float(np.median([s.elongation for s in ok])) if ok else None)
+
+
+def registrations(s: Survey) -> list[dict[str, str]]:
+    """The registration settings that apply to the surveyed parts."""
+    parts = s.parts >= PART_SHARE
+    lighting = "background" if parts else "none"
+    out = [{"method": "none", "lighting": lighting}, {"method": "shift", "lighting": lighting}]
+    if parts:
+        out.append({"method": "rotation", "lighting": lighting})
+        if s.elongation is not None and s.elongation >= FIT_ELONGATION:
+            out.append({"method": "principal_axis", "lighting": lighting})
+    return out
+
+
+@dataclass
+class Row:
+    name: str
+    family: str
+    size: int
+    registration: dict[str, str]
+    estimate_min: float
+    config: dict[str, Any] = field(repr=False)
+    status: str = "planned"         # built, failed, skipped (budget)
+    minutes: float | None = None
+    image_auroc: float | None = None
+    aupro: float | None = None
+    recall: float | None = None
+    note: str = ""
+    model: str | None = None
+
+    def key(self) -> tuple[float, float, float, float]:
+        """What the rule compares, higher is better (minutes negated)."""
+        def v(x: float | None) -> float:
+            return -1.0 if x is None or not np.isfinite(x) else float(x)
+        return v(self.image_auroc), v(self.aupro), v(self.recall), -(self.minutes or 0.0)
+
+
+def choose(rows: list[Row]) -> Row:
+    """The rule of the module docstring over the built rows."""
+    built = [r for r in rows if r.status == "built" and r.image_auroc is not None]
+    if not built:
+        raise StepFailed("the automatic set-up built no candidate it could score; see the steps above")
+    top = max(r.key()[0] for r in built)
+    close = [r for r in built if r.key()[0] >= top - TIE]
+    return max(close, key=lambda r: r.key()[1:])
+
+
+def plan_row(name: str, family: str, size: int, registration: dict[str, str], s: Survey,
+             data_section: dict[str, Any]) -> Row:
+    fam = FAMILIES[family]
+    config = fam.new_part(size, s.channels, registration)
+    config["data"] = {**config.get("data", {}), **data_section}
+    return Row(name, family, size, dict(registration), round(fam.estimate(config, s.images), 2), config)
+
+
+def table(rows: list[Row], winner: Row | None) -> list[str]:
+    def f(x: float | None, pct: bool = False) -> str:
+        return "-" if x is None else (f"{x:.0%}" if pct else f"{x:.3f}")
+    lines = [f"  {'setting':<34} {'est min':>7} {'min':>6} {'img AUROC':>9} {'AUPRO':>6} {'recall':>6}  status"]
+    for r in rows:
+        mark = "*" if winner is not None and r is winner else " "
+        lines.append(f"{mark} {r.name:<34} {r.estimate_min:>7.1f} {f(r.minutes) if r.minutes is None else f'{r.minutes:.1f}':>6} "
+                     f"{f(r.image_auroc):>9} {f(r.aupro):>6} {f(r.recall, True):>6}  {r.status}"
+                     + (f": {r.note}" if r.note else ""))
+    return lines
+
+
+def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data_section: dict[str, Any],
+          overrides: list[str], run: Callable[..., None]) -> tuple[dict[str, Any], Path]:
+    """Survey, build and score the candidates inside stage/setup/, choose; the winner's files (its
+    folder's files: model, sidecar, config, bank or checkpoint) move into `stage` and its config
+    is returned with its model file (stage/<stem>.onnx). overrides: flags for the trained
+    families' training step (--epochs, --max-steps, --device); run(name, module, args, **kw) runs
+    a step (core.steps.run_step with its logs and timings)."""
+    started = time.perf_counter()
+    try:
+        s = survey(data)
+    except ImageError as e:
+        raise StepFailed(f"survey: {e}") from e
+    print(f"== setup: {s.images} good images, {s.width}x{s.height}, {'colour' if s.colour else 'gray'}; one part on a "
+          f"background in {s.parts:.0%}" + (f", elongation {s.elongation:.2f}" if s.elongation else ""), flush=True)
+    folder = stage / "setup"
+    rows: list[Row] = []
+    labelled: list[bool] = []
+
+    def attempt(row: Row) -> None:
+        spent = (time.perf_counter() - started) / 60
+        if spent + row.estimate_min > budget:
+            row.status, row.note = "skipped", f"{spent:.0f} + {row.estimate_min:.0f} min estimated > --budget {budget:g}"
+            return
+        where = folder / row.name
+        where.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+
+        def step(name: str, module: str, args: list[str], epochs: bool = False) -> None:
+            # a training step shows its bar; the many short builds and scores go to their logs
+            run(f"{row.name}.{name}", module, args, epochs=epochs, quiet=not epochs)
+
+        cfg = where / "train.yaml"
+        cfg.write_text(yaml.safe_dump(row.config, sort_keys=False))
+        try:
+            model = FAMILIES[row.family].builder()(BuildRequest(cfg, where / f"{stem}.onnx", None, overrides, step))
+            row.minutes = (time.perf_counter() - t) / 60
+            _score(row, model, heldout, where, step, labelled)
+            row.status, row.model = "built", str(model)
+        except StepFailed as e:
+            row.status, row.note = "failed", str(e).split(";")[0]
+        print("\n".join(table([row], None)[1:]), flush=True)
+
+    for reg in registrations(s):
+        rows.append(plan_row(f"template-{SEARCH_SIZE}-{reg['method']}", "template", SEARCH_SIZE, reg, s, data_section))
+        attempt(rows[-1])
+    best_reg = choose(rows).registration
+    later = [plan_row(f"template-{size}-{best_reg['method']}", "template", size, best_reg, s, data_section)
+             for size in TEMPLATE_SIZES if size <= max(s.height, s.width)]
+    later += [plan_row(f"{name}-{SEARCH_SIZE}-{best_reg['method']}", name, SEARCH_SIZE, best_reg, s, data_section)
+              for name, fam in FAMILIES.items() if name != "template"]
+    for row in sorted(later, key=lambda r: r.estimate_min):
+        rows.append(row)
+        attempt(row)
+    winner = choose(rows)
+    lines = table(rows, winner)
+    basis = "held-out parts with labels" if labelled and labelled[0] else "synthetic defects on held-out good parts"
+    why = (f"rule: highest image AUROC on {basis}; within {TIE} of it the higher AUPRO, then recall, then fewer minutes"
+           + ("; chosen on the parts calibration uses next (in-sample)" if labelled and labelled[0] else ""))
+    print("== setup: what was tried\n" + "\n".join(lines) + f"\n== setup: {winner.name} ({why})", flush=True)
+    model = Path(winner.model)
+    for p in model.parent.iterdir():   # the model, its sidecar and what it names (bank, checkpoint)
+        if p.is_file():
+            shutil.move(str(p), stage / p.name)
+    write_json(stage / "setup.json", {"survey": asdict(s), "budget_min": budget, "rule": why,
+                                      "winner": winner.name, "minutes": (time.perf_counter() - started) / 60,
+                                      "rows": [{k: v for k, v in asdict(r).items() if k != "config"} for r in rows]})
+    shutil.rmtree(folder, ignore_errors=True)    # the losers' checkpoints can be hundreds of MB
+    return winner.config, stage / model.name
+
+
+def _score(row: Row, model: Path, heldout: Path, where: Path, run: Callable[..., None], labelled: list[bool]) -> None:
+    """Fill row's measures from calibration (labelled held-out parts) or synthetic defects."""
+    if not labelled or labelled[0]:
+        run("score", "calibration.calibrate", ["--engine", str(model), "--data", str(heldout), "--report",
+                                                          str(where / "score"), "--dry-run", "--force", "--quiet"])
+        body = json.loads((where / "score" / "calibration.json").read_text(encoding="utf-8"))
+        if not labelled:
+            labelled.append(body.get("mode") != "normal-only")
+        if labelled[0]:
+            row.image_auroc = (body.get("auroc") or {}).get("image")
+            row.aupro = body.get("aupro")
+            row.recall = ((body.get("folds") or {}).get("recall") or {}).get("mean")
+            return
+    run("score", "calibration.synthetic", ["--engine", str(model), "--data", str(heldout), "--out",
+                                                      str(where / "synthetic.json"), "--copies", str(SYNTHETIC_COPIES)])
+    body = json.loads((where / "synthetic.json").read_text(encoding="utf-8"))
+    row.image_auroc, row.aupro = body["auroc"]["image"], body["aupro"]
+    row.recall = body["recall_at_fpr"]["recall"]

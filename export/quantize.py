@@ -124,36 +124,35 @@ def phase_taps(kernel: int, stride: int, pad: int) -> list[tuple[list[int], int]
     return phases
 
 
-def phase_kernel(w: np.ndarray, stride: int, pad: int) -> tuple[np.ndarray, int, int] | None:
+def phase_kernel(w: np.ndarray, stride: int, pad: int) -> tuple[np.ndarray, list[int]] | None:
     """A ConvTranspose weight [Cin, Cout, k, k] (output exactly `stride` x the input) as one
-    convolution's weight [stride * stride * Cout, Cin, n, n] over the window every phase reads,
-    each phase's taps in its own channel block (DCR order: block a * stride + b, zeros where a
-    phase does not reach), with its (begin, end) padding; None when the window does not contain
-    the output's own position (a negative padding)."""
+    convolution's weight [stride * stride * Cout, Cin, t, t], t the most taps a phase has: phase
+    (a, b)'s taps in channel block a * stride + b (DCR order), each phase's window starting at its
+    own first input offset. Returns it with the first offsets per phase; None when one is positive
+    (the window would start after the output's own position: no padding reaches it)."""
     phases = phase_taps(w.shape[2], stride, pad)
-    lo = min(first for _, first in phases)
-    hi = max(first + len(taps) - 1 for taps, first in phases)
-    if lo > 0 or hi < 0:
+    firsts = [first for _, first in phases]
+    if max(firsts) > 0:
         return None
-    cin, cout, n = w.shape[0], w.shape[1], hi - lo + 1
-    kernel = np.zeros((stride, stride, cout, cin, n, n), w.dtype)
-    for a, (rows, top) in enumerate(phases):
-        for b, (cols, left) in enumerate(phases):
-            part = w[:, :, rows][:, :, :, cols].transpose(1, 0, 2, 3)  # [Cout, Cin, len(rows), len(cols)]
-            kernel[a, b, :, :, top - lo:top - lo + len(rows), left - lo:left - lo + len(cols)] = part
-    return kernel.reshape(stride * stride * cout, cin, n, n), -lo, hi
+    t = max(len(taps) for taps, _ in phases)
+    kernel = np.zeros((stride, stride, w.shape[1], w.shape[0], t, t), w.dtype)
+    for a, (rows, _) in enumerate(phases):
+        for b, (cols, _) in enumerate(phases):
+            kernel[a, b, :, :, :len(rows), :len(cols)] = w[:, :, rows][:, :, :, cols].transpose(1, 0, 2, 3)
+    return kernel.reshape(-1, w.shape[0], t, t), firsts
 
 
 def conv_transpose_as_conv(model: onnx.ModelProto) -> int:
     """Rewrite each 2-D ConvTranspose with constant weights, square kernel k, stride s, symmetric
     padding p, k - 2p = s (the output exactly s x the input), group 1 and no dilation, as one Conv
-    on its input with s * s * Cout channels (`phase_kernel`: every output phase's taps) interleaved
-    by DepthToSpace: the same sums (the decoders' k4 s2 p1 reads a 3x3 window, 9 taps where 4 reach
-    each phase, 2.25x the multiply-adds, in INT8). One convolution, not one per phase: their outputs
-    would each be quantized to its own range and again, after the interleaving, to the next layer's
-    (twice the rounding). A Relu that alone reads the ConvTranspose moves before the interleaving
-    (they commute): Conv + Relu is one INT8 kernel whose output range starts at 0. Others are left
-    as they are. Returns the count."""
+    on its input whose s * s channel blocks are the output phases (`phase_kernel`: the decoders'
+    k4 s2 p1 is a 2x2 kernel, the ConvTranspose's own multiply-adds), evaluated at every window
+    start a phase needs; each phase takes its block at its own offset (Slice, moved as 8-bit data),
+    and DepthToSpace interleaves them: the same sums. One convolution, not one per phase: four
+    outputs would each be rounded to their own 8-bit range, and again, interleaved, to the next
+    layer's. A Relu that alone reads the ConvTranspose moves before the interleaving (they
+    commute): Conv + Relu is one INT8 kernel whose range starts at 0. Others are left as they are.
+    Returns the count."""
     g = model.graph
     weights = {i.name: i for i in g.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -179,26 +178,42 @@ def conv_transpose_as_conv(model: onnx.ModelProto) -> int:
         if found is None:
             nodes.append(node)
             continue
-        kernel, begin, end = found
+        kernel, firsts = found
+        stride, cout, lo, t = s[0], kernel.shape[0] // (s[0] * s[0]), min(firsts), kernel.shape[2]
         base = node.name or node.output[0]
         inputs = [node.input[0], f"{base}/phases/W"]
         g.initializer.append(numpy_helper.from_array(kernel, inputs[1]))
         if len(node.input) > 2 and node.input[2]:  # the bias, once per phase block
-            bias = numpy_helper.to_array(weights[node.input[2]])
-            g.initializer.append(numpy_helper.from_array(np.tile(bias, s[0] * s[0]), f"{base}/phases/B"))
+            g.initializer.append(numpy_helper.from_array(
+                np.tile(numpy_helper.to_array(weights[node.input[2]]), stride * stride), f"{base}/phases/B"))
             inputs.append(f"{base}/phases/B")
         after = readers.get(node.output[0], [])
         relu = after[0] if (len(after) == 1 and after[0].op_type == "Relu" and after[0].name
                             and node.output[0] not in outputs) else None
-        nodes.append(helper.make_node("Conv", inputs, [f"{base}/phases"], name=f"{base}/Conv",
-                                      kernel_shape=list(kernel.shape[2:]), pads=[begin, begin, end, end]))
+        # window starts lo .. H - 1 (the last phase starts at offset 0 at most): H - lo positions
+        nodes.append(helper.make_node("Conv", inputs, [f"{base}/phases"], name=f"{base}/Conv", kernel_shape=[t, t],
+                                      pads=[-lo, -lo, t - 1, t - 1]))
         last = f"{base}/phases"
         if relu is not None:
             nodes.append(helper.make_node("Relu", [last], [f"{base}/phases_relu"], name=f"{base}/Relu"))
             last = f"{base}/phases_relu"
             moved.add(relu.name)
-        nodes.append(helper.make_node("DepthToSpace", [last], list((relu or node).output),
-                                      name=f"{base}/DepthToSpace", blocksize=s[0], mode="DCR"))
+        parts = []
+        for a, fa in enumerate(firsts):
+            for b, fb in enumerate(firsts):
+                block, name = a * stride + b, f"{base}/phase{a}{b}"
+                # channels of its block; rows and columns from its first offset, H of them (ends
+                # counted from the end: the shape is not needed; 0 from the end is 'to the end')
+                start = [block * cout, fa - lo, fb - lo]
+                stop = [(block + 1) * cout, fa or np.iinfo(np.int64).max, fb or np.iinfo(np.int64).max]
+                for suffix, values in (("starts", start), ("ends", stop), ("axes", [1, 2, 3])):
+                    g.initializer.append(numpy_helper.from_array(np.array(values, np.int64), f"{name}/{suffix}"))
+                nodes.append(helper.make_node("Slice", [last, f"{name}/starts", f"{name}/ends", f"{name}/axes"],
+                                              [f"{name}/Y"], name=f"{name}/Slice"))
+                parts.append(f"{name}/Y")
+        nodes.append(helper.make_node("Concat", parts, [f"{base}/interleave"], name=f"{base}/Concat", axis=1))
+        nodes.append(helper.make_node("DepthToSpace", [f"{base}/interleave"], list((relu or node).output),
+                                      name=f"{base}/DepthToSpace", blocksize=stride, mode="DCR"))
         done += 1
     del g.node[:]
     g.node.extend(nodes)

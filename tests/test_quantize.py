@@ -144,7 +144,7 @@ def test_conv_transpose_as_one_convolution_is_the_same_function(k: int, s: int, 
     want = ort.run(ort.session(tmp_path / "a.onnx", device="cpu"), x)["y"]
     assert conv_transpose_as_conv(model) == 1
     onnx.checker.check_model(model)
-    assert [n.op_type for n in model.graph.node] == ["Conv", "DepthToSpace"]
+    assert [n.op_type for n in model.graph.node] == ["Conv", *["Slice"] * s * s, "Concat", "DepthToSpace"]
     onnx.save(model, str(tmp_path / "b.onnx"))
     got = ort.run(ort.session(tmp_path / "b.onnx", device="cpu"), x)["y"]
     assert got.shape == want.shape == (2, 4, 5 * s, 5 * s)
@@ -157,10 +157,10 @@ def test_conv_transpose_that_is_not_an_exact_upsampling_is_left_alone() -> None:
         assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
     # k=4, s=2, p=1: phase 0 reads x[m-1], x[m] with taps 3, 1; phase 1 reads x[m], x[m+1] with taps 2, 0
     assert phase_taps(4, 2, 1) == [([3, 1], -1), ([2, 0], 0)]
-    kernel, begin, end = phase_kernel(np.arange(16.0).reshape(1, 1, 4, 4), 2, 1)
-    assert kernel.shape == (4, 1, 3, 3) and (begin, end) == (1, 1)
-    assert kernel[3, 0].tolist() == [[0, 0, 0], [0, 10, 8], [0, 2, 0]]  # phase (1, 1): taps (2, 0) x (2, 0)
-    assert phase_kernel(np.ones((1, 1, 2, 2)), 2, 3) is None  # a window beside the output: no padding reaches it
+    kernel, firsts = phase_kernel(np.arange(16.0).reshape(1, 1, 4, 4), 2, 1)
+    assert kernel.shape == (4, 1, 2, 2) and firsts == [-1, 0]  # 2x2: the ConvTranspose's own 16 taps, no zeros
+    assert kernel[3, 0].tolist() == [[10, 8], [2, 0]] and kernel[0, 0].tolist() == [[15, 13], [7, 5]]
+    assert phase_kernel(np.ones((1, 1, 2, 2)), 2, 3) is None  # a window after the output: no padding reaches it
 
 
 def test_registration_failures_are_skipped_not_calibrated_on(line: tuple[Path, Path, Path],

@@ -27,8 +27,10 @@ def test_the_survey_sees_gray_elongated_parts_and_offers_their_registrations(par
     s = auto.survey(parts)
     assert s.images == 20 and (s.height, s.width) == (128, 128) and not s.colour and s.channels == 1
     assert s.parts == 1.0 and s.elongation > 2
-    assert [r["method"] for r in auto.registrations(s)] == ["none", "shift", "rotation", "principal_axis"]
-    assert all(r["lighting"] == "background" for r in auto.registrations(s))
+    assert [auto.setting_name("template", 128, r) for r in auto.registrations(s)] == [
+        "template-128-principal_axis+light", "template-128-rotation+light", "template-128-shift+light",
+        "template-128-none+light"]
+    assert auto.other_lighting(auto.registrations(s)[1]) == {"method": "rotation", "lighting": "none"}
 
 
 def test_the_survey_of_round_colour_parts_and_of_pictures_without_a_part(tmp_path: Path) -> None:
@@ -42,9 +44,9 @@ def test_the_survey_of_round_colour_parts_and_of_pictures_without_a_part(tmp_pat
         cv2.imwrite(str(tmp_path / "texture" / f"{i}.png"), rng.integers(90, 110, (96, 96, 3)).astype(np.uint8))
     s = auto.survey(tmp_path / "round")
     assert s.colour and s.parts == 1.0 and s.elongation < 1.5
-    assert [r["method"] for r in auto.registrations(s)] == ["none", "shift", "rotation"]
+    assert [r["method"] for r in auto.registrations(s)] == ["rotation", "shift", "none"]
     s = auto.survey(tmp_path / "texture")
-    assert s.parts == 0 and [r["method"] for r in auto.registrations(s)] == ["none", "shift"]
+    assert s.parts == 0 and [r["method"] for r in auto.registrations(s)] == ["shift", "none"]
     assert all(r["lighting"] == "none" for r in auto.registrations(s))
 
 
@@ -70,7 +72,7 @@ def test_auto_builds_scores_chooses_and_deploys(parts: Path, tmp_path: Path, cap
     winner = [r for r in setup["rows"] if r["name"] == setup["winner"]][0]
     assert winner["status"] == "built" and winner["image_auroc"] > 0.9
     assert winner["registration"]["method"] in ("rotation", "principal_axis")   # the parts lie at any angle
-    assert {r["name"]: r["status"] for r in setup["rows"]}["template-128-none"] == "built"
+    assert {r["name"]: r["status"] for r in setup["rows"]}["template-128-none+light"] == "built"
     cfg = yaml.safe_load((version / "train.yaml").read_text())
     assert cfg["model"]["family"] == "template" and cfg["registration"] == winner["registration"]
     side = yaml.safe_load((version / "deploy.yaml").read_text())

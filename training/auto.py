@@ -5,7 +5,8 @@ images to the setting a new part is inspected with, by a rule written down befor
              one part on a background (the silhouette registration needs), its elongation
   candidates the registration methods that apply (none and shift always; rotation where a part
              stands on a background; principal_axis where it is also elongated), each built as a
-             template at SEARCH_SIZE px (seconds); then, with the best registration, every other
+             template at SEARCH_SIZE px (seconds), the best of them again with the other lighting
+             normalization; then, with the best registration, every other
              family (families.FAMILIES, cheapest first) and the template at TEMPLATE_SIZES, each
              only while the minutes spent plus its estimate fit --budget
   scoring    each candidate on the held-out set as the calibration sees it: with defective parts
@@ -82,15 +83,27 @@ def survey(data: Path) -> Survey:
 
 
 def registrations(s: Survey) -> list[dict[str, str]]:
-    """The registration settings that apply to the surveyed parts."""
+    """The registration settings that apply to the surveyed parts, the likeliest first (a tight
+    budget builds those): methods that find the part's pose where a part stands on a background
+    (with lighting normalization there: a test set lit differently is the common case), then
+    shift and none."""
     parts = s.parts >= PART_SHARE
-    lighting = "background" if parts else "none"
-    out = [{"method": "none", "lighting": lighting}, {"method": "shift", "lighting": lighting}]
+    methods = ["shift", "none"]
     if parts:
-        out.append({"method": "rotation", "lighting": lighting})
+        methods.insert(0, "rotation")
         if s.elongation is not None and s.elongation >= FIT_ELONGATION:
-            out.append({"method": "principal_axis", "lighting": lighting})
-    return out
+            methods.insert(0, "principal_axis")
+    return [{"method": m, "lighting": "background" if parts else "none"} for m in methods]
+
+
+def other_lighting(registration: dict[str, str]) -> dict[str, str]:
+    """The same method with the other lighting: tried for the best method only (a dark background
+    can make the gain noise rather than a correction)."""
+    return {**registration, "lighting": "none" if registration["lighting"] != "none" else "background"}
+
+
+def setting_name(family: str, size: int, registration: dict[str, str]) -> str:
+    return f"{family}-{size}-{registration['method']}" + ("+light" if registration["lighting"] != "none" else "")
 
 
 @dataclass
@@ -189,13 +202,17 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
         print("\n".join(table([row], None)[1:]), flush=True)
 
     for reg in registrations(s):
-        rows.append(plan_row(f"template-{SEARCH_SIZE}-{reg['method']}", "template", SEARCH_SIZE, reg, s, data_section))
+        rows.append(plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section))
+        attempt(rows[-1])
+    if s.parts >= PART_SHARE:
+        reg = other_lighting(choose(rows).registration)
+        rows.append(plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section))
         attempt(rows[-1])
     best_reg = choose(rows).registration
-    later = [plan_row(f"template-{size}-{best_reg['method']}", "template", size, best_reg, s, data_section)
+    later = [plan_row(setting_name("template", size, best_reg), "template", size, best_reg, s, data_section)
              for size in TEMPLATE_SIZES if size <= max(s.height, s.width)]
-    later += [plan_row(f"{name}-{SEARCH_SIZE}-{best_reg['method']}", name, SEARCH_SIZE, best_reg, s, data_section)
-              for name, fam in FAMILIES.items() if name != "template"]
+    later += [plan_row(setting_name(name, SEARCH_SIZE, best_reg), name, SEARCH_SIZE, best_reg, s, data_section)
+              for name in FAMILIES if name != "template"]
     for row in sorted(later, key=lambda r: r.estimate_min):
         rows.append(row)
         attempt(row)
@@ -220,7 +237,8 @@ def _score(row: Row, model: Path, heldout: Path, where: Path, run: Callable[...,
     """Fill row's measures from calibration (labelled held-out parts) or synthetic defects."""
     if not labelled or labelled[0]:
         run("score", "calibration.calibrate", ["--engine", str(model), "--data", str(heldout), "--report",
-                                                          str(where / "score"), "--dry-run", "--force", "--quiet"])
+                                               str(where / "score"), "--dry-run", "--force", "--quiet", "--worst", "0",
+                                               "--bootstrap", "100"])
         body = json.loads((where / "score" / "calibration.json").read_text(encoding="utf-8"))
         if not labelled:
             labelled.append(body.get("mode") != "normal-only")

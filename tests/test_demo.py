@@ -44,8 +44,22 @@ def test_demo_end_to_end_with_the_template_setting(tmp_path: Path, capsys) -> No
     cfg.write_text("model: {arch: template, size: 64, channels: 1, k: 3}\n"
                    "registration: {method: principal_axis, lighting: background}\n")
     out = tmp_path / "demo"
-    assert main(["--config", str(cfg), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["--config", str(cfg), "--data", str(data), "--out", str(out), "--no-vae"]) == 0
     check_outputs(out, capsys.readouterr().out, 10)
+
+
+def test_demo_by_default_sets_up_the_part_itself_and_shows_the_vae(tmp_path: Path, capsys) -> None:
+    """The README's main job: the automatic set-up chooses and deploys, the verdicts are said to be
+    in-sample, and the paper's VAE is trained briefly to show its attention."""
+    data = make_parts(tmp_path / "parts", n_train=16, n_good=4, n_defect=3, size=96)
+    vae = tmp_path / "vae.yaml"
+    vae.write_text(yaml.safe_dump(tiny_config(data)))
+    out = tmp_path / "demo"
+    assert main(["--data", str(data), "--out", str(out), "--budget", "1", "--vae-config", str(vae)]) == 0
+    printed = capsys.readouterr().out
+    check_outputs(out, printed, 10)
+    assert "== setup: what was tried" in printed and "in-sample" in printed and "what the set-up chose" in printed
+    assert len(list((out / "vae" / "inspect" / "overlay").iterdir())) == 6      # attention beside the map
 
 
 def test_demo_end_to_end_with_a_vae(tmp_path: Path, capsys) -> None:
@@ -56,7 +70,7 @@ def test_demo_end_to_end_with_a_vae(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "vae.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(data)))
     out = tmp_path / "demo"
-    assert main(["--config", str(cfg), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["--config", str(cfg), "--data", str(data), "--out", str(out), "--no-vae"]) == 0
     printed = capsys.readouterr().out
     assert "PASS" in printed  # export.check's verdict, in the retrain step's output
     check_outputs(out, printed, 7, expect_ng=False)  # one epoch: too weak to promise an NG

@@ -77,8 +77,8 @@ class Calibration:
     skipped: dict[str, int]      # unreadable, registration failed
 
 
-def calibration_images(folder: str | Path, spec: InputSpec, limit: int) -> Calibration:
-    """The first `limit` usable images of `folder` (recursive, sorted) through core.prepare.
+def calibration_images(folder: str | Path, spec: InputSpec, limit: int | None = None) -> Calibration:
+    """The first `limit` (None: all) usable images of `folder` (recursive, sorted) through core.prepare.
     QuantizeError naming the folder when none is usable."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if is_image_name(p) and p.is_file())
@@ -280,7 +280,7 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
     check_sidecar_free(out)
     spec = InputSpec.from_mapping(sidecar["input"], sidecar.get("registration"), f"{sidecar_path(src)}")
     calib = calibration_images(calib_data, spec, max_images)
-    check = calibration_images(verify_data, spec, max_images) if verify_data else calib
+    check = calibration_images(verify_data, spec) if verify_data else calib
     source = onnx.load(str(src), load_external_data=False)
     with tempfile.TemporaryDirectory(prefix=".quantize_", dir=out.parent) as work:
         line, pre, convs, quantized = (Path(work) / n for n in ("line.onnx", "pre.onnx", "convs.onnx", "int8.onnx"))
@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"node-name prefixes left in fp32 (default {' '.join(KEEP_FP32)})")
     p.add_argument("--outputs", help="only these outputs of the source, comma-separated (e.g. anomaly_map: the line "
                                      "graph of a full one, the nodes nothing asked for dropped); default: all of them")
-    p.add_argument("--verify-data", help="images to measure the map error against fp32 on (default: the calibration images)")
+    p.add_argument("--verify-data", help="images to measure the map error against fp32 on, all of them (default: the "
+                                         "calibration images)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
 

@@ -9,13 +9,14 @@ uint8 activations, int8 weights per output channel) calibrated on good parts pre
 the runtime prepares them: core.prepare with the source sidecar's input size and fitted
 registration; an image whose registration fails is skipped, since the runtime never runs the
 model on it. Before quantizing, `quant_pre_process` folds BatchNorm into the convolutions, and
-every transposed convolution the decoders use (kernel 2s, stride s, padding s/2) is rewritten as
-s x s convolutions on its input, one per output phase, interleaved by DepthToSpace: the same
-function (exactly: the same products, summed in another order), but ONNX Runtime has an INT8
-kernel for Conv and none for ConvTranspose, which it would run in fp32 after dequantizing its
-weights on every call. Left in fp32 (`KEEP_FP32`): the anomaly map's own arithmetic (the
-reconstruction error and its blur: a few single-channel ops, and the values thresholds compare)
-and the graph's preprocessing.
+every transposed convolution the decoders use (output exactly stride x input) is rewritten as one
+convolution on its input whose channel blocks are the output phases, interleaved by DepthToSpace
+(`conv_transpose_as_conv`): the same sums, but ONNX Runtime has an INT8 kernel for Conv and none
+for ConvTranspose, which it ran in fp32 after dequantizing its weights on every call (half the
+INT8 graph's time). Quantized: Conv, Gemm, MatMul, and Relu (folded into the range of the
+convolution before it). Left in fp32 (`KEEP_FP32`): the anomaly map's own arithmetic (the
+reconstruction error and its blur: a few single-channel ops, the values thresholds compare;
+quantized, the blur also ran slower) and the graph's preprocessing.
 
 --outputs anomaly_map cuts the line graph out of a full one first (onnx.utils.Extractor: the
 nodes no asked-for output needs are dropped, the same graph export.onnx --outputs writes), which is
@@ -234,9 +235,6 @@ class _Reader:
         x = next(self.it, None)
         return None if x is None else {self.name: x[None]}
 
-    def rewind(self) -> None:
-        self.it = iter(self.images)
-
 
 def map_error(fp32: Path, int8: Path, images: list[np.ndarray]) -> dict[str, float | int]:
     """The INT8 anomaly map against the fp32 source's on `images` (one at a time): max and mean
@@ -260,7 +258,8 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
              outputs: list[str] | None = None) -> dict[str, Any]:
     """Quantize `onnx_path` (an fp32 graph with its sidecar) to `out` and write out's sidecar;
     `outputs`: only these of the source's (a line graph cut from a full one: the nodes nothing
-    asked for are dropped, as export.onnx --outputs would not have exported them). Returns {onnx, sidecar, bytes, seconds, calibration, map_error, kept_fp32}. Raises
+    asked for are dropped, as export.onnx --outputs would not have exported them).
+    Returns {onnx, sidecar, bytes, seconds, calibration, map_error}. Raises
     QuantizeError / SidecarError (one line naming the file)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -281,10 +280,10 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
     spec = InputSpec.from_mapping(sidecar["input"], sidecar.get("registration"), f"{sidecar_path(src)}")
     calib = calibration_images(calib_data, spec, max_images)
     check = calibration_images(verify_data, spec) if verify_data else calib
-    source = onnx.load(str(src), load_external_data=False)
+    source = onnx.load(str(src))
     with tempfile.TemporaryDirectory(prefix=".quantize_", dir=out.parent) as work:
         line, pre, convs, quantized = (Path(work) / n for n in ("line.onnx", "pre.onnx", "convs.onnx", "int8.onnx"))
-        cut = onnx.utils.Extractor(onnx.load(str(src))).extract_model([sidecar["input"].get("name", "image")], names)
+        cut = onnx.utils.Extractor(source).extract_model([sidecar["input"].get("name", "image")], names)
         onnx.save(cut, str(line))
         quant_pre_process(str(line), str(pre))  # shapes, and BatchNorm folded into the convolutions
         model = onnx.load(str(pre))
@@ -327,8 +326,7 @@ def quantize(onnx_path: str | Path, calib_data: str | Path, out: str | Path, max
     info["thresholds"] = {}  # never the fp32 model's: the INT8 scores shift, it is calibrated itself
     written = write_sidecar(out, info)
     return {"onnx": out, "sidecar": written, "bytes": out.stat().st_size, "seconds": seconds, "calibration": calib,
-            "map_error": error, "kept_fp32": len(kept)}
-
+            "map_error": error}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,8 @@ from typing import Any
 
 from families.family import BuildRequest, Family
 
-STEP_SECONDS = 1.0      # one training step at 128 px, width 16, batch 8 on 2 idle cores
+STEP_SECONDS = 2.0      # one training step at 128 px, width 16, batch 8 on 2 cores (2.6-3.4 s measured beside
+                        # another training run, about half that alone)
 EXPORT_MINUTES = 0.5
 
 

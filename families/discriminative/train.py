@@ -30,8 +30,10 @@ from core.cli import int_at_least, require_extra
 from families.template.build import good_images
 
 DEFAULTS: dict[str, Any] = {
-    "model": {"family": "discriminative", "size": 128, "channels": 3, "k": 5, "width": 16, "sigma": 2.0},
-    "train": {"steps": 1500, "batch_size": 8, "lr": 2.0e-3, "seed": 0},
+    # 600 steps: on metal_nut 300, 600 and 1500 steps scored alike (image AUROC 0.95-0.97); sigma 1:
+    # more blur smoothed thin scratches away (image AUROC 0.95 at sigma 1, 0.93 at 2 after 1500 steps)
+    "model": {"family": "discriminative", "size": 128, "channels": 3, "k": 5, "width": 16, "sigma": 1.0},
+    "train": {"steps": 600, "batch_size": 8, "lr": 2.0e-3, "seed": 0},
     "registration": {"method": "none", "lighting": "none"},
 }
 DEFECT_SHARE = 0.5

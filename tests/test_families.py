@@ -40,3 +40,17 @@ def test_the_runtime_opens_what_the_families_declare() -> None:
     for family in FAMILIES.values():
         for ext, (name, _) in family.backends.items():
             assert EXTENSIONS[ext] == name and name in BACKENDS
+
+
+def test_every_shipped_config_builds_a_family() -> None:
+    from pathlib import Path
+
+    from families.discriminative.train import settings
+    from training.config import load_config
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        config = load_config(path)
+        family = family_of(config)
+        assert family.name in FAMILIES, path
+        if family.name == "discriminative":
+            settings(config)          # the values can train

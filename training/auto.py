@@ -8,7 +8,8 @@ images to the setting a new part is inspected with, by a rule written down befor
              template at SEARCH_SIZE px (seconds), the best of them again with the other lighting
              normalization; then, with the best registration, every other
              family (families.FAMILIES, cheapest first) and the template at TEMPLATE_SIZES, each
-             only while the minutes spent plus its estimate fit --budget
+             only while the minutes spent plus its estimate fit --budget (the whole run's: the
+             calibration and publishing that follow are reserved)
   scoring    each candidate on the held-out set as the calibration sees it: with defective parts
              (labels, masks) calibration.calibrate --dry-run (image AUROC, AUPRO, held-out folds'
              recall at the calibrated FPR); with good parts only, calibration.synthetic (the same
@@ -50,6 +51,8 @@ PART_SHARE = 0.9         # share of images with one part on a background for par
 TIE = 0.005
 SYNTHETIC_COPIES = 3
 SCORE_MINUTES = 0.4      # scoring a candidate on ~80 held-out parts (decode, registration, model, report)
+FINISH_MINUTES = 0.6     # what retraining does after the set-up (calibration with its report, publishing):
+                         # --budget is the whole run's
 DEFAULT_BUDGET = 45.0    # minutes: the issue's training budget on 2 cores
 
 
@@ -180,8 +183,9 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
 
     def attempt(row: Row) -> None:
         spent = (time.perf_counter() - started) / 60
-        if spent + row.estimate_min > budget:
-            row.status, row.note = "skipped", f"{spent:.0f} + {row.estimate_min:.0f} min estimated > --budget {budget:g}"
+        if spent + row.estimate_min + FINISH_MINUTES > budget:
+            row.status, row.note = "skipped", (f"{spent:.1f} + {row.estimate_min:.1f} min estimated (+ {FINISH_MINUTES:g} to "
+                                               f"finish) > --budget {budget:g}")
             return
         where = folder / row.name
         where.mkdir(parents=True, exist_ok=True)

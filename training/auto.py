@@ -88,15 +88,15 @@ def survey(data: Path) -> Survey:
 
 def registrations(s: Survey) -> list[dict[str, str]]:
     """The registration settings that apply to the surveyed parts, the likeliest first (a tight
-    budget builds those): methods that find the part's pose where a part stands on a background
-    (with lighting normalization there: a test set lit differently is the common case), then
-    shift and none."""
+    budget builds those): rotation and, for elongated parts, principal_axis where a part stands on
+    a background (with lighting normalization there: a test set lit differently is the common
+    case), then shift and none."""
     parts = s.parts >= PART_SHARE
     methods = ["shift", "none"]
     if parts:
-        methods.insert(0, "rotation")
         if s.elongation is not None and s.elongation >= FIT_ELONGATION:
             methods.insert(0, "principal_axis")
+        methods.insert(0, "rotation")    # first: it also beat principal_axis on the elongated screws
     return [{"method": m, "lighting": "background" if parts else "none"} for m in methods]
 
 

@@ -425,8 +425,8 @@ def test_non_finite_output_is_an_error_row(tmp_path: Path, model: Path, stub_sid
     png(inp / "inf.png", np.full((40, 40), 7, np.uint8))
     real = rm.Model.__call__
 
-    def broken(self: rm.Model, images: np.ndarray) -> dict[str, np.ndarray]:
-        out = real(self, images)
+    def broken(self: rm.Model, images: np.ndarray, outputs: object = None) -> dict[str, np.ndarray]:
+        out = real(self, images, outputs)
         top = images.reshape(len(images), -1).max(1)
         out["anomaly_map"][top == 0] = np.nan
         out["anomaly_map"][top == 7] = np.inf
@@ -735,11 +735,11 @@ def test_a_fatal_backend_error_keeps_the_rows_already_finished(tmp_path: Path, m
         png(inp / f"{i}.png", part(False))
     real, calls = Model.__call__, []
 
-    def failing(self: Model, images: np.ndarray) -> dict:
+    def failing(self: Model, images: np.ndarray, outputs: object = None) -> dict:
         calls.append(len(images))
         if len(calls) == 3:  # warm-up, first batch, then the second batch fails
             raise BackendError("stub.onnx: inference failed (out of memory)")
-        return real(self, images)
+        return real(self, images, outputs)
 
     monkeypatch.setattr(Model, "__call__", failing)
     out = tmp_path / "out"

@@ -59,7 +59,7 @@ def test_build_open_and_inspect(parts: Path, tmp_path: Path) -> None:
     assert rc == 0
     rows = [json.loads(line) for line in (tmp_path / "report" / "report.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["processing"] == "done" and r["registration"]["status"] == "ok" for r in rows)
-    with pytest.raises(ModelError, match="template bank has no PyTorch model"):
+    with pytest.raises(ModelError, match="a template model has no PyTorch backend"):
         open_model(out, backend="torch")
 
 

@@ -9,7 +9,8 @@ images to the setting a new part is inspected with, by a rule written down befor
              normalization; then, with the best registration, every other
              family (families.FAMILIES, cheapest first) and the template at TEMPLATE_SIZES, each
              only while the minutes spent plus its estimate fit --budget (the whole run's: the
-             calibration and publishing that follow are reserved)
+             calibration and publishing that follow are reserved); until one is built, a
+             candidate is built whatever the budget, so a set-up always deploys something
   scoring    each candidate on the held-out set as the calibration sees it: with defective parts
              (labels, masks) calibration.calibrate --dry-run (image AUROC, AUPRO, held-out folds'
              recall at the calibrated FPR); with good parts only, calibration.synthetic (the same
@@ -183,7 +184,8 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
 
     def attempt(row: Row) -> None:
         spent = (time.perf_counter() - started) / 60
-        if spent + row.estimate_min + FINISH_MINUTES > budget:
+        # the first candidate is built whatever the budget: a set-up that deploys nothing helps no one
+        if any(r.status == "built" for r in rows) and spent + row.estimate_min + FINISH_MINUTES > budget:
             row.status, row.note = "skipped", (f"{spent:.1f} + {row.estimate_min:.1f} min estimated (+ {FINISH_MINUTES:g} to "
                                                f"finish) > --budget {budget:g}")
             return

@@ -96,3 +96,11 @@ def test_budget_belongs_to_auto(parts: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--config", "auto", "--data", str(parts), "--deploy", str(tmp_path / "d"), "--budget", "-1"])
     assert e.value.code == 2
+
+
+def test_a_budget_too_small_for_any_candidate_says_what_to_give(parts: Path, tmp_path: Path, capsys) -> None:
+    deploy = tmp_path / "d"
+    assert main(["--config", "auto", "--data", str(parts), "--deploy", str(deploy), "--budget", "0.5"]) == 1
+    err = capsys.readouterr()
+    assert "--budget 0.5 min is too small" in err.out + err.err and "give --budget" in err.out + err.err
+    assert not (deploy / "current").exists()

@@ -55,7 +55,7 @@ def test_demo_by_default_sets_up_the_part_itself_and_shows_the_vae(tmp_path: Pat
     vae = tmp_path / "vae.yaml"
     vae.write_text(yaml.safe_dump(tiny_config(data)))
     out = tmp_path / "demo"
-    assert main(["--data", str(data), "--out", str(out), "--budget", "1", "--vae-config", str(vae)]) == 0
+    assert main(["--data", str(data), "--out", str(out), "--budget", "2", "--vae-config", str(vae)]) == 0
     printed = capsys.readouterr().out
     check_outputs(out, printed, 10)
     assert "== setup: what was tried" in printed and "in-sample" in printed and "what the set-up chose" in printed

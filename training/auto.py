@@ -26,6 +26,7 @@ winner's config to train.yaml.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -208,9 +209,16 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
             row.status, row.note = "failed", str(e).split(";")[0]
         print("\n".join(table([row], None)[1:]), flush=True)
 
-    for reg in registrations(s):
-        rows.append(plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section))
-        attempt(rows[-1])
+    first = [plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section)
+             for reg in registrations(s)]
+    need = (time.perf_counter() - started) / 60 + first[0].estimate_min + FINISH_MINUTES
+    if need > budget:
+        raise StepFailed(f"--budget {budget:g} min is too small: the cheapest candidate ({first[0].name}) needs about "
+                         f"{need:.1f} min with its scoring, the calibration and publishing; give --budget "
+                         f"{math.ceil(need)} or more")
+    for row in first:
+        rows.append(row)
+        attempt(row)
     if s.parts >= PART_SHARE:
         reg = other_lighting(choose(rows).registration)
         rows.append(plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section))

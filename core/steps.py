@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -22,6 +23,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EPOCH_LINE = re.compile(r"^(epoch|step) (\d+)/(\d+) ")
 QUIET_TAIL = 20      # lines of a quiet step's output shown when it fails
 LOG_EVERY_S = 180.0  # how often a step's progress is said where no terminal shows a bar
+PROJECT_AFTER_S = 90.0  # a step's progress projects its end only after this long
 
 
 class StepFailed(RuntimeError):
@@ -29,21 +31,24 @@ class StepFailed(RuntimeError):
 
 
 def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float],
-             epochs: bool = False, quiet: bool = False) -> None:
+             epochs: bool = False, quiet: bool = False, deadline: float | None = None) -> None:
     """`python -m module args` as a child, its output shown and kept in logs/<name>.log. epochs:
     the child prints training.train's epoch lines, shown as progress (EpochProgress) rather than
     one line each. quiet: the output goes to the log alone (the automatic set-up's many builds and
-    scores), its last lines shown only when the step fails."""
+    scores), its last lines shown only when the step fails. deadline (time.monotonic()): the step
+    is stopped (StepFailed) at it, or sooner once its progress lines say it cannot end by it."""
     logs.mkdir(parents=True, exist_ok=True)
     print(f"== {name}: python -m {module} {' '.join(args)}", flush=True)
     started = time.perf_counter()
     shown = EpochProgress(name) if epochs and not quiet else None
     tail: deque[str] = deque(maxlen=QUIET_TAIL)
+    late: list[str] = []
     with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                 **child_options())
         assert proc.stdout is not None
+        watch = _Deadline(proc, deadline, late) if deadline is not None else None
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -53,6 +58,8 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
                     sys.stdout.write(line)
                 elif not shown.take(line):
                     shown.write(line)
+                if watch is not None:
+                    watch.check(line)
         except BaseException:
             # interrupted here (SIGTERM to this process alone, Ctrl-C, a failed write): the step
             # must not run on as an orphan, writing into a staging folder nobody owns any more
@@ -61,12 +68,55 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
         finally:
             if shown is not None:
                 shown.close()
+            if watch is not None:
+                watch.cancel()
         rc = proc.wait()
     timings[name] = round(time.perf_counter() - started, 1)
+    if late:
+        raise StepFailed(f"step '{name}' stopped: {late[0]}; its log: {logs / f'{name}.log'}")
     if rc:
         sys.stdout.writelines(tail)
         raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")
     print(f"== {name} done in {timings[name]:.0f} s", flush=True)
+
+
+class _Deadline:
+    """Stops a step at its deadline (a timer: a step may print nothing for minutes) or as soon as
+    its progress lines project its end past it: the rate is taken from its first progress line on
+    (the time before it, loading and registering the data, says nothing of the rest) and only
+    after PROJECT_AFTER_S of them."""
+
+    def __init__(self, proc: subprocess.Popen, deadline: float, late: list[str]) -> None:
+        self.proc, self.deadline, self.late = proc, deadline, late
+        self.first: tuple[float, int] | None = None
+        self.timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._stop,
+                                     ["it ran to the end of the budget"])
+        self.timer.daemon = True
+        self.timer.start()
+
+    def check(self, line: str) -> None:
+        m = EPOCH_LINE.match(line)
+        if m is None:
+            return
+        now, unit, done, total = time.monotonic(), m.group(1), int(m.group(2)), int(m.group(3))
+        if self.first is None:
+            self.first = (now, done)
+            return
+        t0, d0 = self.first
+        if now - t0 < PROJECT_AFTER_S or done <= d0:
+            return
+        more = (now - t0) / (done - d0) * (total - done)
+        if now + more > self.deadline:
+            self._stop(f"at {unit} {done}/{total} it would need about {_minutes(more)} more, and "
+                       f"{_minutes(self.deadline - now)} were left in the budget")
+
+    def _stop(self, why: str) -> None:
+        if not self.late:
+            self.late.append(why)
+        stop(self.proc)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 class EpochProgress:

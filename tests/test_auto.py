@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -37,7 +38,7 @@ def test_the_survey_of_round_colour_parts_and_of_pictures_without_a_part(tmp_pat
     rng = np.random.default_rng(0)
     (tmp_path / "round").mkdir()
     (tmp_path / "texture").mkdir()
-    for i in range(6):
+    for i in range(12):
         img = np.full((96, 96, 3), (20, 20, 20), np.uint8)
         cv2.circle(img, (48 + i % 3, 48), 30, (40, 160, 90), -1)
         cv2.imwrite(str(tmp_path / "round" / f"{i}.png"), img)
@@ -103,4 +104,84 @@ def test_a_budget_too_small_for_any_candidate_says_what_to_give(parts: Path, tmp
     assert main(["--config", "auto", "--data", str(parts), "--deploy", str(deploy), "--budget", "0.5"]) == 1
     err = capsys.readouterr()
     assert "--budget 0.5 min is too small" in err.out + err.err and "give --budget" in err.out + err.err
+    assert not (deploy / "current").exists()
+
+
+def write_part(root: Path, make: Callable[..., np.ndarray], good: list[dict], defects: dict[str, list[dict]],
+               train: list[dict]) -> Path:
+    """An MVTec-layout folder: make(**kwargs) draws each picture; a defect's mask is where it
+    differs from the same part drawn without the defect (kwargs 'spot' marks a dark spot)."""
+    def draw(kw: dict) -> tuple[np.ndarray, np.ndarray]:
+        spot = kw.pop("spot", None)
+        img = make(**kw)
+        mask = np.zeros(img.shape[:2], np.uint8)
+        if spot is not None:
+            cv2.circle(mask, spot, max(2, img.shape[0] // 24), 255, -1)
+            img[mask > 0] = 5
+        return img, mask
+
+    for folder, items in (("train/good", train), ("test/good", good), *((f"test/{k}", v) for k, v in defects.items())):
+        (root / folder).mkdir(parents=True)
+        for i, kw in enumerate(items):
+            img, mask = draw(dict(kw))
+            cv2.imwrite(str(root / folder / f"{i:03d}.png"), img)
+            if folder.startswith("test/") and folder != "test/good":
+                gt = root / "ground_truth" / folder[5:]
+                gt.mkdir(parents=True, exist_ok=True)
+                if not mask.any():  # flipped, moved or missing: where it differs from the part in place
+                    plain = make(**{k: v for k, v in kw.items() if k not in ("mirror", "shift", "missing")})
+                    mask = np.where(np.abs(img.astype(int) - plain).max(-1) > 30, 255, 0).astype(np.uint8)
+                cv2.imwrite(str(gt / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+def test_auto_turns_a_rotated_part_and_leaves_a_fixed_board_where_it_is(tmp_path: Path) -> None:
+    """A 4-fold part at any angle is registered by rotation (its mirror image stays a defect); a board
+    that fills the picture in one pose gets shift or none, where a part moved or missing is the defect."""
+    from tests.test_registration_methods import fixture_part, nut
+
+    rng = np.random.default_rng(0)
+
+    def pose() -> dict:
+        return {"angle": float(rng.uniform(-180, 180)), "shift": tuple(rng.uniform(-4, 4, 2)), "seed": int(rng.integers(1e6)),
+                "size": 96}
+    nuts = write_part(tmp_path / "nut", nut, [pose() for _ in range(6)],
+                      {"spot": [{**pose(), "spot": (48 + int(rng.integers(-12, 12)), 30)} for _ in range(4)],
+                       "flip": [{**pose(), "mirror": True} for _ in range(4)]}, [pose() for _ in range(16)])
+
+    def jitter() -> dict:
+        return {"shift": tuple(rng.uniform(-2, 2, 2)), "seed": int(rng.integers(1e6))}
+    boards = write_part(tmp_path / "board", fixture_part, [jitter() for _ in range(6)],
+                        {"missing": [{**jitter(), "missing": True} for _ in range(4)],
+                         "moved": [{"shift": (float(rng.choice([-1, 1]) * 25), 0.0)} for _ in range(4)]},
+                        [jitter() for _ in range(16)])
+    chosen = {}
+    for name, data in (("nut", nuts), ("board", boards)):
+        assert main(["--config", "auto", "--data", str(data), "--deploy", str(tmp_path / name / "deploy"),
+                     "--budget", "2"]) == 0
+        setup = json.loads((tmp_path / name / "deploy" / "v0001" / "setup.json").read_text())
+        winner = [r for r in setup["rows"] if r["name"] == setup["winner"]][0]
+        chosen[name] = (winner["registration"]["method"], winner["image_auroc"])
+    assert chosen["nut"][0] == "rotation" and chosen["nut"][1] > 0.9
+    assert chosen["board"][0] in ("shift", "none") and chosen["board"][1] > 0.9
+
+
+@pytest.mark.parametrize("problem", ["few", "sizes", "channels"])
+def test_a_folder_the_set_up_cannot_use_says_why_and_deploys_nothing(problem: str, tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(6 if problem == "few" else 12):
+        side = 64 if problem == "sizes" and i == 7 else 48
+        img = np.full((side, side), 20, np.uint8)
+        cv2.circle(img, (side // 2, side // 2), side // 4, 200, -1)
+        if problem == "channels" and i == 7:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        cv2.imwrite(str(good / f"{i:02d}.png"), img)
+    deploy = tmp_path / "deploy"
+    assert main(["--config", "auto", "--data", str(good), "--heldout", str(good), "--deploy", str(deploy),
+                 "--budget", "2"]) == 1
+    said = capsys.readouterr()
+    said = said.out + said.err
+    assert {"few": "6 good images; the set-up needs at least 10", "sizes": "07.png: 64x64 gray, but 00.png is 48x48 gray",
+            "channels": "07.png: 48x48 colour, but 00.png is 48x48 gray"}[problem] in said
     assert not (deploy / "current").exists()

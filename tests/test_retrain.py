@@ -182,6 +182,30 @@ def test_the_training_step_shows_its_epochs_as_a_bar_or_a_line_every_few_minutes
     assert "epoch 2/3 step 2" in (tmp_path / "logs" / "train.log").read_text()
 
 
+def test_a_step_past_its_deadline_is_stopped_early_or_at_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The automatic set-up's --budget: a training step whose progress says it cannot end in time
+    is stopped as soon as that is clear; one that prints nothing is stopped at the deadline."""
+    import time
+
+    import core.steps as cs
+
+    monkeypatch.setattr(cs, "PROJECT_AFTER_S", 0.5)
+    (tmp_path / "slow.py").write_text("import sys, time\nfor s in range(1, 101):\n    print(f'step {s}/100 loss 1', flush=True)\n"
+                                      "    time.sleep(float(sys.argv[1]))\n")
+    (tmp_path / "silent.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
+    t = time.monotonic()
+    with pytest.raises(cs.StepFailed, match=r"'train' stopped: at step \d+/100 it would need about \d+ s more, and "
+                                            r"\d+ s were left in the budget"):
+        cs.run_step("train", "slow", ["0.2"], tmp_path / "logs", {}, quiet=True, deadline=time.monotonic() + 8)
+    assert time.monotonic() - t < 4
+    t = time.monotonic()
+    with pytest.raises(cs.StepFailed, match="stopped: it ran to the end of the budget"):
+        cs.run_step("build", "silent", [], tmp_path / "logs", {}, quiet=True, deadline=time.monotonic() + 1)
+    assert time.monotonic() - t < 15
+    cs.run_step("train", "slow", ["0"], tmp_path / "logs", {}, quiet=True, deadline=time.monotonic() + 60)  # in time
+
+
 def test_retrain_lets_training_print_its_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 mvtec_dir: Path, capsys: pytest.CaptureFixture) -> None:
     """The training step runs without --quiet, and what training.train prints after each epoch is

@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from core.files import write_json
-from core.images import ImageError, read_image
+from core.images import ImageError, decode_file, to_uint8_channels
 from core.registration.principal_axis import FIT_ELONGATION
 from core.registration.silhouette import measure
 from core.steps import StepFailed
@@ -46,6 +46,7 @@ from families import FAMILIES, BuildRequest
 from families.template.build import good_images
 
 SURVEY_IMAGES = 64
+MIN_GOOD = 10
 SEARCH_SIZE = 128
 TEMPLATE_SIZES = (256,)
 COLOUR_LEVELS = 4.0      # gray levels between channels (90th percentile of pixels) above which images are colour
@@ -74,10 +75,20 @@ class Survey:
 
 def survey(data: Path) -> Survey:
     files = good_images(data)
+    if len(files) < MIN_GOOD:
+        raise ImageError(f"{files[0].parent}: {len(files)} good images; the set-up needs at least {MIN_GOOD} to learn "
+                         "what good looks like (a few dozen is better): photograph more good parts")
     step = max(1, len(files) // SURVEY_IMAGES)
     shapes, spread, sils = [], [], []
+    first: tuple[Path, tuple[int, ...]] | None = None
     for path in files[::step][:SURVEY_IMAGES]:
-        img = read_image(path, 3)
+        raw = decode_file(path)
+        form = (*raw.shape[:2], raw.shape[2] if raw.ndim == 3 else 1)
+        first = first or (path, form)
+        if form != first[1]:     # one camera set-up makes one kind of picture: another is the wrong folder
+            raise ImageError(f"{path}: {describe(form)}, but {first[0].name} is {describe(first[1])}: the good images "
+                             "must come from one camera set-up; move the others out of the folder")
+        img = to_uint8_channels(raw, 3, source=str(path))
         shapes.append(img.shape[:2])
         f = img.astype(np.int16)
         spread.append(float(np.percentile(np.abs(f[:, :, 0] - f[:, :, 1]) + np.abs(f[:, :, 1] - f[:, :, 2]), 90)))
@@ -86,6 +97,11 @@ def survey(data: Path) -> Survey:
     h, w = (int(v) for v in np.median(np.array(shapes), axis=0))
     return Survey(len(files), h, w, float(np.median(spread)) > COLOUR_LEVELS, len(ok) / len(sils),
                   float(np.median([s.elongation for s in ok])) if ok else None)
+
+
+def describe(form: tuple[int, ...]) -> str:
+    h, w, c = form
+    return f"{w}x{h} " + ("gray" if c == 1 else "colour")
 
 
 def registrations(s: Survey) -> list[dict[str, str]]:
@@ -120,7 +136,7 @@ class Row:
     registration: dict[str, str]
     estimate_min: float
     config: dict[str, Any] = field(repr=False)
-    status: str = "planned"         # built, failed, skipped (budget)
+    status: str = "planned"         # built, failed, stopped (past the budget), skipped (budget)
     minutes: float | None = None
     image_auroc: float | None = None
     aupro: float | None = None
@@ -179,6 +195,10 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
         raise StepFailed(f"survey: {e}") from e
     print(f"== setup: {s.images} good images, {s.width}x{s.height}, {'colour' if s.colour else 'gray'}; one part on a "
           f"background in {s.parts:.0%}" + (f", elongation {s.elongation:.2f}" if s.elongation else ""), flush=True)
+    if 0 < s.parts < PART_SHARE:
+        print(f"note: one part on a plain background was found in only {s.parts:.0%} of the good images (rotation and "
+              f"principal_axis need {PART_SHARE:.0%}): only shift and none are tried; a darker, even background "
+              "behind the part would let the set-up turn parts to one pose", flush=True)
     folder = stage / "setup"
     rows: list[Row] = []
     labelled: list[bool] = []
@@ -193,10 +213,14 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
         where = folder / row.name
         where.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
+        # once a candidate is built, a later one that runs past its estimate is stopped at the
+        # budget, or sooner where its progress says it cannot end in it: --budget is a promise
+        deadline = (time.monotonic() + (budget - FINISH_MINUTES - spent) * 60
+                    if any(r.status == "built" for r in rows) else None)
 
         def step(name: str, module: str, args: list[str], epochs: bool = False) -> None:
             # a training step shows its bar; the many short builds and scores go to their logs
-            run(f"{row.name}.{name}", module, args, epochs=epochs, quiet=not epochs)
+            run(f"{row.name}.{name}", module, args, epochs=epochs, quiet=not epochs, deadline=deadline)
 
         cfg = where / "train.yaml"
         cfg.write_text(yaml.safe_dump(row.config, sort_keys=False))
@@ -206,7 +230,7 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
             _score(row, model, heldout, where, step, labelled)
             row.status, row.model = "built", str(model)
         except StepFailed as e:
-            row.status, row.note = "failed", str(e).split(";")[0]
+            row.status, row.note = "stopped" if "' stopped: " in str(e) else "failed", str(e).split("; its log")[0]
         print("\n".join(table([row], None)[1:]), flush=True)
 
     first = [plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section)

@@ -42,7 +42,9 @@ class Family:
     graph (a template's .npz bank); minutes: "module:function"(config, images) -> estimated build
     minutes on a 2-core CPU, for the automatic set-up's budget; config: "module:function"(size,
     channels, registration) -> the family's config for a new part (the automatic set-up's
-    candidate); warm_start: retraining may start from the deployed version's checkpoint (--init)."""
+    candidate); warm_start: retraining may start from the deployed version's checkpoint (--init);
+    rank: the order the automatic set-up tries the trained families in, lowest first (where the
+    budget holds one, the one that measured best in bench.parts; docs/benchmarks.md, "Every part")."""
     name: str
     summary: str
     trains: bool
@@ -50,6 +52,7 @@ class Family:
     minutes: str
     config: str
     warm_start: bool = False
+    rank: int = 0
     archs: tuple[str, ...] = ()
     backends: dict[str, tuple[str, str]] = field(default_factory=dict)
 

@@ -61,3 +61,22 @@ def test_disentanglement_bench_refuses_an_empty_model_list() -> None:
     with pytest.raises(SystemExit) as e:
         main(["--models", ","])
     assert e.value.code == 2
+
+
+def test_parts_bench_measures_every_registration_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.parts import main
+    from core.synthetic import make_parts
+
+    make_parts(tmp_path / "root" / "synth", n_train=12, n_good=4, n_defect=3, size=96)
+    args = ["--parts", "synth", "--root", str(tmp_path / "root"), "--families", "template", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "o" / "parts.json").read_text())["parts"]["synth"]
+    names = [r["setting"] for r in rows]
+    assert {"template-128-rotation+light", "template-128-none", "template-128-shift"} <= set(names)
+    for r in rows:
+        assert all(0 <= r[m]["mean"] <= 1 for m in ("pixel_auroc", "aupro", "image_auroc")) and r["ms_per_image"]["mean"] > 0
+    capsys.readouterr()
+    assert main(args) == 0 and "== synth" not in capsys.readouterr().out   # a rerun measures nothing again
+    with pytest.raises(SystemExit) as e:
+        main(["--parts", "nothing", "--root", str(tmp_path / "root")])
+    assert e.value.code == 2

@@ -6,10 +6,11 @@ images to the setting a new part is inspected with, by a rule written down befor
   candidates the registration methods that apply (none and shift always; rotation where a part
              stands on a background; principal_axis where it is also elongated), each built as a
              template at SEARCH_SIZE px (seconds), the best of them again with the other lighting
-             normalization; then, with the best registration, every other
-             family (families.FAMILIES, cheapest first) and the template at TEMPLATE_SIZES, each
+             normalization; then, with the best registration, the template at TEMPLATE_SIZES
+             (seconds) and every trained family (families.FAMILIES, by Family.rank), each
              only while the minutes spent plus its estimate fit --budget (the whole run's: the
-             calibration and publishing that follow are reserved); until one is built, a
+             calibration and publishing that follow are reserved), and a step that runs past
+             its estimate is stopped at the budget (core.steps deadline); until one is built, a
              candidate is built whatever the budget, so a set-up always deploys something
   scoring    each candidate on the held-out set as the calibration sees it: with defective parts
              (labels, masks) calibration.calibrate --dry-run (image AUROC, AUPRO, held-out folds'
@@ -252,7 +253,7 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
              for size in TEMPLATE_SIZES if size <= max(s.height, s.width)]
     later += [plan_row(setting_name(name, SEARCH_SIZE, best_reg), name, SEARCH_SIZE, best_reg, s, data_section)
               for name in FAMILIES if name != "template"]
-    for row in sorted(later, key=lambda r: r.estimate_min):
+    for row in sorted(later, key=lambda r: (FAMILIES[r.family].trains, FAMILIES[r.family].rank, r.estimate_min)):
         rows.append(row)
         attempt(row)
     winner = choose(rows)

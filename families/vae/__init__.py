@@ -48,5 +48,5 @@ def new_part(size: int, channels: int, registration: dict[str, str]) -> dict[str
 
 FAMILY = Family("vae", "the paper's one-class VAE: blurred reconstruction error, latent attention to explain",
                 trains=True, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes",
-                config=f"{__name__}:new_part", warm_start=True,
+                config=f"{__name__}:new_part", warm_start=True, rank=1,
                 archs=("resnet18", "mnist", "ucsd", "factorvae"))

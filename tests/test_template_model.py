@@ -90,7 +90,7 @@ def test_usage_and_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 @pytest.mark.skipif(not (SCREW / "train" / "good").is_dir(), reason="shared screw data absent")
 def test_the_screw_config_builds_a_bank(tmp_path: Path) -> None:
     settings = et.from_config(REPO / "configs" / "screw_template.yaml")
-    assert settings["size"] == 256 and settings["method"] == "principal_axis" and settings["lighting"] == "background"
+    assert settings["size"] == 256 and settings["method"] == "rotation" and settings["lighting"] == "background"
 
 
 def test_the_onnx_graph_computes_the_banks_map(parts: Path, tmp_path: Path) -> None:

@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'auto': the automatic set-up tries the registrations and families that fit "
                                     "--budget and builds the best (training.auto)")
     p.add_argument("--budget", type=positive_minutes, metavar="MIN",
-                   help=f"--config auto: minutes the set-up may spend, builds included (default {auto.DEFAULT_BUDGET:g})")
+                   help=f"--config auto: minutes for the whole run, folder to deployed version (default "
+                        f"{auto.DEFAULT_BUDGET:g}); a candidate that cannot end in it is stopped")
     p.add_argument("--data", help="the new good images: an MVTec category (train/good) or a folder of images")
     p.add_argument("--heldout", help="held-out parts for calibration and the gate (default: DATA/test)")
     p.add_argument("--deploy", help="deployment folder (versions vNNNN and the `current` pointer)")

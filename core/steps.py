@@ -30,6 +30,10 @@ class StepFailed(RuntimeError):
     """A step's command exited non-zero; its own message is above and in the step's log."""
 
 
+class StepStopped(StepFailed):
+    """A step stopped at its deadline (run_step(deadline=...)) rather than failed on its own."""
+
+
 def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[str, float],
              epochs: bool = False, quiet: bool = False, deadline: float | None = None) -> None:
     """`python -m module args` as a child, its output shown and kept in logs/<name>.log. epochs:
@@ -73,7 +77,7 @@ def run_step(name: str, module: str, args: list[str], logs: Path, timings: dict[
         rc = proc.wait()
     timings[name] = round(time.perf_counter() - started, 1)
     if late:
-        raise StepFailed(f"step '{name}' stopped: {late[0]}; its log: {logs / f'{name}.log'}")
+        raise StepStopped(f"step '{name}' stopped: {late[0]}; its log: {logs / f'{name}.log'}")
     if rc:
         sys.stdout.writelines(tail)
         raise StepFailed(f"step '{name}' failed (exit {rc}); its log: {logs / f'{name}.log'}")

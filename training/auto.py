@@ -42,7 +42,7 @@ from core.files import write_json
 from core.images import ImageError, decode_file, to_uint8_channels
 from core.registration.principal_axis import FIT_ELONGATION
 from core.registration.silhouette import measure
-from core.steps import StepFailed
+from core.steps import StepFailed, StepStopped
 from families import FAMILIES, BuildRequest
 from families.template.build import good_images
 
@@ -207,7 +207,8 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
     def attempt(row: Row) -> None:
         spent = (time.perf_counter() - started) / 60
         # the first candidate is built whatever the budget: a set-up that deploys nothing helps no one
-        if any(r.status == "built" for r in rows) and spent + row.estimate_min + FINISH_MINUTES > budget:
+        bound = any(r.status == "built" for r in rows)
+        if bound and spent + row.estimate_min + FINISH_MINUTES > budget:
             row.status, row.note = "skipped", (f"{spent:.1f} + {row.estimate_min:.1f} min estimated (+ {FINISH_MINUTES:g} to "
                                                f"finish) > --budget {budget:g}")
             return
@@ -216,8 +217,7 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
         t = time.perf_counter()
         # once a candidate is built, a later one that runs past its estimate is stopped at the
         # budget, or sooner where its progress says it cannot end in it: --budget is a promise
-        deadline = (time.monotonic() + (budget - FINISH_MINUTES - spent) * 60
-                    if any(r.status == "built" for r in rows) else None)
+        deadline = time.monotonic() + (budget - FINISH_MINUTES - spent) * 60 if bound else None
 
         def step(name: str, module: str, args: list[str], epochs: bool = False) -> None:
             # a training step shows its bar; the many short builds and scores go to their logs
@@ -231,7 +231,7 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
             _score(row, model, heldout, where, step, labelled)
             row.status, row.model = "built", str(model)
         except StepFailed as e:
-            row.status, row.note = "stopped" if "' stopped: " in str(e) else "failed", str(e).split("; its log")[0]
+            row.status, row.note = "stopped" if isinstance(e, StepStopped) else "failed", str(e).split("; its log")[0]
         print("\n".join(table([row], None)[1:]), flush=True)
 
     first = [plan_row(setting_name("template", SEARCH_SIZE, reg), "template", SEARCH_SIZE, reg, s, data_section)

@@ -121,6 +121,28 @@ def test_rotation_failures(rotation_spec: RegistrationSpec) -> None:
     assert reg.status == "unusual_pose" and "no angle" in reg.reason and reg.residual > 0.2
 
 
+def test_rotation_turns_a_fixed_pose_part_no_further_than_training(rotation_spec: RegistrationSpec) -> None:
+    """Parts that came in one pose (a fixture) are turned back only as far as the training parts
+    were turned: a part turned further is the defect and must stay turned (or fail, saying so),
+    while parts that came at any angle are searched over the full turn."""
+    assert rotation_spec.turn_limit is None
+    rng = np.random.default_rng(0)
+    spec = fit([nut(float(rng.uniform(-5, 5)), tuple(rng.uniform(-12, 12, 2)), seed=i) for i in range(12)],
+               RegistrationSpec("rotation", "background"))
+    assert 5 < spec.turn_limit < 12
+    reference, r0 = register(nut(0), spec, MODEL, MODEL)
+    out, reg = register(nut(-6, seed=3), spec, MODEL, MODEL)        # within the training's play: corrected
+    assert reg.status == "ok" and angle_error(reg.angle - r0.angle, -6) < 1.0
+    assert np.abs(out.astype(int) - reference).mean() < 3.0
+    out, reg = register(nut(20, seed=3), spec, MODEL, MODEL)        # beyond it: stays turned, lights up
+    assert reg.status == "ok" and abs(reg.angle) <= spec.turn_limit + 1e-6
+    assert np.abs(out.astype(int) - reference).mean() > 3 * 3.0
+    _, reg = register(nut(40, seed=3), spec, MODEL, MODEL)          # far beyond: rejected, and says why
+    assert reg.status == "unusual_pose" and "turned 39 degrees from the training pose" in reg.reason
+    with pytest.raises(ValueError, match="turn_limit"):
+        RegistrationSpec("rotation", turn_limit=200.0)
+
+
 def fixture_part(shift: tuple[float, float] = (0, 0), missing: bool = False, seed: int = 0) -> np.ndarray:
     """uint8 [200, 240, 1]: a board filling the picture with a few components, moved by `shift`."""
     big = np.full((800, 960), 90, np.uint8)

@@ -20,8 +20,14 @@ washers, gears, flanges), turned to the pose of a reference fitted on the traini
             than the frame, or a residual above spec.residual (RESIDUAL_FACTOR x the training
             maximum within [RESIDUAL_FLOOR, RESIDUAL_CAP]: a mirrored, stained or bent part still
             registers and is scored; something that is not the part does not).
+  turns     parts that came in one pose in training (a fixture: every training part within
+            FIXED_TURN degrees of the reference) are turned only as far as the training parts were
+            (spec.turn_limit: the largest training turn widened by FIT_MARGIN plus TURN_SLACK):
+            there a turned part is the defect and stays turned, as `shift` leaves a moved part
+            moved. Parts that came at any angle are searched over the full turn.
   fit       the radius, the reference (the mean of the training parts turned onto a first one,
-            FIT_ROUNDS times: each round sharper), the accepted residual and the symmetry order.
+            FIT_ROUNDS times: each round sharper), the accepted residual, the turn limit and the
+            symmetry order.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import cv2
 import numpy as np
 
 from core.registration.silhouette import Silhouette
-from core.registration.spec import (FIT_FILL, MAX_ZOOM, Failure, Pose, RegistrationSpec, decode_picture,
+from core.registration.spec import (FIT_FILL, FIT_MARGIN, MAX_ZOOM, Failure, Pose, RegistrationSpec, decode_picture,
                                     encode_picture, range_problem)
 
 NEEDS_PART = True
@@ -46,6 +52,8 @@ RADIUS_MARGIN = 1.05              # the matched disc reaches a little beyond the
 RESIDUAL_FACTOR, RESIDUAL_FLOOR, RESIDUAL_CAP = 2.0, 0.6, 0.9
 MAX_SHIFT = 0.03                  # a centre refinement beyond this fraction of the disc is noise: ignored
 SYMMETRY_MATCH = 0.8              # correlation of the reference with itself turned 360/n: n-fold symmetric
+FIXED_TURN = 30.0                 # training parts all within this many degrees of the reference: one pose
+TURN_SLACK = 2.0                  # degrees added to a fixed pose's limit: the search's own noise
 
 
 def _disc(side: int) -> np.ndarray:
@@ -136,36 +144,52 @@ def _peak(scores: np.ndarray, i: int) -> float:
     return 0.0
 
 
-def _candidates(part: _Part, spectrum: np.ndarray) -> list[float]:
-    """The CANDIDATES best angles of the polar cross-correlation over the full turn, at least
-    3 bins apart: a turn of the picture by a shifts its polar rows by a (the polar angles run
-    clockwise as displayed, cv2's turns counter-clockwise)."""
+def _turn(angle: np.ndarray | float) -> np.ndarray:
+    """Angles in degrees wrapped to [-180, 180)."""
+    return (np.asarray(angle, dtype=np.float64) + 180.0) % 360.0 - 180.0
+
+
+def _within(angles: np.ndarray, limit: float | None) -> np.ndarray:
+    return angles if limit is None else angles[np.abs(_turn(angles)) <= limit + 1e-9]
+
+
+def _candidates(part: _Part, spectrum: np.ndarray, limit: float | None = None) -> list[float]:
+    """The CANDIDATES best angles of the polar cross-correlation over the full turn (within
+    `limit` degrees of the reference pose when given), at least 3 bins apart: a turn of the
+    picture by a shifts its polar rows by a (the polar angles run clockwise as displayed, cv2's
+    turns counter-clockwise)."""
     c = np.fft.irfft(np.fft.rfft(part.polar(), axis=0) * spectrum, n=ANGLES, axis=0).sum(axis=1)
+    bins = np.arange(ANGLES) * 360.0 / ANGLES
+    if limit is not None:     # bin 0 (the reference pose) is always allowed
+        c = np.where(np.abs(_turn(bins)) <= limit + 1e-9, c, -np.inf)
     found: list[int] = []
     for i in np.argsort(-c):
-        if len(found) == CANDIDATES:
+        if len(found) == CANDIDATES or not np.isfinite(c[i]):
             break
         if all(min(abs(i - j), ANGLES - abs(i - j)) >= 3 for j in found):
             found.append(int(i))
-    return [i * 360.0 / ANGLES for i in found]
+    return [float(bins[i]) for i in found]
 
 
-def search(part: _Part, reference: str) -> tuple[float, float]:
+def search(part: _Part, reference: str, limit: float | None = None) -> tuple[float, float]:
     """(angle that turns the part onto the reference, correlation there): the polar candidates,
-    each searched within one polar bin on a COARSE copy, the best refined on a FINE one."""
+    each searched within one polar bin on a COARSE copy, the best refined on a FINE one; with a
+    `limit`, only angles within that many degrees of the reference pose."""
     fine_ref, coarse_ref, _, spectrum = _references(reference)
     step = 360.0 / ANGLES
     best = (-2.0, 0.0)
-    for a0 in _candidates(part, spectrum):
-        around = a0 + np.arange(-step, step + 1e-9, step / 4)
+    for a0 in _candidates(part, spectrum, limit):
+        around = _within(a0 + np.arange(-step, step + 1e-9, step / 4), limit)
         scores = part.correlations(around, coarse_ref)
         i = int(np.argmax(scores))
         if scores[i] > best[0]:
             best = (float(scores[i]), float(around[i]))
-    fine = best[1] + np.arange(-step / 4, step / 4 + 1e-9, FINE_STEP)
+    fine = _within(best[1] + np.arange(-step / 4, step / 4 + 1e-9, FINE_STEP), limit)
     scores = part.correlations(fine, fine_ref)
     j = int(np.argmax(scores))
     angle = float(fine[j] + _peak(scores, j) * FINE_STEP)
+    if limit is not None:
+        angle = float(np.clip(_turn(angle), -limit, limit))
     at = float(part.correlations(np.array([angle]), fine_ref)[0])
     return (angle, at) if at >= scores[j] else (float(fine[j]), float(scores[j]))
 
@@ -205,10 +229,15 @@ def pose(image: np.ndarray, sil: Silhouette, spec: RegistrationSpec) -> Pose | F
     if problem:
         return Failure("unusual_pose", problem)
     part = _Part.of(sil, spec.radius, max(H, W))
-    angle, _ = search(part, spec.reference)
+    angle, _ = search(part, spec.reference, spec.turn_limit)
     part.centre = _refine(part, angle, spec.reference)
     misfit = residual(part, angle, spec.reference)
     if spec.residual is not None and misfit > spec.residual:
+        if spec.turn_limit is not None:     # say whether it is the part or its turn that is unlike training
+            free, _ = search(part, spec.reference)
+            if residual(part, free, spec.reference) <= spec.residual:
+                return Failure("unusual_pose", f"the part is turned {abs(float(_turn(free))):.0f} degrees from the "
+                                               f"training pose (training parts: within {spec.turn_limit:g})", misfit)
         return Failure("unusual_pose", f"the part matches the reference at no angle (residual {misfit:.3f} > "
                                        f"{spec.residual:.3f})", misfit)
     centre = (part.centre + 0.5) / np.asarray(sil.scale) - 0.5
@@ -238,12 +267,16 @@ def fit(spec: RegistrationSpec, images: list[np.ndarray], sils: list[Silhouette]
             p.centre = _refine(p, a, text)
         reference = np.mean([p.turned(a, FINE) for p, (a, _) in zip(parts, found)], axis=0)
     text = encode_picture(reference)
-    # the accepted residual against the reference that ships (sharper than the last round's)
-    worst = max(residual(p, search(p, text)[0], text) for p in parts)
+    # the accepted residual and the turns against the reference that ships (sharper than the last round's)
+    angles = [search(p, text)[0] for p in parts]
+    worst = max(residual(p, a, text) for p, a in zip(parts, angles))
+    largest = float(np.abs(_turn(angles)).max())
+    limit = round(largest * (1 + FIT_MARGIN) + TURN_SLACK, 2) if largest <= FIXED_TURN else None
     zoom = min(MAX_ZOOM, FIT_FILL * min(min(img.shape[:2]) for img in images)
                / (2 * radius * max(max(img.shape[:2]) for img in images)))
     return replace(spec, reference=text, residual=round(min(max(RESIDUAL_FACTOR * worst, RESIDUAL_FLOOR), RESIDUAL_CAP), 4),
-                   radius=round(radius, 5), zoom=round(float(max(0.1, zoom)), 4), symmetry=symmetry(reference))
+                   radius=round(radius, 5), zoom=round(float(max(0.1, zoom)), 4), symmetry=symmetry(reference),
+                   turn_limit=limit)
 
 
 def symmetry(picture: np.ndarray) -> int:

@@ -37,7 +37,9 @@ class RegistrationSpec:
     against; radius: the disc around the part's centre that rotation matches and frames, as a
     fraction of the long side; residual: the largest 1 - correlation with the reference accepted
     (rotation; shift reports it only); shift_limit: the largest translation shift corrects, as a
-    fraction of the long side (a part moved further stays moved, hence an anomaly); symmetry: the
+    fraction of the long side (a part moved further stays moved, hence an anomaly); turn_limit:
+    the largest turn from the reference pose rotation corrects, in degrees (fit: set for parts that
+    came in one pose, None for parts that came at any angle); symmetry: the
     n-fold symmetry fit found in the reference (1: none; for the record, the search is always
     over the full turn). samples: how many training images the statistics come from.
     """
@@ -56,6 +58,7 @@ class RegistrationSpec:
     radius: float | None = None
     residual: float | None = None
     shift_limit: float | None = None
+    turn_limit: float | None = None
     symmetry: int = 1
     samples: int = 0
 
@@ -93,6 +96,8 @@ class RegistrationSpec:
         for key in ("radius", "residual", "shift_limit"):
             v = getattr(self, key)
             require(v is None or (is_number(v) and v >= 0), key, v, "a number >= 0")
+        require(self.turn_limit is None or (is_number(self.turn_limit) and 0 <= self.turn_limit <= 180),
+                "turn_limit", self.turn_limit, "a number of degrees in [0, 180]")
         require(type(self.symmetry) is int and self.symmetry >= 1, "symmetry", self.symmetry, "a count >= 1")
         require(type(self.samples) is int and self.samples >= 0, "samples", self.samples, "a count")
 

@@ -7,8 +7,9 @@ Per part (an MVTec category: train/good builds, the shared test half measures):
   template        at 128 px with every registration that applies (training.auto.registrations:
                   none, shift, rotation where a part stands on a background, principal_axis where
                   it is elongated; each with and without lighting normalization where there is a
-                  background), and at 256 px with the registration ranked first
-  trained         every other family (--families) at 128 px with that registration, one row per
+                  background), the best of them with the set-up's misalignment tolerance
+                  (training.auto.TOLERANCE), and at 256 px with the setting ranked first
+  trained         every other family (--families) at 128 px with that setting, one row per
                   seed (--seeds), the family's own settings for a new part (Family.new_part:
                   what the automatic set-up builds)
 Each model is built in-process by its family's own code, then calibrated on the test half as a
@@ -36,8 +37,8 @@ from core.cli import int_at_least
 from core.files import write_json
 from families import FAMILIES
 from runtime.pipeline import Pipeline
-from training.auto import (PART_SHARE, TEMPLATE_SIZES, Row, choose, other_lighting, plan_row, registrations,
-                           setting_name, survey)
+from training.auto import (PART_SHARE, TEMPLATE_SIZES, TOLERANCE, Row, choose, other_lighting, plan_row,
+                           registrations, survey)
 
 DEFAULT_ROOT = "../shared/data/mvtec"
 SIZE = 128
@@ -55,7 +56,7 @@ def build(row: Row, folder: Path, seed: int) -> Path:
 
         m = cfg["model"]
         build_template(cfg["data"]["root"], model, m["size"], m["channels"], m["k"], None,
-                       row.registration["method"], row.registration["lighting"])
+                       row.registration["method"], row.registration["lighting"], m.get("tolerance", 0))
     elif row.family == "discriminative":
         from families.discriminative.export import export  # noqa: PLC0415
         from families.discriminative.train import settings, train  # noqa: PLC0415
@@ -99,7 +100,7 @@ def measure(row: Row, part: Path, folder: Path, seed: int, threads: int | None) 
                      threads=threads, log=lambda _: None)
     test = sorted((part / "test").glob("*/*.png"))
     return {"setting": row.name, "family": row.family, "size": row.size, "registration": row.registration,
-            "seed": seed, "pixel_auroc": body["auroc"]["pixel"], "best_iou": body["best_iou"]["iou"],
+            "tolerance": row.tolerance, "seed": seed, "pixel_auroc": body["auroc"]["pixel"], "best_iou": body["best_iou"]["iou"],
             "aupro": body["aupro"], "image_auroc": body["auroc"]["image"],
             "recall": ((body["folds"] or {}).get("recall") or {}).get("mean"),
             "in_sample_recall": body["in_sample"]["recall"], "setup_min": setup_min,
@@ -128,15 +129,17 @@ def run_part(part: Path, out: Path, families: list[str], seeds: list[int], threa
     regs = registrations(s)
     if s.parts >= PART_SHARE:    # every method with both lightings: the table shows what each buys
         regs += [other_lighting(r) for r in regs]
-    rows = [plan_row(setting_name("template", SIZE, reg), "template", SIZE, reg, s, section) for reg in regs]
+    rows = [plan_row("template", SIZE, reg, s, section) for reg in regs]
     for row in rows:
         one(row, 0)
-    best = choose(rows).registration
+    rows.append(plan_row("template", SIZE, choose(rows).registration, s, section, TOLERANCE))
+    one(rows[-1], 0)
+    best = choose(rows)
     for size in TEMPLATE_SIZES:
-        one(plan_row(setting_name("template", size, best), "template", size, best, s, section), 0)
+        one(plan_row("template", size, best.registration, s, section, best.tolerance), 0)
     for family in families:
         if family != "template":
-            row = plan_row(setting_name(family, SIZE, best), family, SIZE, best, s, section)
+            row = plan_row(family, SIZE, best.registration, s, section, best.tolerance)
             for seed in seeds:
                 one(row, seed)
     return results

@@ -32,6 +32,11 @@ def test_the_survey_sees_gray_elongated_parts_and_offers_their_registrations(par
         "template-128-rotation+light", "template-128-principal_axis+light", "template-128-shift+light",
         "template-128-none+light"]
     assert auto.other_lighting(auto.registrations(s)[0]) == {"method": "rotation", "lighting": "none"}
+    reg = auto.registrations(s)[0]
+    tolerant = {name: auto.plan_row(name, 128, reg, s, {"root": str(parts)}, auto.TOLERANCE) for name in auto.FAMILIES}
+    assert tolerant["template"].name == "template-128-rotation+light+tol1" and tolerant["template"].tolerance == 1
+    assert tolerant["discriminative"].config["model"]["tolerance"] == 1    # compares with references: takes it
+    assert tolerant["vae"].name == "vae-128-rotation+light" and "tolerance" not in tolerant["vae"].config["model"]
 
 
 def test_the_survey_of_round_colour_parts_and_of_pictures_without_a_part(tmp_path: Path) -> None:
@@ -65,15 +70,16 @@ def test_the_rule_picks_image_auroc_then_aupro_then_recall_then_minutes() -> Non
 
 def test_auto_builds_scores_chooses_and_deploys(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deploy = tmp_path / "deploy"
-    assert main(["--config", "auto", "--data", str(parts), "--deploy", str(deploy), "--budget", "2"]) == 0
+    assert main(["--config", "auto", "--data", str(parts), "--deploy", str(deploy), "--budget", "3"]) == 0
     out = capsys.readouterr().out
-    assert "== setup: what was tried" in out and "skipped" in out     # the trained families do not fit 2 min
+    assert "== setup: what was tried" in out and "skipped" in out     # the trained families do not fit 3 min
     version = deploy / "v0001"
     setup = json.loads((version / "setup.json").read_text())
     winner = [r for r in setup["rows"] if r["name"] == setup["winner"]][0]
     assert winner["status"] == "built" and winner["image_auroc"] > 0.9
     assert winner["registration"]["method"] in ("rotation", "principal_axis")   # the parts lie at any angle
     assert {r["name"]: r["status"] for r in setup["rows"]}["template-128-none+light"] == "built"
+    assert [r["status"] for r in setup["rows"] if r["name"].endswith("+tol1")] == ["built"]
     cfg = yaml.safe_load((version / "train.yaml").read_text())
     assert cfg["model"]["family"] == "template" and cfg["registration"] == winner["registration"]
     side = yaml.safe_load((version / "deploy.yaml").read_text())

@@ -49,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_parts(root / "data", n_train=12, n_good=3, n_defect=3, size=96)
     cfg = root / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"family": "discriminative", "size": 64, "channels": 1, "k": 3,
-                                             "width": 4, "sigma": 1.0},
+                                             "width": 4, "sigma": 1.0, "tolerance": 1},
                                    "registration": {"method": "principal_axis", "lighting": "background"},
                                    "data": {"root": str(root / "data")},
                                    "train": {"steps": 6, "batch_size": 4, "seed": 0}}))
@@ -75,6 +75,7 @@ def test_the_exported_graph_equals_pytorch_and_the_runtime_runs_it(trained: Path
     side = yaml.safe_load(out.with_suffix(".yaml").read_text())
     assert side["model"]["family"] == "discriminative" and side["outputs"] == ["anomaly_map"]
     assert side["export"]["parity"]["rel_err"] < 1e-4 and side["registration"]["method"] == "principal_axis"
+    assert side["model"]["tolerance"] == 1     # the references' ranges computed in the graph, as in training
     pipe = Pipeline.open(out, warmup=False)
     results = pipe(sorted((trained / "data" / "test").glob("*/*.png")))
     assert len(results) == 9 and all(r.error is None for r in results)
@@ -99,7 +100,7 @@ def test_settings_refuse_values_that_cannot_work() -> None:
     from families.discriminative.train import settings
 
     for model, words in (({"size": 100}, "model.size"), ({"channels": 2}, "model.channels"),
-                         ({"width": 0}, "model.width")):
+                         ({"width": 0}, "model.width"), ({"tolerance": 9}, "model.tolerance")):
         with pytest.raises(ValueError, match=words):
             settings({"model": model})
     with pytest.raises(ValueError, match="train.steps"):

@@ -77,6 +77,27 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["bank.npz"]     # no temporary left behind
 
 
+def test_a_tolerance_forgives_edges_a_pixel_off_but_not_a_defect(tmp_path: Path) -> None:
+    images = aligned(30)
+    off = np.roll(aligned(1, seed=7), 1, axis=2)              # the part one pixel right of where training had it
+    strict = TemplateBank(images, k=5, sigma=0).anomaly_map(off)
+    tolerant = TemplateBank(images, k=5, sigma=0, tolerance=1)
+    assert tolerant.anomaly_map(off).max() < 0.3 * strict.max()     # the edges were the difference
+    defect = off.copy()
+    defect[0, 28:34, 38:44] = 255
+    m = tolerant.anomaly_map(defect)[0, 0]
+    y, x = np.unravel_index(np.argmax(m), m.shape)
+    assert 28 <= y < 34 and 38 <= x < 44 and m.max() > 0.5            # 255 is outside any shaft range
+    tolerant.save(tmp_path / "bank.npz")
+    assert TemplateBank.load(tmp_path / "bank.npz").tolerance == 1
+    with np.load(tmp_path / "bank.npz") as z:                      # a bank written before tolerance existed
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "tolerance"})
+    assert TemplateBank.load(tmp_path / "old.npz").tolerance == 0
+    for bad in (-1, 5, True, 1.5):
+        with pytest.raises(ValueError, match="tolerance"):
+            TemplateBank(images, tolerance=bad)
+
+
 def test_bad_files_are_value_errors_naming_the_file(tmp_path: Path) -> None:
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not an archive at all")

@@ -113,6 +113,22 @@ def test_the_onnx_graph_computes_the_banks_map(parts: Path, tmp_path: Path) -> N
     et.build(parts, out, size=64)  # a rebuild replaces its own pair, never refused as another model's
 
 
+def test_the_graph_of_a_tolerant_bank_computes_its_map(parts: Path, tmp_path: Path) -> None:
+    """With a misalignment tolerance the graph computes the references' local ranges itself
+    (MaxPool), equal to the bank's erode / dilate; the sidecar says so."""
+    from export.tensorrt import check_graph
+
+    out = tmp_path / "bar.onnx"
+    r = et.build(parts, out, size=64, tolerance=1)
+    assert r["parity"]["rel_err"] < 1e-4 and r["parity"]["nearest_differ"] == 0
+    side = read_sidecar(out)
+    assert side["model"]["tolerance"] == 1 and "tolerance 1 px" in side["preprocessing"]["map"]
+    assert check_graph(out).ok
+    with pytest.raises(SystemExit) as e:
+        et.main(["--data", str(parts), "--out", str(tmp_path / "x.onnx"), "--tolerance", "9"])
+    assert e.value.code == 2
+
+
 def test_an_onnx_size_that_is_not_a_multiple_of_64_is_refused_before_anything_is_written(
         parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The graph's search copies are 64 x 64 block means: --size 96 with --out X.onnx used to fit,

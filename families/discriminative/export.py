@@ -46,7 +46,8 @@ def load(path: Path) -> tuple[Any, Any, dict[str, Any], str]:
     net = DefectMap(int(m["channels"]), int(m["width"]), float(m["sigma"]))
     net.load_state_dict(ckpt["model"])
     net.eval()
-    return net, TemplateBank(ckpt["bank"].numpy(), int(m["k"]), sigma=0), ckpt, digest
+    return net, TemplateBank(ckpt["bank"].numpy(), int(m["k"]), sigma=0, tolerance=int(m.get("tolerance", 0))), ckpt, \
+        digest
 
 
 def reference_map(net: Any, bank: Any) -> Any:
@@ -106,7 +107,7 @@ def export(checkpoint: Path, out: Path) -> dict[str, Any]:
     from core.registration import RegistrationSpec  # noqa: PLC0415
     from core.sidecar import check_sidecar_free, file_entry, write_sidecar  # noqa: PLC0415
     from export.onnx import relative_to  # noqa: PLC0415
-    from families.template.build import sidecar_info  # noqa: PLC0415
+    from families.template.build import difference, sidecar_info  # noqa: PLC0415
     from families.template.graph import checked_write  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -120,12 +121,13 @@ def export(checkpoint: Path, out: Path) -> dict[str, Any]:
     parity = checked_write(data, bank, out, bank.images, reference_map(net, bank), full_scale=1.0)
     scale = float(ckpt["anomaly_scale"])
     model = {"family": "discriminative", "arch": "unet", "anomaly_map": "defect_probability", "k": bank.k,
-             "width": net.width, "sigma": net.sigma, "bank_images": int(len(bank.images)), "anomaly_scale": scale,
+             "tolerance": bank.tolerance, "width": net.width, "sigma": net.sigma, "bank_images": int(len(bank.images)), "anomaly_scale": scale,
              "checkpoint": relative_to(checkpoint, out.parent), "checkpoint_sha256": digest, "data": str(cfg.get("data", {}).get("root")),
              "registration_failures": [f"{name}: {status}" for name, status in ckpt["data"]["failed"]]}
     info = sidecar_info(bank, spec, model,
                         f"a U-Net's defect probability from the part, the mean of its {bank.k} nearest bank images "
-                        f"(64x64 L2 search) and the least |difference| to them; Gaussian blur sigma {net.sigma:g} px",
+                        f"(64x64 L2 search) and the least {difference(bank)} to them; Gaussian blur sigma "
+                        f"{net.sigma:g} px",
                         int(ckpt["data"]["images"]))
     info["files"] = {checkpoint.name: file_entry(checkpoint, format="discriminative/1", role="the trained weights")} \
         if checkpoint.parent.resolve() == out.parent.resolve() else {}

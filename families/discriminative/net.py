@@ -6,7 +6,8 @@ the sigmoid and the blur, so training, the ONNX graph and the parity check compu
 Inputs (what families.template.graph.reference_nodes and TemplateBank.references give):
     x          float [N, H, W, C]  the registered part, gray levels
     refs_mean  float [N, H, W, C]  the mean of its k nearest bank images, gray levels
-    least      float [N, 1, H, W]  per pixel the least |difference| to them, worst channel
+    least      float [N, 1, H, W]  per pixel the least |difference| to them (with the bank's tolerance, the
+                                   least distance outside their local ranges), worst channel
 Output: anomaly_map float [N, 1, H, W], a defect probability in [0, 1], Gaussian-blurred.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ def minutes(config: dict[str, Any], images: int) -> float:
 
 
 def new_part(size: int, channels: int, registration: dict[str, str]) -> dict[str, Any]:
-    return {"model": {"family": "template", "size": size, "channels": channels, "k": 5},
+    return {"model": {"family": "template", "size": size, "channels": channels, "k": 5, "tolerance": 0},
             "registration": dict(registration)}
 
 

@@ -4,7 +4,12 @@ Once the parts are registered (core.registration), a good part looks like some t
 for each test image the k nearest bank images (L2 between SEARCH x SEARCH INTER_AREA copies,
 OpenCV's brute-force search: ~0.2 ms for 320 images) are compared pixel by pixel, and the map is
 the per-pixel minimum |difference| over those k (a pixel is anomalous only if no close good part
-explains it), Gaussian-blurred:
+explains it), Gaussian-blurred. With a `tolerance` of t pixels a reference explains a pixel when
+the pixel's value lies within the reference's range over the (2t + 1)^2 pixels around it (its
+local minimum and maximum): what a part that sits a pixel or two off its reference shows at every
+edge is not a difference then. Whether that helps is the part's: on metal_nut (the lobes' edges
+never align exactly) the template's image AUROC rose from 0.898 to 0.922 at 128 px with t = 1; on
+screws (fine thread defects) it fell from 0.969 to 0.957 at 256 px, so the set-up measures it.
 
     bank = TemplateBank(registered_train_images, k=5)             # uint8 [N, h, w, C]
     maps = bank.anomaly_map(registered_test_images)               # float32 [N, 1, h, w]
@@ -25,6 +30,7 @@ import numpy as np
 from core.files import atomic_write
 
 SEARCH = 64          # side of the copies compared to pick the nearest bank images
+MAX_TOLERANCE = 4    # pixels: beyond a few, whole small defects fit inside a reference's range
 FORMAT = "template_bank/1"
 
 
@@ -51,9 +57,10 @@ def _check_batch(images: np.ndarray, what: str) -> np.ndarray:
 class TemplateBank:
     """Registered good images at model size and the per-pixel nearest-template anomaly map.
 
-    `sigma` is in model pixels (None: 3 * h / 256); k is capped by the bank size."""
+    `sigma` is in model pixels (None: 3 * h / 256); k is capped by the bank size; `tolerance` in
+    model pixels (module docstring)."""
 
-    def __init__(self, images: np.ndarray, k: int = 5, sigma: float | None = None) -> None:
+    def __init__(self, images: np.ndarray, k: int = 5, sigma: float | None = None, tolerance: int = 0) -> None:
         self.images = np.ascontiguousarray(_check_batch(images, "template bank"))
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"template bank k: {k!r} is not a count >= 1")
@@ -61,11 +68,21 @@ class TemplateBank:
         self.sigma = 3.0 * self.images.shape[1] / 256 if sigma is None else float(sigma)
         if not np.isfinite(self.sigma) or self.sigma < 0:
             raise ValueError(f"template bank sigma: {sigma!r} is not a number >= 0")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)) \
+                or not 0 <= tolerance <= MAX_TOLERANCE:
+            raise ValueError(f"template bank tolerance: {tolerance!r} is not a count of pixels in [0, {MAX_TOLERANCE}]")
+        self.tolerance = int(tolerance)
         self.small = _small(self.images)
+        self.low = self.high = self.images
+        if self.tolerance:
+            kernel = np.ones((2 * self.tolerance + 1,) * 2, np.uint8)
+            self.low = np.stack([cv2.erode(im, kernel).reshape(im.shape) for im in self.images])
+            self.high = np.stack([cv2.dilate(im, kernel).reshape(im.shape) for im in self.images])
 
     @property
     def nbytes(self) -> int:
-        return int(self.images.nbytes + self.small.nbytes)
+        extra = self.low.nbytes + self.high.nbytes if self.tolerance else 0
+        return int(self.images.nbytes + self.small.nbytes + extra)
 
     def nearest(self, batch: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(indices int64 [N, k], RMS distances in gray levels float32 [N, k]), nearest first."""
@@ -100,7 +117,11 @@ class TemplateBank:
         before its blur, and what a learned family compares the part with."""
         diff = np.full(img.shape, 255, np.uint8)
         for j in near:
-            np.minimum(diff, cv2.absdiff(img, self.images[j]).reshape(img.shape), out=diff)
+            if self.tolerance:   # saturating: at most one of the two is above 0 (low <= high)
+                d = cv2.add(cv2.subtract(img, self.high[j]), cv2.subtract(self.low[j], img))
+            else:
+                d = cv2.absdiff(img, self.images[j])
+            np.minimum(diff, d.reshape(img.shape), out=diff)
         return self.images[near].mean(axis=0, dtype=np.float32), diff.max(axis=2)
 
     def _maps(self, batch: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -118,11 +139,11 @@ class TemplateBank:
         return batch
 
     def save(self, path: str | Path) -> None:
-        """An atomic .npz (no pickles): the images, k and sigma."""
+        """An atomic .npz (no pickles): the images, k, sigma and tolerance."""
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, format=np.array(FORMAT), images=self.images, k=np.array(self.k),
-                         sigma=np.array(self.sigma))
+                         sigma=np.array(self.sigma), tolerance=np.array(self.tolerance))
         atomic_write(path, write)
 
     @classmethod
@@ -135,6 +156,8 @@ class TemplateBank:
             with z:
                 if "format" not in z.files or str(z["format"]) != FORMAT:
                     raise ValueError(f"no '{FORMAT}' format marker")
-                return cls(z["images"], int(z["k"]), float(z["sigma"]))
+                # banks written before tolerance existed compared pixel by pixel
+                tolerance = int(z["tolerance"]) if "tolerance" in z.files else 0
+                return cls(z["images"], int(z["k"]), float(z["sigma"]), tolerance)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: not a template bank ({e})") from e

@@ -1,7 +1,7 @@
 """Build a deployable template model: registered good parts as a reference bank, no training.
 
     python -m families.template.build --data DIR --out screw.onnx [--size 256] [--channels 1] [--k 5]
-        [--sigma S] [--registration principal_axis|none] [--lighting background|none]
+        [--sigma S] [--tolerance T] [--registration principal_axis|none] [--lighting background|none]
     python -m families.template.build --config configs/screw_template.yaml --out models/screw.onnx
 
 DIR is a folder of good images, or an MVTec category (its train/good is used). The registration is
@@ -34,9 +34,10 @@ from core.prepare import InputSpec, prepare
 from core.registration import LIGHTINGS, REGISTRATIONS, RegistrationSpec, fit
 from core.sidecar import SidecarError, check_sidecar_free, file_entry, write_sidecar
 from families import family_of
-from families.template.bank import SEARCH, TemplateBank, TemplateError
+from families.template.bank import MAX_TOLERANCE, SEARCH, TemplateBank, TemplateError
 
-DEFAULTS = {"size": 256, "channels": 1, "k": 5, "sigma": None, "method": "principal_axis", "lighting": "background"}
+DEFAULTS = {"size": 256, "channels": 1, "k": 5, "sigma": None, "tolerance": 0, "method": "principal_axis",
+            "lighting": "background"}
 
 
 def good_images(root: Path) -> list[Path]:
@@ -52,7 +53,8 @@ def good_images(root: Path) -> list[Path]:
 
 
 def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1, k: int = 5,
-          sigma: float | None = None, method: str = "principal_axis", lighting: str = "background") -> dict[str, Any]:
+          sigma: float | None = None, method: str = "principal_axis", lighting: str = "background",
+          tolerance: int = 0) -> dict[str, Any]:
     """Fit, register, bank, write X.npz (+ X.onnx when `out` ends in .onnx) and X.yaml. Returns
     what was built (paths, counts, the graph's parity, seconds).
 
@@ -70,15 +72,16 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
         from families.template.graph import template_graph  # noqa: PLC0415 - needs the onnx package
     good = register_good(data, size, channels, method, lighting)
     kept, input_spec, failed = good.images, good.spec, good.failed
-    bank = TemplateBank(kept, k, sigma)
+    bank = TemplateBank(kept, k, sigma, tolerance)
     loo = bank.leave_one_out()
     scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
     npz = out.with_suffix(".npz")
     model = {"family": "template", "arch": "template", "anomaly_map": "template", "k": bank.k, "sigma": bank.sigma,
-             "bank_images": int(len(bank.images)), "anomaly_scale": max(scale, 1e-8), "data": str(data),
+             "tolerance": bank.tolerance, "bank_images": int(len(bank.images)), "anomaly_scale": max(scale, 1e-8), "data": str(data),
              "registration_failures": [f"{name}: {status}" for name, status in failed]}
-    info = sidecar_info(bank, input_spec, model, f"per pixel the least |difference| to the {bank.k} nearest bank "
-                        f"images (64x64 L2 search), Gaussian blur sigma {bank.sigma:g} px, gray levels / 255", good.files)
+    info = sidecar_info(bank, input_spec, model, f"per pixel the least {difference(bank)} to the {bank.k} nearest "
+                        f"bank images (64x64 L2 search), Gaussian blur sigma {bank.sigma:g} px, gray levels / 255",
+                        good.files)
     parity = None
     if out.suffix == ".onnx":
         # checked before X.npz is replaced: a graph that disagrees leaves the previous pair whole
@@ -131,6 +134,14 @@ def onnx_size_error(size: int) -> str:
             "the bank alone at any size")
 
 
+def difference(bank: TemplateBank) -> str:
+    """What the map's difference to a reference is, in words (sidecars)."""
+    if not bank.tolerance:
+        return "|difference|"
+    side = 2 * bank.tolerance + 1
+    return f"distance outside the reference's range over {side}x{side} pixels (tolerance {bank.tolerance} px)"
+
+
 def sidecar_info(bank: TemplateBank, spec: InputSpec, model: dict[str, Any], map_text: str, n: int) -> dict[str, Any]:
     """The sidecar of a model built on `bank` (template, and the families built on its references):
     `model` its model section, `map_text` what its map computes, n the good images read."""
@@ -150,7 +161,7 @@ def sidecar_info(bank: TemplateBank, spec: InputSpec, model: dict[str, Any], map
 
 
 def from_config(path: str | Path) -> dict[str, Any]:
-    """build()'s settings from a YAML config (model: {size, channels, k, sigma}, data: {root},
+    """build()'s settings from a YAML config (model: {size, channels, k, sigma, tolerance}, data: {root},
     registration: {method, lighting}); ValueError naming the file for anything else."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -160,7 +171,7 @@ def from_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(model, dict) or family_of({"model": {"arch": "template", **model}}).name != "template":
         raise ValueError(f"{path}: the config builds another family than 'template' (model: {model}); build it "
                          "with python -m training.retrain, or train a VAE with python -m training.train")
-    settings = {k: model[k] for k in ("size", "channels", "k", "sigma") if k in model}
+    settings = {k: model[k] for k in ("size", "channels", "k", "sigma", "tolerance") if k in model}
     settings.update({k: reg[k] for k in ("method", "lighting") if k in reg})
     root = (raw.get("data") or {}).get("root")
     return {**DEFAULTS, **settings, **({"data": root} if root else {})}
@@ -168,7 +179,8 @@ def from_config(path: str | Path) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m families.template.build", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML with model {size, channels, k, sigma}, data {root}, registration {...}")
+    p.add_argument("--config", help="YAML with model {size, channels, k, sigma, tolerance}, data {root}, "
+                                    "registration {...}")
     p.add_argument("--data", help="folder of good images, or an MVTec category (uses train/good)")
     p.add_argument("--out", required=True, help="X.onnx (graph + X.npz reference bank) or X.npz (bank only); "
                                                 "the sidecar X.yaml beside it")
@@ -176,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 gray, 3 colour (default 1)")
     p.add_argument("--k", type=int, help=f"nearest references per pixel (default {DEFAULTS['k']})")
     p.add_argument("--sigma", type=float, help="blur in model pixels (default 3 x size / 256)")
+    p.add_argument("--tolerance", type=int, help="pixels a part may sit off its reference at an edge "
+                                                 "(default 0: pixel by pixel)")
     p.add_argument("--registration", choices=REGISTRATIONS, help="pose normalization (default principal_axis)")
     p.add_argument("--lighting", choices=LIGHTINGS, help="lighting normalization (default background)")
     return p
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     given = {"data": args.data, "size": args.size, "channels": args.channels, "k": args.k, "sigma": args.sigma,
-             "method": args.registration, "lighting": args.lighting}
+             "tolerance": args.tolerance, "method": args.registration, "lighting": args.lighting}
     settings.update({k: v for k, v in given.items() if v is not None})
     if not settings.get("data"):
         p.error("--data is required (or a --config with data.root)")
@@ -201,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings["size"] < 16 or settings["k"] < 1:
         p.error("--size must be >= 16 and --k >= 1")
+    if not isinstance(settings["tolerance"], int) or not 0 <= settings["tolerance"] <= MAX_TOLERANCE:
+        p.error(f"--tolerance must be a count of pixels in [0, {MAX_TOLERANCE}], not {settings['tolerance']!r}")
     if Path(args.out).suffix == ".onnx" and settings["size"] % SEARCH:
         p.error(onnx_size_error(settings["size"]))
     try:

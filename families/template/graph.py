@@ -45,7 +45,8 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 def reference_nodes(bank: TemplateBank) -> tuple[list[Any], list[Any]]:
     """(nodes, initializers) from the uint8 input `image` to `x` (float NHWC, gray levels), `refs`
     (the k nearest bank images, float [N, k, H, W, C]) and `least` (per pixel the least |difference|
-    to them, worst channel, float [N, 1, H, W], gray levels): TemplateBank.references as a graph.
+    to them, or with the bank's tolerance the least distance to their local ranges, worst channel,
+    float [N, 1, H, W], gray levels): TemplateBank.references as a graph.
     The template map and the learned families that compare a part with its references build on it."""
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
@@ -71,8 +72,34 @@ def reference_nodes(bank: TemplateBank) -> tuple[list[Any], list[Any]]:
         helper.make_node("Gather", ["bank_images", "nearest"], ["refs16"], axis=0),            # [N, k, H, W, C]
         helper.make_node("Cast", ["refs16"], ["refs"], to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", ["x", "axis1"], ["x5"]),
-        helper.make_node("Sub", ["refs", "x5"], ["diff"]),
-        helper.make_node("Abs", ["diff"], ["absdiff"]),
+    ]
+    if bank.tolerance:
+        # each reference's local range over (2t + 1)^2 pixels (MaxPool ignores its padding, as
+        # cv2.dilate / erode ignore the border); the difference is how far x lies outside it
+        t, side = bank.tolerance, 2 * bank.tolerance + 1
+        init += [numpy_helper.from_array(np.array([-1, h, w, c], np.int64), "refs_flat_shape"),
+                 numpy_helper.from_array(np.array([-1, bank.k, h, w, c], np.int64), "refs_shape")]
+        pool = {"kernel_shape": [side, side], "strides": [1, 1], "pads": [t, t, t, t]}
+        nodes += [
+            helper.make_node("Reshape", ["refs", "refs_flat_shape"], ["refs_flat"]),
+            helper.make_node("Transpose", ["refs_flat"], ["refs_nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("MaxPool", ["refs_nchw"], ["high_nchw"], **pool),
+            helper.make_node("Neg", ["refs_nchw"], ["neg_refs"]),
+            helper.make_node("MaxPool", ["neg_refs"], ["neg_low_nchw"], **pool),
+            helper.make_node("Neg", ["neg_low_nchw"], ["low_nchw"]),
+            helper.make_node("Transpose", ["high_nchw"], ["high_flat"], perm=[0, 2, 3, 1]),
+            helper.make_node("Transpose", ["low_nchw"], ["low_flat"], perm=[0, 2, 3, 1]),
+            helper.make_node("Reshape", ["high_flat", "refs_shape"], ["high"]),
+            helper.make_node("Reshape", ["low_flat", "refs_shape"], ["low"]),
+            helper.make_node("Sub", ["x5", "high"], ["above"]),
+            helper.make_node("Sub", ["low", "x5"], ["below"]),
+            helper.make_node("Max", ["above", "below"], ["outside"]),
+            helper.make_node("Relu", ["outside"], ["absdiff"]),
+        ]
+    else:
+        nodes += [helper.make_node("Sub", ["refs", "x5"], ["diff"]),
+                  helper.make_node("Abs", ["diff"], ["absdiff"])]
+    nodes += [
         helper.make_node("ReduceMin", ["absdiff"], ["least_c"], axes=[1], keepdims=0),         # [N, H, W, C]
         helper.make_node("ReduceMax", ["least_c"], ["worst_channel"], axes=[3], keepdims=1),   # [N, H, W, 1]
         helper.make_node("Transpose", ["worst_channel"], ["least"], perm=[0, 3, 1, 2]),
@@ -128,7 +155,7 @@ def build_graph(bank: TemplateBank) -> Any:
     nodes.append(helper.make_node("Mul", ["least", "inv255"], ["raw"]))
     blur, blur_init = blur_nodes("raw", bank.sigma, "anomaly_map")
     return finish(nodes + blur, init + blur_init, "template_map", bank.images.shape[1:],
-                  {"family": "template", "k": str(bank.k), "sigma": str(bank.sigma),
+                  {"family": "template", "k": str(bank.k), "sigma": str(bank.sigma), "tolerance": str(bank.tolerance),
                    "bank_images": str(len(bank.images))})
 
 

@@ -25,6 +25,14 @@ class CalibrationError(ValueError):
     """Data that no threshold can be chosen on (no good parts, constant scores...)."""
 
 
+def line_ranking(scores: np.ndarray) -> np.ndarray:
+    """Image scores with each failed registration (+inf) just above the highest score: the line
+    rejects such a part, so a registration that refuses a turned or missing part has caught it."""
+    finite = np.isfinite(scores)
+    top = float(scores[finite].max()) if finite.any() else 0.0
+    return np.where(finite, scores, top + 1.0)
+
+
 def check_scores(data: Scores) -> None:
     """CalibrationError for data a threshold cannot mean anything on: no good images, nothing
     scored, or constant image scores or maps (a dead or untrained model)."""
@@ -145,8 +153,9 @@ def analyse(c: Collected, pixel_rule: Rule, image_rule: Rule, folds: int = 5, se
                       "pixel_iou": inside["pixel_iou"], "pixel_fpr": inside["pixel_fpr"],
                       "pixel_counts": inside["pixel_counts"]},
         "auroc": {"pixel": roc_auc(defect, values) if defect.any() else None,
-                  "image": roc_auc(data.labels[scored], data.scores[scored]) if labelled else None,
-                  "note": "image AUROC over the scored images (failed registrations excluded)"},
+                  "image": roc_auc(data.labels, line_ranking(data.scores)) if labelled else None,
+                  "note": "image AUROC as the line decides: a failed registration is rejected, ranked above "
+                          "every score"},
         "best_iou": {"iou": iou, "threshold": iou_thr},
         # per-region overlap up to 30 % pixel FPR (MVTec AD's AUPRO): the retraining gate compares it
         "aupro": aupro(data.masks[scored], data.maps[scored]) if masked and defect.any() else None,

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -135,7 +136,7 @@ def write_part(root: Path, make: Callable[..., np.ndarray], good: list[dict], de
                 gt = root / "ground_truth" / folder[5:]
                 gt.mkdir(parents=True, exist_ok=True)
                 if not mask.any():  # flipped, moved or missing: where it differs from the part in place
-                    plain = make(**{k: v for k, v in kw.items() if k not in ("mirror", "shift", "missing")})
+                    plain = make(**{k: v for k, v in kw.items() if k not in ("mirror", "shift", "missing", "turn")})
                     mask = np.where(np.abs(img.astype(int) - plain).max(-1) > 30, 255, 0).astype(np.uint8)
                 cv2.imwrite(str(gt / f"{i:03d}_mask.png"), mask)
     return root
@@ -143,7 +144,8 @@ def write_part(root: Path, make: Callable[..., np.ndarray], good: list[dict], de
 
 def test_auto_turns_a_rotated_part_and_leaves_a_fixed_board_where_it_is(tmp_path: Path) -> None:
     """A 4-fold part at any angle is registered by rotation (its mirror image stays a defect); a board
-    that fills the picture in one pose gets shift or none, where a part moved or missing is the defect."""
+    that fills the picture in one pose gets shift or none, where a part moved or missing is the defect;
+    a nut in a fixture keeps its turned parts defects (rotation turns it only as far as training did)."""
     from tests.test_registration_methods import fixture_part, nut
 
     rng = np.random.default_rng(0)
@@ -161,15 +163,29 @@ def test_auto_turns_a_rotated_part_and_leaves_a_fixed_board_where_it_is(tmp_path
                         {"missing": [{**jitter(), "missing": True} for _ in range(4)],
                          "moved": [{"shift": (float(rng.choice([-1, 1]) * 25), 0.0)} for _ in range(4)]},
                         [jitter() for _ in range(16)])
-    chosen = {}
-    for name, data in (("nut", nuts), ("board", boards)):
+
+    def fixed_nut(turn: float = 0.0, **kw: Any) -> np.ndarray:   # a nut in a fixture: turned IS the defect
+        return nut(turn + kw.pop("play"), **kw)
+
+    def play() -> dict:
+        return {"play": float(rng.uniform(-3, 3)), "shift": tuple(rng.uniform(-2, 2, 2)), "seed": int(rng.integers(1e6)),
+                "size": 96}
+    fixed = write_part(tmp_path / "fixed", fixed_nut, [play() for _ in range(6)],
+                       {"turned": [{**play(), "turn": float(rng.choice([-1, 1]) * rng.uniform(20, 45))}
+                                   for _ in range(6)]}, [play() for _ in range(16)])
+    chosen, rows = {}, {}
+    for name, data in (("nut", nuts), ("board", boards), ("fixed", fixed)):
         assert main(["--config", "auto", "--data", str(data), "--deploy", str(tmp_path / name / "deploy"),
                      "--budget", "2"]) == 0
         setup = json.loads((tmp_path / name / "deploy" / "v0001" / "setup.json").read_text())
         winner = [r for r in setup["rows"] if r["name"] == setup["winner"]][0]
         chosen[name] = (winner["registration"]["method"], winner["image_auroc"])
+        rows[name] = {r["name"]: r for r in setup["rows"]}
     assert chosen["nut"][0] == "rotation" and chosen["nut"][1] > 0.9
     assert chosen["board"][0] in ("shift", "none") and chosen["board"][1] > 0.9
+    assert chosen["fixed"][1] > 0.9     # whatever it registers with, a turned part in a fixture stays a defect
+    # rotation too: it turns a part only as far as the training parts were turned (they came in one pose)
+    assert rows["fixed"]["template-128-rotation+light"]["image_auroc"] > 0.9
 
 
 @pytest.mark.parametrize("problem", ["few", "sizes", "channels"])

@@ -232,3 +232,17 @@ def test_a_fold_with_nothing_scored_to_choose_on_is_a_calibration_error() -> Non
     c = Collected(data, (), [], {"no_part": 5, "ok": 1}, [], None, (8, 8))
     with pytest.raises(CalibrationError, match="k-fold"):
         analyse(c, parse_rule("best-iou", "pixel"), parse_rule("fpr=0.05", "image"))
+
+
+def test_a_failed_registration_ranks_as_a_rejection_in_the_image_auroc() -> None:
+    """A part the registration refuses (turned in a fixture, missing) is rejected by the line: the
+    image AUROC ranks it above every score instead of leaving it out."""
+    from calibration.analyse import line_ranking
+    from core.metrics import roc_auc
+
+    labels = np.array([False, False, False, True, True])
+    scores = np.array([0.1, 0.2, 0.3, np.inf, np.inf])       # both defects failed registration
+    ranked = line_ranking(scores)
+    assert np.isfinite(ranked).all() and ranked[3] == ranked[4] > 0.3
+    assert roc_auc(labels, ranked) == 1.0
+    assert roc_auc(labels, line_ranking(np.array([np.inf, 0.2, 0.3, 0.5, 0.6]))) == pytest.approx(4 / 6)

@@ -1,7 +1,7 @@
 """Every part, every family and registration that applies: one table for the shared MVTec halves.
 
     python -m bench.parts [--parts screw metal_nut] [--families template discriminative vae]
-        [--seeds 0 1 2] [--root ../shared/data/mvtec] [--out runs/bench/parts] [--threads N]
+        [--seeds 0 1 2] [--tolerance T] [--root ../shared/data/mvtec] [--out runs/bench/parts] [--threads N]
 
 Per part (an MVTec category: train/good builds, the shared test half measures):
   template        at 128 px with every registration that applies (training.auto.registrations:
@@ -9,7 +9,8 @@ Per part (an MVTec category: train/good builds, the shared test half measures):
                   it is elongated; each with and without lighting normalization where there is a
                   background), the best of them with the set-up's misalignment tolerance
                   (training.auto.TOLERANCE), and at 256 px with the setting ranked first
-  trained         every other family (--families) at 128 px with that setting, one row per
+  trained         every other family (--families) at 128 px with its registration (no tolerance,
+                  as the set-up builds them; --tolerance T adds rows with one), one row per
                   seed (--seeds), the family's own settings for a new part (Family.new_part:
                   what the automatic set-up builds)
 Each model is built in-process by its family's own code, then calibrated on the test half as a
@@ -36,6 +37,7 @@ from calibration.calibrate import calibrate
 from core.cli import int_at_least
 from core.files import write_json
 from families import FAMILIES
+from families.template.bank import MAX_TOLERANCE
 from runtime.pipeline import Pipeline
 from training.auto import (PART_SHARE, TEMPLATE_SIZES, TOLERANCE, Row, choose, other_lighting, plan_row,
                            registrations, survey)
@@ -108,7 +110,8 @@ def measure(row: Row, part: Path, folder: Path, seed: int, threads: int | None) 
             "registration_failures": len(body["registration"]["failed"])}
 
 
-def run_part(part: Path, out: Path, families: list[str], seeds: list[int], threads: int | None) -> list[dict[str, Any]]:
+def run_part(part: Path, out: Path, families: list[str], seeds: list[int], threads: int | None,
+             tolerance: int = 0) -> list[dict[str, Any]]:
     s = survey(part)
     section = {"format": "mvtec", "root": str(part)}
     results: list[dict[str, Any]] = []
@@ -139,9 +142,12 @@ def run_part(part: Path, out: Path, families: list[str], seeds: list[int], threa
         one(plan_row("template", size, best.registration, s, section, best.tolerance), 0)
     for family in families:
         if family != "template":
-            row = plan_row(family, SIZE, best.registration, s, section, best.tolerance)
-            for seed in seeds:
-                one(row, seed)
+            # a family without a tolerance (the VAE) plans one row for both
+            planned = {r.name: r for r in (plan_row(family, SIZE, best.registration, s, section, t)
+                                           for t in sorted({0, tolerance}))}
+            for row in planned.values():
+                for seed in seeds:
+                    one(row, seed)
     return results
 
 
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int_at_least(0), default=[0, 1, 2], help="seeds of the trained families")
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"the MVTec categories' folder (default {DEFAULT_ROOT})")
     p.add_argument("--out", default="runs/bench/parts", help="results folder (reruns skip what it holds)")
+    p.add_argument("--tolerance", type=int, choices=range(1, MAX_TOLERANCE + 1), default=0, metavar="T",
+                   help="also the trained families with this misalignment tolerance (rows +tolT)")
     p.add_argument("--threads", type=int_at_least(1), help="ONNX Runtime threads (default: one per core)")
     args = p.parse_args(argv)
     missing = [name for name in args.parts if not (Path(args.root) / name / "train" / "good").is_dir()]
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, Any] = {}
     try:
         for name in args.parts:
-            rows = summarize(run_part(Path(args.root) / name, out, args.families, args.seeds, args.threads))
+            rows = summarize(run_part(Path(args.root) / name, out, args.families, args.seeds, args.threads,
+                                      args.tolerance))
             table[name] = rows
             print_table(name, rows)
     except (ValueError, OSError, RuntimeError) as e:

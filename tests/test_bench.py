@@ -73,10 +73,14 @@ def test_parts_bench_measures_every_registration_and_resumes(tmp_path: Path, cap
     rows = json.loads((tmp_path / "o" / "parts.json").read_text())["parts"]["synth"]
     names = [r["setting"] for r in rows]
     assert {"template-128-rotation+light", "template-128-none", "template-128-shift"} <= set(names)
+    assert "template-128-rotation+light+tol1" in names or "template-128-principal_axis+light+tol1" in names
     for r in rows:
         assert all(0 <= r[m]["mean"] <= 1 for m in ("pixel_auroc", "aupro", "image_auroc")) and r["ms_per_image"]["mean"] > 0
     capsys.readouterr()
     assert main(args) == 0 and "== synth" not in capsys.readouterr().out   # a rerun measures nothing again
     with pytest.raises(SystemExit) as e:
         main(["--parts", "nothing", "--root", str(tmp_path / "root")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--tolerance", "9"])
     assert e.value.code == 2

@@ -8,8 +8,10 @@ images to the setting a new part is inspected with, by a rule written down befor
              template at SEARCH_SIZE px (seconds), the best of them again with the other lighting
              normalization and again with a TOLERANCE-pixel tolerance of misalignment (the bank's
              tolerance: whether edges that never align exactly are noise or the defect is the
-             part's); then, with the best registration and tolerance, the template at TEMPLATE_SIZES
-             (seconds) and every trained family (families.FAMILIES, by Family.rank), each
+             part's); then, with the best registration, the template at TEMPLATE_SIZES (seconds,
+             with the best tolerance) and every trained family (without: a net that compares the
+             part with its references learns its own tolerance, and on metal_nut the tolerant
+             input cost the discriminative family AUPRO 0.833 -> 0.746 for the same image AUROC) (families.FAMILIES, by Family.rank), each
              only while the minutes spent plus its estimate fit --budget (the whole run's: the
              calibration and publishing that follow are reserved), and a step that runs past
              its estimate is stopped at the budget (core.steps deadline); until one is built, a
@@ -263,8 +265,7 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
     best = choose(rows)
     later = [plan_row("template", size, best.registration, s, data_section, best.tolerance)
              for size in TEMPLATE_SIZES if size <= max(s.height, s.width)]
-    later += [plan_row(name, SEARCH_SIZE, best.registration, s, data_section, best.tolerance)
-              for name in FAMILIES if name != "template"]
+    later += [plan_row(name, SEARCH_SIZE, best.registration, s, data_section) for name in FAMILIES if name != "template"]
     for row in sorted(later, key=lambda r: (FAMILIES[r.family].trains, FAMILIES[r.family].rank, r.estimate_min)):
         rows.append(row)
         attempt(row)

@@ -102,7 +102,8 @@ def measure(row: Row, part: Path, folder: Path, seed: int, threads: int | None) 
                      threads=threads, log=lambda _: None)
     test = sorted((part / "test").glob("*/*.png"))
     return {"setting": row.name, "family": row.family, "size": row.size, "registration": row.registration,
-            "tolerance": row.tolerance, "seed": seed, "pixel_auroc": body["auroc"]["pixel"], "best_iou": body["best_iou"]["iou"],
+            "tolerance": row.tolerance, "seed": seed, "pixel_auroc": body["auroc"]["pixel"],
+            "best_iou": body["best_iou"]["iou"],
             "aupro": body["aupro"], "image_auroc": body["auroc"]["image"],
             "recall": ((body["folds"] or {}).get("recall") or {}).get("mean"),
             "in_sample_recall": body["in_sample"]["recall"], "setup_min": setup_min,

@@ -48,11 +48,13 @@ METRICS = ("pixel_auroc", "best_iou", "aupro", "image_auroc", "recall", "setup_m
 TIMED = 40          # test images timed for ms per image
 
 
-def build(row: Row, folder: Path, seed: int) -> Path:
-    """The row's model built in `folder` by its family's own code; returns the ONNX file."""
+def build(row: Row, folder: Path, seed: int) -> tuple[Path, float]:
+    """The row's model built in `folder` by its family's own code; returns the ONNX file and the
+    seconds an interrupted earlier run already spent on it."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = row.config
     model = folder / "model.onnx"
+    earlier = 0.0
     if row.family == "template":
         from families.template.build import build as build_template  # noqa: PLC0415
 
@@ -75,10 +77,16 @@ def build(row: Row, folder: Path, seed: int) -> Path:
 
         c = merge(DEFAULTS, cfg)
         c["train"]["seed"] = seed
-        export_onnx(train_vae(c, folder, torch.device("cpu"), progress=False), model)
+        # training.train writes its checkpoint every epoch: a rerun continues an interrupted seed,
+        # and the minutes already trained count in its set-up time
+        ckpt = folder / "model.pt"
+        if ckpt.is_file():
+            history = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("history") or []
+            earlier = history[-1]["seconds"] if history else 0.0
+        export_onnx(train_vae(c, folder, torch.device("cpu"), resume=ckpt.is_file(), progress=False), model)
     else:
         raise ValueError(f"bench.parts has no builder for family '{row.family}'")
-    return model
+    return model, earlier
 
 
 def ms_per_image(model: Path, test: list[Path], threads: int | None) -> float:
@@ -96,8 +104,8 @@ def ms_per_image(model: Path, test: list[Path], threads: int | None) -> float:
 
 def measure(row: Row, part: Path, folder: Path, seed: int, threads: int | None) -> dict[str, Any]:
     started = time.perf_counter()
-    model = build(row, folder, seed)
-    setup_min = (time.perf_counter() - started) / 60
+    model, earlier = build(row, folder, seed)
+    setup_min = (time.perf_counter() - started + earlier) / 60
     body = calibrate(model, part / "test", report=folder / "calibration", dry_run=True, force=True, worst=0,
                      threads=threads, log=lambda _: None)
     test = sorted((part / "test").glob("*/*.png"))

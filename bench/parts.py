@@ -80,10 +80,11 @@ def build(row: Row, folder: Path, seed: int) -> tuple[Path, float]:
         # training.train writes its checkpoint every epoch: a rerun continues an interrupted seed,
         # and the minutes already trained count in its set-up time
         ckpt = folder / "model.pt"
-        if ckpt.is_file():
+        resume = ckpt.is_file()
+        if resume:
             history = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("history") or []
             earlier = history[-1]["seconds"] if history else 0.0
-        export_onnx(train_vae(c, folder, torch.device("cpu"), resume=ckpt.is_file(), progress=False), model)
+        export_onnx(train_vae(c, folder, torch.device("cpu"), resume=resume, progress=False), model)
     else:
         raise ValueError(f"bench.parts has no builder for family '{row.family}'")
     return model, earlier

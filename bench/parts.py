@@ -72,6 +72,7 @@ def build(row: Row, folder: Path, seed: int) -> tuple[Path, float]:
         import torch  # noqa: PLC0415
 
         from export.onnx import export_onnx  # noqa: PLC0415
+        from training.checkpoint import load_checkpoint  # noqa: PLC0415
         from training.config import DEFAULTS, merge  # noqa: PLC0415
         from training.train import train as train_vae  # noqa: PLC0415
 
@@ -82,7 +83,7 @@ def build(row: Row, folder: Path, seed: int) -> tuple[Path, float]:
         ckpt = folder / "model.pt"
         resume = ckpt.is_file()
         if resume:
-            history = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("history") or []
+            history = load_checkpoint(ckpt).get("history") or []
             earlier = history[-1]["seconds"] if history else 0.0
         export_onnx(train_vae(c, folder, torch.device("cpu"), resume=resume, progress=False), model)
     else:

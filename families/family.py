@@ -44,7 +44,10 @@ class Family:
     channels, registration) -> the family's config for a new part (the automatic set-up's
     candidate); warm_start: retraining may start from the deployed version's checkpoint (--init);
     rank: the order the automatic set-up tries the trained families in, lowest first (where the
-    budget holds one, the one that measured best in bench.parts; docs/benchmarks.md, "Every part")."""
+    budget holds one, the one that measured best in bench.parts; docs/benchmarks.md, "Every part");
+    variants: model options an already built model can be exported with again, without a rebuild,
+    option -> "module:function"(req, built) -> the model file (req.config sets the option; built:
+    the model file of the same setting without it): the set-up and bench.parts measure both."""
     name: str
     summary: str
     trains: bool
@@ -55,9 +58,13 @@ class Family:
     rank: int = 0
     archs: tuple[str, ...] = ()
     backends: dict[str, tuple[str, str]] = field(default_factory=dict)
+    variants: dict[str, str] = field(default_factory=dict)
 
     def builder(self) -> Callable[[BuildRequest], Path]:
         return _resolve(self.build)
+
+    def variant(self, option: str) -> Callable[[BuildRequest, Path], Path]:
+        return _resolve(self.variants[option])
 
     def estimate(self, config: dict[str, Any], images: int) -> float:
         return float(_resolve(self.minutes)(config, images))

@@ -83,6 +83,54 @@ def test_the_exported_graph_equals_pytorch_and_the_runtime_runs_it(trained: Path
     assert np.all((scores >= 0) & (scores <= 1))
 
 
+def test_the_blend_variant_adds_the_template_map_each_over_its_normal_scale(trained: Path) -> None:
+    """The same checkpoint exported again with --blend on (the family's variant, no retraining):
+    the graph's map is the net's map / its normal p99 + the template family's own map / its
+    normal p99, computed here independently from the numpy bank and the plain graph."""
+    import importlib
+
+    from core.prepare import InputSpec, load
+    from core.registration import RegistrationSpec
+    from families import FAMILIES, BuildRequest
+    from families.discriminative.export import load as load_checkpoint
+    from families.discriminative.train import NORMAL_QUANTILE
+    from families.template.bank import TemplateBank
+    from runtime.pipeline import Pipeline
+
+    plain = trained / "plain" / "model.onnx"
+    plain.parent.mkdir(exist_ok=True)
+    (plain.parent / "model.pt").write_bytes((trained / "run" / "model.pt").read_bytes())
+    from families.discriminative.export import main
+    assert main(["--checkpoint", str(plain.parent / "model.pt"), "--out", str(plain)]) == 0
+    stage = trained / "blend"
+    stage.mkdir(exist_ok=True)
+    cfg = yaml.safe_load((trained / "cfg.yaml").read_text())
+    cfg["model"]["blend"] = True
+    (stage / "train.yaml").write_text(yaml.safe_dump(cfg))
+
+    def run(name: str, module: str, args: list[str], **_: object) -> None:
+        assert importlib.import_module(module).main(args) == 0
+    out = FAMILIES["discriminative"].variant("blend")(BuildRequest(stage / "train.yaml", stage / "model.onnx", None, [], run),
+                                                      plain)
+    side = yaml.safe_load(out.with_suffix(".yaml").read_text())
+    assert side["model"]["blend"] is True and side["export"]["parity"]["rel_err"] < 1e-4
+    assert (stage / "model.pt").is_file()            # the deployment keeps the weights beside the graph
+
+    _, bank, ckpt, _ = load_checkpoint(stage / "model.pt")
+    template = TemplateBank(bank.images, bank.k, tolerance=bank.tolerance)
+    t_scale = np.median(np.quantile(template.leave_one_out().reshape(len(bank.images), -1), NORMAL_QUANTILE, axis=1))
+    spec = InputSpec(64, 64, 1, "gray", RegistrationSpec.from_mapping(ckpt["config"]["registration"]))
+    files = sorted((trained / "data" / "test").glob("*/*.png"))
+    x = np.stack([load(f, spec, keep_image=False).input for f in files])
+
+    def maps(model: Path) -> np.ndarray:
+        with Pipeline.open(model, warmup=False) as pipe:
+            return np.asarray(pipe.model(x, ("anomaly_map",))["anomaly_map"])
+    expected = maps(plain) / float(ckpt["anomaly_scale"]) + template.anomaly_map(x) / t_scale
+    np.testing.assert_allclose(maps(out), expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
+    assert side["model"]["anomaly_scale"] > 0
+
+
 def test_export_refuses_what_is_not_its_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
@@ -100,7 +148,8 @@ def test_settings_refuse_values_that_cannot_work() -> None:
     from families.discriminative.train import settings
 
     for model, words in (({"size": 100}, "model.size"), ({"channels": 2}, "model.channels"),
-                         ({"width": 0}, "model.width"), ({"tolerance": 9}, "model.tolerance")):
+                         ({"width": 0}, "model.width"), ({"tolerance": 9}, "model.tolerance"),
+                         ({"blend": "yes"}, "model.blend")):
         with pytest.raises(ValueError, match=words):
             settings({"model": model})
     with pytest.raises(ValueError, match="train.steps"):

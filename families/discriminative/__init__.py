@@ -9,10 +9,13 @@ may have copied the defect.
     net.py      DefectMap: normalization, U-Net, sigmoid, blur (the exported module)
     train.py    python -m families.discriminative.train: bank + training -> model.pt
     export.py   python -m families.discriminative.export: model.pt -> X.onnx (the template's reference
-                subgraph + the net), checked against PyTorch on the bank's parts and noise
+                subgraph + the net), checked against PyTorch on the bank's parts and noise; with
+                model.blend the net's map plus the template's (the variant `blend`: one training,
+                two exports, so the set-up measures both)
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,15 @@ def build_model(req: BuildRequest) -> Path:
     return req.model
 
 
+def blend(req: BuildRequest, built: Path) -> Path:
+    """The model built at `built` exported again with the template's map blended in (net.Blended):
+    its checkpoint is copied beside the new graph, which the deployment keeps with it."""
+    shutil.copy2(built.parent / "model.pt", req.stage / "model.pt")
+    req.run("export", "families.discriminative.export", ["--checkpoint", str(req.stage / "model.pt"),
+                                                         "--out", str(req.model), "--blend", "on"])
+    return req.model
+
+
 def minutes(config: dict[str, Any], images: int) -> float:
     from families.discriminative.train import settings  # noqa: PLC0415 - the defaults live with the trainer
 
@@ -52,4 +64,4 @@ def new_part(size: int, channels: int, registration: dict[str, str]) -> dict[str
 
 FAMILY = Family("discriminative", "a net that compares the part with its nearest good parts, learned on synthetic "
                 "defects", trains=True, build=f"{__name__}:build_model", minutes=f"{__name__}:minutes",
-                config=f"{__name__}:new_part")
+                config=f"{__name__}:new_part", variants={"blend": f"{__name__}:blend"})

@@ -12,6 +12,9 @@ used) on the bank's parts, the same with noise, and noise, and written atomicall
 image agrees within PARITY_TOL x the map's range, at least the probability's full scale 1 (an image whose k-th and (k+1)-th references are
 equally near may take the other one: reported as a tie, as the template's check does). The
 sidecar X.yaml beside it says the family, the bank, the fitted registration and the normal scale.
+With model.blend (or --blend on) the graph's map is net.Blended: the net's map plus the template's,
+each over its normal 99th percentile on the bank (the net's from training; the template's from
+the bank's leave-one-out maps), so the same checkpoint exports either way (the set-up scores both).
 Exit codes: 0 written, 1 failure (unreadable checkpoint, a graph that disagrees), 2 usage.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from core.cli import require, require_extra
+from families.discriminative.train import NORMAL_QUANTILE, normal_scale
 
 OPSET = 17
 
@@ -101,8 +105,21 @@ def build_graph(net: Any, bank: Any) -> Any:
     return model
 
 
-def export(checkpoint: Path, out: Path) -> dict[str, Any]:
-    """Write out (X.onnx) and its sidecar; returns what was written and the parity check."""
+def blended(net: Any, bank: Any, net_scale: float) -> Any:
+    """net.Blended over `net`: the template's normal scale measured here, on the bank's
+    leave-one-out maps with the template family's own blur."""
+    from families.discriminative.net import Blended  # noqa: PLC0415
+    from families.template.bank import TemplateBank  # noqa: PLC0415
+
+    template = TemplateBank(bank.images, bank.k, tolerance=bank.tolerance)
+    loo = template.leave_one_out().reshape(len(bank.images), -1)
+    template_scale = max(float(np.median(np.quantile(loo, NORMAL_QUANTILE, axis=1))), 1e-6)
+    return Blended(net, template.sigma, net_scale, template_scale).eval()
+
+
+def export(checkpoint: Path, out: Path, blend: bool | None = None) -> dict[str, Any]:
+    """Write out (X.onnx) and its sidecar; returns what was written and the parity check. blend:
+    export net.Blended (None: as the checkpoint's config says, model.blend)."""
     from core.prepare import InputSpec  # noqa: PLC0415
     from core.registration import RegistrationSpec  # noqa: PLC0415
     from core.sidecar import check_sidecar_free, file_entry, write_sidecar  # noqa: PLC0415
@@ -115,19 +132,26 @@ def export(checkpoint: Path, out: Path) -> dict[str, Any]:
     net, bank, ckpt, digest = load(checkpoint)
     cfg = ckpt["config"]
     m = cfg["model"]
+    scale = float(ckpt["anomaly_scale"])
+    blend = bool(m.get("blend", False)) if blend is None else blend
+    if blend:
+        net = blended(net, bank, scale)
+        scale = normal_scale(net, bank, bank.others(), "cpu")
     spec = InputSpec(int(m["size"]), int(m["size"]), int(m["channels"]), "gray" if m["channels"] == 1 else "rgb",
                      RegistrationSpec.from_mapping(cfg["registration"]))
     data = build_graph(net, bank).SerializeToString()
     parity = checked_write(data, bank, out, bank.images, reference_map(net, bank), full_scale=1.0)
-    scale = float(ckpt["anomaly_scale"])
-    model = {"family": "discriminative", "arch": "unet", "anomaly_map": "defect_probability", "k": bank.k,
+    model = {"family": "discriminative", "arch": "unet", "anomaly_map": "blended" if blend else "defect_probability",
+             "blend": blend, "k": bank.k,
              "tolerance": bank.tolerance, "width": net.width, "sigma": net.sigma, "bank_images": int(len(bank.images)), "anomaly_scale": scale,
              "checkpoint": relative_to(checkpoint, out.parent), "checkpoint_sha256": digest, "data": str(cfg.get("data", {}).get("root")),
              "registration_failures": [f"{name}: {status}" for name, status in ckpt["data"]["failed"]]}
     info = sidecar_info(bank, spec, model,
                         f"a U-Net's defect probability from the part, the mean of its {bank.k} nearest bank images "
                         f"(64x64 L2 search) and the least {difference(bank)} to them; Gaussian blur sigma "
-                        f"{net.sigma:g} px",
+                        f"{net.sigma:g} px" + (f"; plus the template's map (blur sigma {net.template_sigma:g} px), each over "
+                                               f"its normal p99 on the bank ({net.net_scale:.3g}, {net.template_scale:.3g})"
+                                               if blend else ""),
                         int(ckpt["data"]["images"]))
     info["files"] = {checkpoint.name: file_entry(checkpoint, format="discriminative/1", role="the trained weights")} \
         if checkpoint.parent.resolve() == out.parent.resolve() else {}
@@ -142,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m families.discriminative.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="model.pt from python -m families.discriminative.train")
     p.add_argument("--out", required=True, help="X.onnx; the sidecar X.yaml beside it")
+    p.add_argument("--blend", choices=("on", "off"), help="add the template's map to the net's (default: the "
+                                                           "checkpoint's model.blend)")
     args = p.parse_args(argv)
     require_extra("torch", "train", "export")
     require(p, checkpoint=args.checkpoint)
@@ -151,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from families.template.bank import TemplateError  # noqa: PLC0415
 
     try:
-        r = export(Path(args.checkpoint), Path(args.out))
+        r = export(Path(args.checkpoint), Path(args.out), None if args.blend is None else args.blend == "on")
     except (TemplateError, SidecarError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -9,6 +9,12 @@ Inputs (what families.template.graph.reference_nodes and TemplateBank.references
     least      float [N, 1, H, W]  per pixel the least |difference| to them (with the bank's tolerance, the
                                    least distance outside their local ranges), worst channel
 Output: anomaly_map float [N, 1, H, W], a defect probability in [0, 1], Gaussian-blurred.
+
+`Blended` (a setting, model.blend): the net's map plus the template's own map (the least
+difference, blurred as the template family blurs it), each divided by its normal 99th percentile
+on the bank, so that each counts alike where the other is quiet. On the screws the two miss
+different defects (image AUROC 0.977 blended against 0.962 and 0.966 alone, 3 seeds); on
+metal_nut the template's lobe edges cost the net (0.950 against 0.963): the set-up measures both.
 """
 from __future__ import annotations
 
@@ -75,12 +81,34 @@ class DefectMap(nn.Module):
 
     def forward(self, x: torch.Tensor, refs_mean: torch.Tensor, least: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(self.logits(x, refs_mean, least))
-        if self.sigma <= 0:
-            return p
-        r = (self.kernel.numel() - 1) // 2
-        p = F.pad(p, (r, r, r, r), mode="reflect")      # reflect-101, cv2's default border
-        p = F.conv2d(p, self.kernel.view(1, 1, -1, 1))
-        return F.conv2d(p, self.kernel.view(1, 1, 1, -1))
+        return blur(p, self.kernel) if self.sigma > 0 else p
+
+
+def blur(m: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W] blurred by the separable 1-D `kernel`, reflect-101 borders: cv2.GaussianBlur."""
+    r = (kernel.numel() - 1) // 2
+    m = F.pad(m, (r, r, r, r), mode="reflect")
+    m = F.conv2d(m, kernel.view(1, 1, -1, 1))
+    return F.conv2d(m, kernel.view(1, 1, 1, -1))
+
+
+class Blended(nn.Module):
+    """The net's map / net_scale + the template's map / template_scale (module docstring). The
+    template's map is TemplateBank's: least / 255 blurred with `template_sigma` (model pixels)."""
+
+    def __init__(self, net: DefectMap, template_sigma: float, net_scale: float, template_scale: float) -> None:
+        super().__init__()
+        self.net, self.template_sigma = net, float(template_sigma)
+        self.channels, self.width, self.sigma = net.channels, net.width, net.sigma
+        self.net_scale, self.template_scale = float(net_scale), float(template_scale)
+        k = gaussian(template_sigma) if template_sigma > 0 else torch.ones(1)
+        self.register_buffer("template_kernel", k, persistent=False)
+
+    def forward(self, x: torch.Tensor, refs_mean: torch.Tensor, least: torch.Tensor) -> torch.Tensor:
+        t = least * (1 / 255)
+        if self.template_sigma > 0:
+            t = blur(t, self.template_kernel)
+        return self.net(x, refs_mean, least) * (1 / self.net_scale) + t * (1 / self.template_scale)
 
 
 def steps_per_minute(size: int, width: int, batch: int) -> float:

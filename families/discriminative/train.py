@@ -33,7 +33,9 @@ from families.template.build import good_images
 DEFAULTS: dict[str, Any] = {
     # 600 steps: on metal_nut 300, 600 and 1500 steps scored alike (image AUROC 0.95-0.97); sigma 1:
     # more blur smoothed thin scratches away (image AUROC 0.95 at sigma 1, 0.93 at 2 after 1500 steps)
-    "model": {"family": "discriminative", "size": 128, "channels": 3, "k": 5, "width": 16, "sigma": 1.0, "tolerance": 0},
+    # blend: the exported map adds the template's (net.Blended); off by default, the set-up measures both
+    "model": {"family": "discriminative", "size": 128, "channels": 3, "k": 5, "width": 16, "sigma": 1.0, "tolerance": 0,
+              "blend": False},
     "train": {"steps": 600, "batch_size": 8, "lr": 2.0e-3, "seed": 0},
     "registration": {"method": "none", "lighting": "none"},
 }
@@ -53,10 +55,11 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
                     ("channels", lambda v: v in (1, 3)), ("k", lambda v: isinstance(v, int) and v >= 1),
                     ("width", lambda v: isinstance(v, int) and v >= 4),
                     ("sigma", lambda v: isinstance(v, (int, float)) and 0 <= v <= 16),
-                    ("tolerance", lambda v: isinstance(v, int) and 0 <= v <= MAX_TOLERANCE)):
+                    ("tolerance", lambda v: isinstance(v, int) and 0 <= v <= MAX_TOLERANCE),
+                    ("blend", lambda v: isinstance(v, bool))):
         if not ok(m[key]):
             raise ValueError(f"model.{key}: {m[key]!r} is not usable (size a multiple of 64, channels 1 or 3, "
-                             f"k and width counts, sigma in [0, 16], tolerance in [0, {MAX_TOLERANCE}] pixels)")
+                             f"k and width counts, sigma in [0, 16], tolerance in [0, {MAX_TOLERANCE}] pixels, blend true or false)")
     for key in ("steps", "batch_size"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ValueError(f"train.{key}: {t[key]!r} is not a count >= 1")

@@ -12,7 +12,9 @@ Per part (an MVTec category: train/good builds, the shared test half measures):
   trained         every other family (--families) at 128 px with its registration (no tolerance,
                   as the set-up builds them; --tolerance T adds rows with one), one row per
                   seed (--seeds), the family's own settings for a new part (Family.new_part:
-                  what the automatic set-up builds)
+                  what the automatic set-up builds), and each seed's model exported again with
+                  each of its family's variants (Family.variants, e.g. discriminative+blend; set-up
+                  minutes: the seed's build plus the export)
 Each model is built in-process by its family's own code, then calibrated on the test half as a
 dry run (calibration.calibrate: the runtime's pipeline, registration included): pixel AUROC, best
 IoU, AUPRO (each map taken back to the image's frame), image AUROC, recall at the calibrated
@@ -25,6 +27,7 @@ OUT/parts.json. Exit codes: 0 done, 1 a build or measurement failed, 2 usage.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -36,11 +39,11 @@ import numpy as np
 from calibration.calibrate import calibrate
 from core.cli import int_at_least
 from core.files import write_json
-from families import FAMILIES
+from families import FAMILIES, BuildRequest
 from families.template.bank import MAX_TOLERANCE
 from runtime.pipeline import Pipeline
 from training.auto import (PART_SHARE, TEMPLATE_SIZES, TOLERANCE, Row, choose, other_lighting, plan_row,
-                           registrations, survey)
+                           registrations, survey, variant_row)
 
 DEFAULT_ROOT = "../shared/data/mvtec"
 SIZE = 128
@@ -55,7 +58,15 @@ def build(row: Row, folder: Path, seed: int) -> tuple[Path, float]:
     cfg = row.config
     model = folder / "model.onnx"
     earlier = 0.0
-    if row.family == "template":
+    if row.variant:     # the seed's model of the same setting, exported again (Family.variants)
+        import yaml  # noqa: PLC0415
+
+        (folder / "train.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        source = Path(row.source or "")
+        FAMILIES[row.family].variant(row.variant)(BuildRequest(folder / "train.yaml", model, None, [], _in_process),
+                                                  source)
+        earlier = json.loads((source.parent / "result.json").read_text())["setup_min"] * 60
+    elif row.family == "template":
         from families.template.build import build as build_template  # noqa: PLC0415
 
         m = cfg["model"]
@@ -89,6 +100,12 @@ def build(row: Row, folder: Path, seed: int) -> tuple[Path, float]:
     else:
         raise ValueError(f"bench.parts has no builder for family '{row.family}'")
     return model, earlier
+
+
+def _in_process(name: str, module: str, args: list[str], **_: Any) -> None:
+    """BuildRequest.run for bench: the step's command run in this process."""
+    if importlib.import_module(module).main(args) != 0:
+        raise RuntimeError(f"{name}: python -m {module} {' '.join(args)} failed")
 
 
 def ms_per_image(model: Path, test: list[Path], threads: int | None) -> float:
@@ -159,6 +176,10 @@ def run_part(part: Path, out: Path, families: list[str], seeds: list[int], threa
             for row in planned.values():
                 for seed in seeds:
                     one(row, seed)
+                    for option in FAMILIES[family].variants:     # the same model exported again
+                        v = variant_row(row, option)
+                        v.source = str(out / part.name / f"{row.name}-s{seed}" / "model.onnx")
+                        one(v, seed)
     return results
 
 
@@ -181,7 +202,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(part: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{part}")
-    print(f"{'setting':<34} {'seeds':>5} {'pix AUROC':>9} {'best IoU':>8} {'AUPRO':>6} {'img AUROC':>15} "
+    print(f"{'setting':<40} {'seeds':>5} {'pix AUROC':>9} {'best IoU':>8} {'AUPRO':>6} {'img AUROC':>15} "
           f"{'recall':>13} {'set-up min':>10} {'ms/img':>7}")
     for r in rows:
         def c(m: str, pct: bool = False, spread: bool = False) -> str:
@@ -190,7 +211,7 @@ def print_table(part: str, rows: list[dict[str, Any]]) -> None:
                 return "-"
             f = (lambda x: f"{x:.0%}") if pct else (lambda x: f"{x:.3f}")
             return f"{f(v['mean'])} [{f(v['min'])}, {f(v['max'])}]" if spread and len(r["seeds"]) > 1 else f(v["mean"])
-        print(f"{r['setting']:<34} {len(r['seeds']):>5} {c('pixel_auroc'):>9} {c('best_iou'):>8} {c('aupro'):>6} "
+        print(f"{r['setting']:<40} {len(r['seeds']):>5} {c('pixel_auroc'):>9} {c('best_iou'):>8} {c('aupro'):>6} "
               f"{c('image_auroc', spread=True):>15} {c('recall', True, True):>13} {r['setup_min']['mean']:>10.1f} "
               f"{r['ms_per_image']['mean']:>7.1f}")
 

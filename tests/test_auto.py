@@ -69,6 +69,19 @@ def test_the_rule_picks_image_auroc_then_aupro_then_recall_then_minutes() -> Non
         auto.choose([rows[-1]])
 
 
+def test_a_family_variant_is_a_row_of_its_own_built_from_the_model_it_exports_again() -> None:
+    from families import FAMILIES
+
+    s = auto.Survey(40, 96, 96, False, 1.0, 3.0)
+    row = auto.plan_row("discriminative", 128, {"method": "rotation", "lighting": "background"}, s, {"root": "d"})
+    row.model = "setup/discriminative-128-rotation+light/deploy.onnx"
+    assert list(FAMILIES["discriminative"].variants) == ["blend"]
+    v = auto.variant_row(row, "blend")
+    assert v.name == "discriminative-128-rotation+light+blend" and v.source == row.model and v.variant == "blend"
+    assert v.config["model"]["blend"] is True and row.config["model"]["blend"] is False    # a copy, not the row's
+    assert v.estimate_min < 1 < row.estimate_min         # an export and a score, no training
+
+
 def test_auto_builds_scores_chooses_and_deploys(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deploy = tmp_path / "deploy"
     assert main(["--config", "auto", "--data", str(parts), "--deploy", str(deploy), "--budget", "3"]) == 0

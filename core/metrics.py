@@ -11,6 +11,17 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
+NORMAL_QUANTILE = 0.99
+
+
+def normal_scale(maps: np.ndarray, floor: float = 1e-8) -> float:
+    """A map's scale on normal images [N, ...]: the median over images of each one's
+    NORMAL_QUANTILE, at least `floor` (where overlays put their colours before calibration, and
+    what one map is divided by to weigh it against another)."""
+    q = np.quantile(np.asarray(maps).reshape(len(maps), -1), NORMAL_QUANTILE, axis=1)
+    return max(float(np.median(q)), floor)
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels).ravel().astype(bool)
     if labels.all() or not labels.any():

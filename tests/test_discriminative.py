@@ -93,7 +93,7 @@ def test_the_blend_variant_adds_the_template_map_each_over_its_normal_scale(trai
     from core.registration import RegistrationSpec
     from families import FAMILIES, BuildRequest
     from families.discriminative.export import load as load_checkpoint
-    from families.discriminative.train import NORMAL_QUANTILE
+    from core.metrics import NORMAL_QUANTILE
     from families.template.bank import TemplateBank
     from runtime.pipeline import Pipeline
 

@@ -41,7 +41,7 @@ import torch
 
 from core.device import GRAMMAR, device_arg
 from core.files import atomic_write, write_json
-from core.metrics import localization_metrics, roc_auc
+from core.metrics import localization_metrics, normal_scale, roc_auc
 from families.template.bank import TemplateBank
 from training.attention import VARIANTS, attention_variant, layer_gradients, per_dim_attention
 from training.checkpoint import load_model
@@ -104,12 +104,6 @@ def compute_maps(model: VAE, split: Split, layers: list[str], scores: list[str],
 def template_maps(bank: np.ndarray, images: np.ndarray) -> np.ndarray:
     """The template map [N, h, w] of model inputs against a bank of good ones (the same frame)."""
     return TemplateBank(bank, k=TEMPLATE_K).anomaly_map(images)[:, 0]
-
-
-def normal_scale(m: np.ndarray) -> float:
-    """A map's scale on normal images [N, h, w]: the median over images of each one's 99th
-    percentile (training.stats' definition, so a fused term weighs as the model's fusion does)."""
-    return float(max(np.median(np.quantile(m.reshape(len(m), -1), 0.99, axis=1)), 1e-8))
 
 
 def fuse_with_template(maps: dict[str, np.ndarray], scales: dict[str, float]) -> None:

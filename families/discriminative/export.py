@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from core.cli import require, require_extra
-from families.discriminative.train import NORMAL_QUANTILE, normal_scale
+from core.metrics import normal_scale
+from families.discriminative.train import net_scale
 
 OPSET = 17
 
@@ -105,16 +106,14 @@ def build_graph(net: Any, bank: Any) -> Any:
     return model
 
 
-def blended(net: Any, bank: Any, net_scale: float) -> Any:
+def blended(net: Any, bank: Any, scale: float) -> Any:
     """net.Blended over `net`: the template's normal scale measured here, on the bank's
     leave-one-out maps with the template family's own blur."""
     from families.discriminative.net import Blended  # noqa: PLC0415
     from families.template.bank import TemplateBank  # noqa: PLC0415
 
     template = TemplateBank(bank.images, bank.k, tolerance=bank.tolerance)
-    loo = template.leave_one_out().reshape(len(bank.images), -1)
-    template_scale = max(float(np.median(np.quantile(loo, NORMAL_QUANTILE, axis=1))), 1e-6)
-    return Blended(net, template.sigma, net_scale, template_scale).eval()
+    return Blended(net, template.sigma, scale, normal_scale(template.leave_one_out(), floor=1e-6)).eval()
 
 
 def export(checkpoint: Path, out: Path, blend: bool | None = None) -> dict[str, Any]:
@@ -136,7 +135,7 @@ def export(checkpoint: Path, out: Path, blend: bool | None = None) -> dict[str, 
     blend = bool(m.get("blend", False)) if blend is None else blend
     if blend:
         net = blended(net, bank, scale)
-        scale = normal_scale(net, bank, bank.others(), "cpu")
+        scale = net_scale(net, bank, bank.others(), "cpu")
     spec = InputSpec(int(m["size"]), int(m["size"]), int(m["channels"]), "gray" if m["channels"] == 1 else "rgb",
                      RegistrationSpec.from_mapping(cfg["registration"]))
     data = build_graph(net, bank).SerializeToString()

@@ -41,7 +41,6 @@ DEFAULTS: dict[str, Any] = {
 }
 DEFECT_SHARE = 0.5
 FOCAL_GAMMA, FOCAL_WEIGHT = 2.0, 10.0
-NORMAL_QUANTILE = 0.99
 LOG_EVERY = 50
 
 
@@ -142,7 +141,7 @@ def train(config: dict[str, Any], out: Path, device: str = "cpu", quiet: bool = 
                 f"{time.perf_counter() - started:.0f} s")
     bar.close()
     net.eval()
-    scale = normal_scale(net, bank, others, dev)
+    scale = net_scale(net, bank, others, dev)
     spec = good.spec
     saved = {**config, "registration": spec.registration.to_mapping()}
     out.mkdir(parents=True, exist_ok=True)
@@ -154,19 +153,20 @@ def train(config: dict[str, Any], out: Path, device: str = "cpu", quiet: bool = 
             "loss": float(np.mean(history[-LOG_EVERY:])), "anomaly_scale": scale, "seconds": seconds}
 
 
-def normal_scale(net: Any, bank: Any, others: np.ndarray, device: Any) -> float:
-    """The median over the bank of each image's NORMAL_QUANTILE of its map against the other bank
-    images: where overlays put their colours before calibration (the net has seen these parts as
-    good, so this is a low estimate; calibration replaces it)."""
+def net_scale(net: Any, bank: Any, others: np.ndarray, device: Any) -> float:
+    """core.metrics.normal_scale of the net's maps of the bank's images against the other bank
+    images (the net has seen these parts as good, so this is a low estimate; calibration
+    replaces it)."""
     import torch  # noqa: PLC0415
 
-    q = []
+    from core.metrics import normal_scale  # noqa: PLC0415
+
+    maps = []
     with torch.no_grad():
         for i in range(0, len(bank.images), 16):
             inputs = [torch.from_numpy(a).to(device) for a in batch_inputs(bank, bank.images[i:i + 16], others[i:i + 16])]
-            maps = net(*inputs).cpu().numpy()
-            q.extend(np.quantile(maps.reshape(len(maps), -1), NORMAL_QUANTILE, axis=1))
-    return max(float(np.median(q)), 1e-6)
+            maps.append(net(*inputs).cpu().numpy())
+    return normal_scale(np.concatenate(maps), floor=1e-6)
 
 
 def build_parser() -> argparse.ArgumentParser:

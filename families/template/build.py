@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from core.images import IMAGE_EXTENSIONS, ImageError, is_image_name, read_image
+from core.metrics import normal_scale
 from core.prepare import InputSpec, prepare
 from core.registration import LIGHTINGS, REGISTRATIONS, RegistrationSpec, fit
 from core.sidecar import SidecarError, check_sidecar_free, file_entry, write_sidecar
@@ -74,7 +75,7 @@ def build(data: str | Path, out: str | Path, size: int = 256, channels: int = 1,
     kept, input_spec, failed = good.images, good.spec, good.failed
     bank = TemplateBank(kept, k, sigma, tolerance)
     loo = bank.leave_one_out()
-    scale = float(np.median(np.quantile(loo.reshape(len(loo), -1), 0.99, axis=1)))
+    scale = normal_scale(loo, floor=0.0)
     npz = out.with_suffix(".npz")
     model = {"family": "template", "arch": "template", "anomaly_map": "template", "k": bank.k, "sigma": bank.sigma,
              "tolerance": bank.tolerance, "bank_images": int(len(bank.images)), "anomaly_scale": max(scale, 1e-8), "data": str(data),

@@ -29,6 +29,19 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64).ravel()))
 
 
+def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
+    """The standard error of an image AUROC measured on `positives` defective and `negatives`
+    good parts (Hanley & McNeil 1982): how far apart two settings' AUROCs on the same few parts
+    must be before their order says more than which parts happened to be in the set. 0 when
+    either count is 0 (nothing known)."""
+    if positives < 1 or negatives < 1 or not np.isfinite(auroc):
+        return 0.0
+    a = float(auroc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (positives * negatives)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def best_iou(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """Best pooled IoU = TP / (TP + FP + FN) over all ROC thresholds; returns (iou, threshold)."""
     y = np.asarray(labels).ravel().astype(bool)

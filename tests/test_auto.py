@@ -69,6 +69,22 @@ def test_the_rule_picks_image_auroc_then_aupro_then_recall_then_minutes() -> Non
         auto.choose([rows[-1]])
 
 
+def test_later_candidates_build_on_the_fewest_options_within_one_standard_error() -> None:
+    def row(name: str, lighting: str, auroc: float, tolerance: int = 0, n: tuple[int, int] = (33, 11)) -> auto.Row:
+        return auto.Row(name, "template", 128, {"method": "rotation", "lighting": lighting}, 0, {}, "built", 0.1,
+                        auroc, 0.5, 0.5, tolerance=tolerance, positives=n[0], negatives=n[1])
+    # metal_nut without labels: lighting 0.760 against 0.753 on 11 good parts is luck (one SE ~0.08)
+    rows = [row("light", "background", 0.760), row("plain", "none", 0.753), row("tol", "none", 0.758, 1)]
+    assert auto.choose(rows).name == "light" and auto.settle(rows).name == "plain"
+    # the screws: lighting 0.966 against 0.848 on 82 labelled parts is not
+    rows = [row("light", "background", 0.966, n=(61, 21)), row("plain", "none", 0.848, n=(61, 21))]
+    assert auto.settle(rows).name == "light"
+    # many parts make a small difference count: the option is kept
+    rows = [row("light", "background", 0.780, n=(3000, 3000)), row("plain", "none", 0.753, n=(3000, 3000))]
+    assert auto.settle(rows).name == "light"
+    assert [r.options() for r in (row("a", "background", 0.5, 1), row("b", "none", 0.5))] == [2, 0]
+
+
 def test_a_family_variant_is_a_row_of_its_own_built_from_the_model_it_exports_again() -> None:
     from families import FAMILIES
 

@@ -74,3 +74,21 @@ def test_aupro_past_the_limit_counts_the_tie_not_the_region_pixels_below_it():
     masks = np.zeros((1, 1, 100), bool)
     masks[0, 0, 90:] = True
     assert aupro(masks, maps) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_auroc_standard_error_matches_a_bootstrap_and_shrinks_with_more_parts():
+    from core.metrics import auroc_standard_error
+
+    rng = np.random.default_rng(0)
+    good, bad = rng.normal(0, 1, 21), rng.normal(1.8, 1, 63)
+    y = np.r_[np.zeros(21, bool), np.ones(63, bool)]
+    s = np.r_[good, bad]
+    a = roc_auc(y, s)
+    boot = []
+    for _ in range(400):
+        i, j = rng.integers(21, size=21), 21 + rng.integers(63, size=63)
+        boot.append(roc_auc(y[np.r_[i, j]], s[np.r_[i, j]]))
+    se = auroc_standard_error(a, 63, 21)
+    assert 0.7 * np.std(boot) < se < 1.3 * np.std(boot)
+    assert auroc_standard_error(a, 630, 210) < se / 2.5
+    assert auroc_standard_error(1.0, 10, 10) == 0.0 and auroc_standard_error(0.9, 0, 10) == 0.0

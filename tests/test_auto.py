@@ -126,6 +126,27 @@ def test_auto_on_good_parts_alone_scores_synthetic_defects(parts: Path, tmp_path
     assert "synthetic defects" in setup["rule"]
 
 
+def test_a_folder_of_good_images_alone_holds_out_every_fifth_to_score_and_calibrate_on(
+        parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "photos"
+    shutil.copytree(parts / "train" / "good", good)          # 20 good images, no test/ beside them
+    deploy = tmp_path / "deploy"
+    assert main(["--config", "auto", "--data", str(good), "--deploy", str(deploy), "--budget", "2"]) == 0
+    assert "4 of the good images are held out" in capsys.readouterr().out
+    train, held = sorted((deploy / "split" / "train").iterdir()), sorted((deploy / "split" / "heldout" / "good").iterdir())
+    assert (len(train), len(held)) == (16, 4) and not {p.name for p in train} & {p.name for p in held}
+    assert held[0].name == sorted(good.iterdir())[0].name and held[-1].name == sorted(good.iterdir())[-1].name
+    setup = json.loads((deploy / "v0001" / "setup.json").read_text())
+    assert "synthetic defects" in setup["rule"] and setup["survey"]["images"] == 16
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(good.iterdir())[:12]:
+        shutil.copy(p, few / p.name)
+    assert main(["--config", "auto", "--data", str(few), "--deploy", str(tmp_path / "d2"), "--budget", "2"]) == 2
+    assert "12 good images and no --heldout" in capsys.readouterr().err
+    assert not (tmp_path / "d2").exists()
+
+
 def test_budget_belongs_to_auto(parts: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {arch: template, size: 64}\n")

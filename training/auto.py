@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ SCORE_MINUTES = 0.4      # scoring a candidate on ~80 held-out parts (decode, re
 FINISH_MINUTES = 0.6     # what retraining does after the set-up (calibration with its report, publishing):
                          # --budget is the whole run's
 DEFAULT_BUDGET = 45.0    # minutes: the issue's training budget on 2 cores
+HOLDOUT_SHARE = 0.2      # of a folder of good images alone, held out for scoring and calibration
+MIN_HELDOUT = 3
 
 
 @dataclass
@@ -115,6 +118,33 @@ def survey(data: Path) -> Survey:
     h, w = (int(v) for v in np.median(np.array(shapes), axis=0))
     return Survey(len(files), h, w, float(np.median(spread)) > COLOUR_LEVELS, len(ok) / len(sils),
                   float(np.median([s.elongation for s in ok])) if ok else None)
+
+
+def hold_out(data: Path, folder: Path) -> tuple[Path, Path]:
+    """A folder of good images and nothing else to judge settings on: every fifth image (spread
+    evenly over the folder's order, so a drift through the day lands on both sides) is held out
+    for scoring and calibration. Written to folder/train and folder/heldout/good as hard links
+    (copies across file systems), replaced atomically; returns (train, heldout)."""
+    files = good_images(data)
+    n = len(files)
+    k = max(MIN_HELDOUT, round(HOLDOUT_SHARE * n))
+    if n - k < MIN_GOOD:
+        raise ValueError(f"--data {data}: {n} good images and no --heldout: the set-up holds out {k} to score and "
+                         f"calibrate on and needs {MIN_GOOD} more to learn from; photograph at least {MIN_GOOD + k} "
+                         "good parts, or give --heldout DIR")
+    held = set(np.linspace(0, n - 1, k).round().astype(int).tolist())
+    tmp = folder.with_name(f".{folder.name}-writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for i, f in enumerate(files):
+        target = tmp / ("heldout/good" if i in held else "train") / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder / "train", folder / "heldout"
 
 
 def describe(form: tuple[int, ...]) -> str:

@@ -219,6 +219,13 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Path, Path]:
         args.budget = auto.DEFAULT_BUDGET if args.budget is None else args.budget
     if args.init not in ("current", "scratch") and not Path(args.init).is_file():
         raise FileNotFoundError(f"--init {args.init}: not a checkpoint file (or use current / scratch)")
+    if config is None and not args.heldout and not (data / "test").is_dir():
+        given = data
+        data, held = auto.hold_out(given, Path(args.deploy) / "split")
+        print(f"note: no --heldout and no {given}/test: {sum(1 for _ in (held / 'good').iterdir())} of the good images "
+              f"are held out to score the settings and calibrate on ({held}); the thresholds rest on good parts "
+              "alone: give --heldout DIR with defective parts for thresholds that rest on labels", flush=True)
+        return config, data, held
     return config, data, heldout_folder(data, Path(args.heldout) if args.heldout else None)
 
 

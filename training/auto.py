@@ -54,8 +54,8 @@ import numpy as np
 import yaml
 
 from core.files import write_json
-from core.metrics import auroc_standard_error
 from core.images import ImageError, decode_file, to_uint8_channels
+from core.metrics import auroc_standard_error
 from core.registration.principal_axis import FIT_ELONGATION
 from core.registration.silhouette import measure
 from core.steps import StepFailed, StepStopped

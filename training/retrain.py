@@ -199,7 +199,8 @@ def current_checkpoint(dep: Deployment) -> Path | None:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Path, Path]:
     """(config, data, held-out folder), checked before anything runs: ValueError / FileNotFoundError
-    are the user's to fix (exit 2). The config is None for --config auto (the set-up chooses it)."""
+    are the user's to fix (exit 2). The config is None for --config auto (the set-up chooses it);
+    given good images alone, it holds out a fifth of them first (auto.hold_out: DEPLOY/split)."""
     for flag in ("config", "data"):
         if not (flag == "config" and args.config == AUTO) and not Path(getattr(args, flag)).exists():
             raise FileNotFoundError(f"--{flag} {getattr(args, flag)}: not found")
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except DeploymentError as e:
+    except (DeploymentError, OSError) as e:   # OSError: writing the held-out split (auto.hold_out)
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:

@@ -84,3 +84,22 @@ def test_parts_bench_measures_every_registration_and_resumes(tmp_path: Path, cap
     with pytest.raises(SystemExit) as e:
         main([*args, "--tolerance", "9"])
     assert e.value.code == 2
+
+
+def test_setup_bench_runs_the_set_up_from_photographs_alone_and_measures_its_version(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.setup import main
+    from core.synthetic import make_parts
+
+    make_parts(tmp_path / "root" / "synth", n_train=20, n_good=4, n_defect=4, size=96)
+    args = ["--parts", "synth", "--modes", "photos", "--budget", "2", "--root", str(tmp_path / "root"),
+            "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    r = json.loads((tmp_path / "o" / "setup.json").read_text())["rows"][0]
+    assert r["mode"] == "photos" and "synthetic defects" in r["rule"]       # no label was given to the set-up
+    assert (r["good"], r["defective"]) == (4, 8) and 0 <= r["good_rejected"] <= 4 and 0 <= r["defects_caught"] <= 8
+    assert 0.5 <= r["image_auroc"] <= 1 and r["deployed_threshold"] > 0
+    assert len(list((tmp_path / "o" / "synth" / "photos" / "deploy" / "split" / "heldout" / "good").iterdir())) == 4
+    capsys.readouterr()
+    assert main(args) == 0 and "photos" in capsys.readouterr().out          # a rerun prints the table, runs nothing
+    assert main(["--parts", "nothing", "--root", str(tmp_path / "root")]) == 2

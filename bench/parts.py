@@ -216,12 +216,17 @@ def print_table(part: str, rows: list[dict[str, Any]]) -> None:
               f"{r['ms_per_image']['mean']:>7.1f}")
 
 
+def add_part_arguments(p: argparse.ArgumentParser) -> None:
+    """--parts and --root: the MVTec categories a part bench measures (bench.parts, bench.setup)."""
+    p.add_argument("--parts", nargs="+", default=["screw", "metal_nut"], help="MVTec categories under --root")
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"the MVTec categories' folder (default {DEFAULT_ROOT})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.parts", description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", nargs="+", default=["screw", "metal_nut"], help="MVTec categories under --root")
+    add_part_arguments(p)
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     p.add_argument("--seeds", nargs="+", type=int_at_least(0), default=[0, 1, 2], help="seeds of the trained families")
-    p.add_argument("--root", default=DEFAULT_ROOT, help=f"the MVTec categories' folder (default {DEFAULT_ROOT})")
     p.add_argument("--out", default="runs/bench/parts", help="results folder (reruns skip what it holds)")
     p.add_argument("--tolerance", type=int, choices=range(1, MAX_TOLERANCE + 1), default=0, metavar="T",
                    help="also the trained families with this misalignment tolerance (rows +tolT)")

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench.parts import add_part_arguments
 from calibration.calibrate import calibrate
 from core.cli import int_at_least
 from core.files import write_json
 
-DEFAULT_ROOT = "../shared/data/mvtec"
 MODES = ("labelled", "good-only", "photos")
 
 
@@ -83,10 +83,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.setup", description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", nargs="+", default=["screw", "metal_nut"], help="MVTec categories under --root")
+    add_part_arguments(p)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what the user gives the set-up")
     p.add_argument("--budget", type=int_at_least(1), default=15, help="the set-up's --budget in minutes (default 15)")
-    p.add_argument("--root", default=DEFAULT_ROOT, help=f"where the categories are (default {DEFAULT_ROOT})")
     p.add_argument("--out", default="runs/bench/setup", help="results and deployments (default runs/bench/setup)")
     args = p.parse_args(argv)
     root, out = Path(args.root), Path(args.out)

@@ -198,6 +198,10 @@ class Row:
     positives: int = 0              # the defective and good parts image_auroc was measured on
     negatives: int = 0
 
+    def standard_error(self) -> float:
+        """image_auroc's standard error on the parts it was measured on (core.metrics)."""
+        return auroc_standard_error(self.key()[0], self.positives, self.negatives)
+
     def options(self) -> int:
         """How many options the setting adds to its registration method (settle prefers fewer)."""
         return int(self.registration.get("lighting", "none") != "none") + int(self.tolerance > 0)
@@ -223,8 +227,8 @@ def settle(rows: list[Row]) -> Row:
     """The row later candidates build on (module docstring, settling): the fewest options among
     the built rows within one standard error of the rule's choice, then the rule."""
     best = choose(rows)
-    se = auroc_standard_error(best.key()[0], best.positives, best.negatives)
-    close = [r for r in rows if r.status == "built" and r.image_auroc is not None and r.key()[0] >= best.key()[0] - se]
+    close = [r for r in rows if r.status == "built" and r.image_auroc is not None
+             and r.key()[0] >= best.key()[0] - best.standard_error()]
     fewest = min(r.options() for r in close)
     return choose([r for r in close if r.options() == fewest])
 
@@ -334,7 +338,7 @@ def setup(data: Path, heldout: Path, stage: Path, stem: str, budget: float, data
     attempt(rows[-1])
     best, top = settle(rows), choose(rows)
     print(f"== setup: later candidates build on {best.name}'s registration and tolerance (the fewest options within "
-          f"{auroc_standard_error(top.key()[0], top.positives, top.negatives):.3f}, one standard error, of "
+          f"{top.standard_error():.3f}, one standard error, of "
           f"{top.name}'s image AUROC)", flush=True)
     later = [plan_row("template", size, best.registration, s, data_section, best.tolerance)
              for size in TEMPLATE_SIZES if size <= max(s.height, s.width)]

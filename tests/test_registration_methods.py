@@ -16,29 +16,35 @@ SIZE, MODEL = 300, 128
 
 
 def nut(angle: float = 0.0, shift: tuple[float, float] = (0, 0), mirror: bool = False, seed: int = 0,
-        size: int = SIZE) -> np.ndarray:
+        size: int = SIZE, mark: bool = True, light: float = 0.0, wobble: float = 0.0) -> np.ndarray:
     """uint8 [size, size, 3]: a bright four-lobed part with hooked (chiral) lobes, a hole and one
-    dark mark on a dark ground, turned `angle` degrees counter-clockwise as displayed about its
-    centre, moved by `shift`; `mirror` draws its mirror image (a part upside down)."""
+    dark mark (`mark`) on a dark ground, turned `angle` degrees counter-clockwise as displayed about
+    its centre, moved by `shift`; `mirror` draws its mirror image (a part upside down); `light`:
+    the lamp's gain across the picture, left to right (it stays with the camera, not the part);
+    `wobble`: each lobe's length varies by up to this fraction, drawn per part (from `seed`)."""
     big = 4 * size
     img = np.full((big, big, 3), (20, 22, 25), np.uint8)
     c = big / 2
     cv2.circle(img, (int(c), int(c)), int(0.28 * big), (150, 170, 160), -1)
+    lengths = 1 + wobble * np.random.default_rng(seed + 1000).uniform(-1, 1, 4)
     for k in range(4):
         a = math.radians(90 * k)
         pts = []
         for r, da in ((0.25, -20), (0.42, -8), (0.44, 12), (0.30, 25)):   # a hooked lobe
             t = a + math.radians(da)
+            r = r * lengths[k] if r > 0.4 else r
             pts.append((c + r * big * math.cos(t), c + r * big * math.sin(t)))
         cv2.fillPoly(img, [np.array(pts, np.int32)], (140, 165, 150))
     cv2.circle(img, (int(c), int(c)), int(0.09 * big), (15, 15, 18), -1)
-    cv2.circle(img, (int(c + 0.17 * big), int(c - 0.05 * big)), int(0.03 * big), (60, 40, 40), -1)
+    if mark:
+        cv2.circle(img, (int(c + 0.17 * big), int(c - 0.05 * big)), int(0.03 * big), (60, 40, 40), -1)
     if mirror:
         img = np.ascontiguousarray(img[:, ::-1])
     M = cv2.getRotationMatrix2D((c, c), angle, 1.0)
     M[:, 2] += 4 * np.array(shift)
     img = cv2.warpAffine(img, M, (big, big), flags=cv2.INTER_LINEAR, borderValue=(20, 22, 25))
     out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    out = out * (1 + light * np.linspace(-1, 1, size))[None, :, None]
     noise = np.random.default_rng(seed).integers(-3, 4, out.shape)
     return np.clip(out.astype(int) + noise, 0, 255).astype(np.uint8)
 
@@ -67,6 +73,7 @@ def test_rotation_fit_fills_the_spec(rotation_spec: RegistrationSpec) -> None:
     assert s.method == "rotation" and s.samples == 12 and s.reference and 0.3 < s.radius < 0.5
     assert 0.6 <= s.residual <= 0.9 and 0.1 <= s.zoom <= 4 and s.background == pytest.approx(22, abs=2)
     assert s.symmetry == 4          # near-symmetric: the small mark hardly breaks the four lobes' symmetry
+    assert not s.least_turn         # but it is what tells the four turns apart: the best-correlated one is kept
     m = yaml.safe_load(yaml.safe_dump(s.to_mapping()))
     assert RegistrationSpec.from_mapping(m) == s
     with pytest.raises(ValueError, match="registration reference"):
@@ -84,6 +91,41 @@ def test_rotation_recovers_any_angle(rotation_spec: RegistrationSpec, angle: flo
     diff = np.abs(out.astype(int) - reference.astype(int))
     assert diff.mean() < 3.0, diff.mean()
     assert reg.residual < 0.1
+
+
+def test_rotation_takes_the_least_turn_of_a_symmetric_part_lit_from_one_side() -> None:
+    """Four lobes that differ a little from part to part, light from the left: which of the four
+    turns correlates best is the noise of the lobes, the least one keeps every part's light on the
+    same side, so registered parts look alike."""
+    rng = np.random.default_rng(1)
+    angles = rng.uniform(-180, 180, 16)
+    spec = fit([nut(float(a), mark=False, light=0.3, wobble=0.04, seed=i) for i, a in enumerate(angles)],
+               RegistrationSpec("rotation"))
+    assert spec.symmetry == 4 and spec.least_turn and spec.turn_limit is None
+    out = [register(nut(a, mark=False, light=0.3, seed=7), spec, MODEL, MODEL) for a in (-170, -100, -44, 10, 80, 135)]
+    assert all(r.ok for _, r in out)
+    assert all(angle_error(r.angle, 0) <= 46 for _, r in out), [r.angle for _, r in out]
+    for o, _ in out:    # the lamp (brighter to the right) stays on the registered part's right
+        g = o.astype(float).mean(axis=2)
+        assert g[:, MODEL // 2:].mean() > g[:, :MODEL // 2].mean() + 5
+
+
+def test_registration_is_the_same_every_time(rotation_spec: RegistrationSpec, shift_spec: RegistrationSpec) -> None:
+    """OpenCV 4.x's phaseCorrelate windows its inputs in place, read-only ones included: the cached
+    reference faded with every image registered. The second registration must equal the first."""
+    from core.registration.spec import decode_picture, phase_shift  # noqa: PLC0415
+
+    for spec, img in ((rotation_spec, nut(33, (4, -3))), (shift_spec, fixture_part((1.5, -2.0)))):
+        before = decode_picture(spec.reference).copy()
+        first = [register(img, spec, MODEL, MODEL) for _ in range(3)]
+        assert all(np.array_equal(o, first[0][0]) and r.angle == first[0][1].angle for o, r in first)
+        assert np.array_equal(decode_picture(spec.reference), before)
+    a = cv2.GaussianBlur(np.random.default_rng(0).random((64, 64)).astype(np.float32), (0, 0), 2)
+    b = cv2.warpAffine(a, np.float32([[1, 0, 2], [0, 1, -1]]), (64, 64), borderMode=cv2.BORDER_REFLECT)
+    kept = (a.copy(), b.copy())
+    dx, dy = phase_shift(a, b)
+    assert abs(dx - 2) < 0.5 and abs(dy + 1) < 0.5
+    assert np.array_equal(a, kept[0]) and np.array_equal(b, kept[1])
 
 
 def test_rotation_never_mirrors(rotation_spec: RegistrationSpec) -> None:

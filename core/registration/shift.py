@@ -22,16 +22,15 @@ import cv2
 import numpy as np
 
 from core.registration.silhouette import Silhouette
-from core.registration.spec import FIT_MARGIN, Failure, Pose, RegistrationSpec, decode_picture, encode_picture
+from core.registration.spec import (FIT_MARGIN, Failure, Pose, RegistrationSpec, decode_picture, encode_picture,
+                                    phase_shift)
 
 NEEDS_PART = False
 FIT_ROUNDS = 2
 
 
 def _shift(work: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    window = cv2.createHanningWindow(work.shape[::-1], cv2.CV_32F)
-    (dx, dy), _ = cv2.phaseCorrelate(np.ascontiguousarray(reference), work, window)
-    return np.array([dx, dy])
+    return np.array(phase_shift(reference, work))
 
 
 def _moved(work: np.ndarray, d: np.ndarray) -> np.ndarray:

@@ -40,8 +40,10 @@ class RegistrationSpec:
     fraction of the long side (a part moved further stays moved, hence an anomaly); turn_limit:
     the largest turn from the reference pose rotation corrects, in degrees (fit: set for parts that
     came in one pose, None for parts that came at any angle); symmetry: the
-    n-fold symmetry fit found in the reference (1: none; for the record, the search is always
-    over the full turn). samples: how many training images the statistics come from.
+    n-fold symmetry fit found in the reference (1: none); least_turn: of a symmetric part's n
+    equally good turns, rotation takes the least (fit sets it; sidecars written before it take the
+    best-correlated one, as they were fitted). samples: how many training images the statistics
+    come from.
     """
     method: str = "none"
     lighting: str = "none"
@@ -60,6 +62,7 @@ class RegistrationSpec:
     shift_limit: float | None = None
     turn_limit: float | None = None
     symmetry: int = 1
+    least_turn: bool = False
     samples: int = 0
 
     def __post_init__(self) -> None:
@@ -99,6 +102,7 @@ class RegistrationSpec:
         require(self.turn_limit is None or (is_number(self.turn_limit) and 0 <= self.turn_limit <= 180),
                 "turn_limit", self.turn_limit, "a number of degrees in [0, 180]")
         require(type(self.symmetry) is int and self.symmetry >= 1, "symmetry", self.symmetry, "a count >= 1")
+        require(isinstance(self.least_turn, bool), "least_turn", self.least_turn, "true or false")
         require(type(self.samples) is int and self.samples >= 0, "samples", self.samples, "a count")
 
     @property
@@ -231,6 +235,16 @@ def decode_picture(text: str) -> np.ndarray:
     out = img.astype(np.float32)
     out.flags.writeable = False
     return out
+
+
+def phase_shift(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
+    """(dx, dy): how far `moving`'s content sits from `reference`'s (sub-pixel phase correlation
+    under a Hanning window), both float32 [h, w]. OpenCV 4.x's phaseCorrelate multiplies its inputs
+    by the window in place, read-only arrays included: the cached reference would fade a little
+    more with every image registered, so it gets copies."""
+    window = cv2.createHanningWindow(moving.shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(np.array(reference, np.float32), np.array(moving, np.float32), window)
+    return float(dx), float(dy)
 
 
 def _decodes(text: str) -> bool:

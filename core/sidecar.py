@@ -82,8 +82,36 @@ def versions(**extra: str) -> dict[str, str]:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
+    try:
+        import cv2  # noqa: PLC0415 - the registration's pixels depend on its build (opencv_note)
+
+        out["opencv"] = str(cv2.__version__)
+    except ImportError:
+        pass
     out.update(extra)
     return out
+
+
+def opencv_note(data: dict[str, Any] | None, registered: bool) -> str | None:
+    """A line for a model whose registration ran on another OpenCV release (major.minor) when its
+    thresholds were set (calibration records it) or, uncalibrated, when it was built: warpAffine's
+    interpolation differs between releases (4.x puts sub-pixel positions on a 1/32 grid), so
+    registered pixels, and the scores the thresholds were set on, can differ by a few gray levels
+    (the screws' template at 256 px: image AUROC 0.944 on OpenCV 4.13, 0.965 on 5.1, the same
+    code and images); None when they agree or nothing is recorded."""
+    data = data or {}
+    built = str(((data.get("thresholds") or {}).get("calibrated_with") or {}).get("opencv")
+                or (data.get("versions") or {}).get("opencv") or "")
+    try:
+        import cv2  # noqa: PLC0415
+    except ImportError:
+        return None
+    here = str(cv2.__version__)
+    if not registered or not built or built.split(".")[:2] == here.split(".")[:2]:
+        return None
+    return (f"the model was built with OpenCV {built} and registers parts here with OpenCV {here}: registered pixels "
+            f"can differ slightly; calibrate on this machine (python -m calibration.calibrate) to set thresholds on "
+            f"its own scores, or install opencv-python=={built}")
 
 
 def now() -> str:
@@ -304,5 +332,5 @@ def update_sidecar(model_path: str | Path, files: dict[str, dict[str, Any]] | No
     return data
 
 
-__all__ = ["PRECISIONS", "SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "precision", "read_sidecar",
-           "sidecar_path", "update_sidecar", "upgrade", "versions", "write_sidecar"]
+__all__ = ["PRECISIONS", "SCHEMA", "SidecarError", "check_sidecar_free", "file_entry", "opencv_note", "precision",
+           "read_sidecar", "sidecar_path", "update_sidecar", "upgrade", "versions", "write_sidecar"]

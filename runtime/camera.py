@@ -181,6 +181,8 @@ def run(args: argparse.Namespace, s: Settings, stop: threading.Event,
     with open_pipeline(args) as pipe:
         print(pipe.thresholds.describe(pipe.model.thresholds, pipe.model.path.with_suffix(".yaml").name),
               file=sys.stderr)
+        for note in pipe.notes:
+            print(f"note: {note}", file=sys.stderr)
         if not args.headless:
             d = display.probe()
             s.window = d.available

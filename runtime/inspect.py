@@ -192,9 +192,11 @@ def inspect_run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str,
         "workers": args.workers, "model": {**pipe.describe(), "sha256": model_identity(model.sidecar, model.path)},
         "thresholds": {"pixel": th.pixel, "image": th.image, "source": th.source,
                        **({} if th.any else {"note": "no thresholds: scores only, NO VERDICT"})},
-        "save": list(save), "explain": args.explain, "format": args.format,
+        "save": list(save), "explain": args.explain, "format": args.format, "notes": pipe.notes,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+    for note in pipe.notes:
+        print(f"note: {note}", file=sys.stderr)
     previous: list[dict[str, Any]] = []
     if args.resume:
         previous = read_report(out / "report.jsonl")

@@ -25,6 +25,7 @@ import numpy as np
 from core.cli import UsageError
 from core.images import DEFAULT_MAX_PIXELS
 from core.prepare import InputSpec, Prepared, load, prepare, prepare_frame
+from core.sidecar import opencv_note
 from runtime import overlay as ov
 from runtime.model import Model, ModelError, open_model
 from runtime.postprocess import Inspection, Thresholds, inspect_map
@@ -84,6 +85,8 @@ class Pipeline:
         # the backend is asked for the attention only where a picture draws it
         self.fetch = ("anomaly_map",) + (("attention",) if explain != "anomaly_map" else ())
         self.layers = {"anomaly_map": self._anomaly_layer(), "attention": self._attention_layer()}
+        # what a user should know before trusting the thresholds on this machine (printed by the CLIs)
+        self.notes = [n for n in (opencv_note(model.sidecar, model.spec.registration.active),) if n]
 
     @classmethod
     def open(cls, path: str | Path, backend: str | None = None, providers: str | list[str] | None = None,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.sidecar import (SCHEMA, SidecarError, file_entry, precision, read_sidecar, sidecar_path, update_sidecar,
-                            write_sidecar)
+from core.sidecar import (SCHEMA, SidecarError, file_entry, opencv_note, precision, read_sidecar, sidecar_path, update_sidecar,
+                            versions, write_sidecar)
 from core.files import sha256
 
 INFO = {"model": {"family": "resnet_vae", "latent": 32, "layer": "layer3", "score": "sum_mu",
@@ -239,3 +239,22 @@ def test_precision_and_outputs_round_trip(model_file: Path) -> None:
     assert data["quantization"]["calibration"] == {"images": 64, "sha256": "cd" * 32}
     updated = update_sidecar(model_file, thresholds={"pixel": 0.1, "image": 0.2}, verify=True)
     assert updated["precision"] == "int8" and read_sidecar(model_file)["outputs"] == ["anomaly_map"]
+
+
+def test_opencv_note_names_a_registration_built_on_another_opencv_release() -> None:
+    """warpAffine interpolates differently across OpenCV releases: registered pixels, and so the
+    scores thresholds were set on, move a little; the runtime says so once, with what to do."""
+    import cv2
+
+    here = cv2.__version__
+    other = "4.13.0" if not here.startswith("4.13") else "5.1.0"
+    built = {"versions": {"opencv": other}, "thresholds": {}}
+    note = opencv_note(built, registered=True)
+    assert note and other in note and here in note and "calibrate on this machine" in note
+    assert opencv_note(built, registered=False) is None                   # no warp, nothing moves
+    assert opencv_note({"versions": {"opencv": here}}, registered=True) is None
+    assert opencv_note({"versions": {}}, registered=True) is None         # older sidecars record none
+    # calibrated on this machine: the thresholds are on its own scores
+    calibrated = {**built, "thresholds": {"calibrated_with": {"opencv": here}}}
+    assert opencv_note(calibrated, registered=True) is None
+    assert "opencv" in versions() and versions()["opencv"] == here

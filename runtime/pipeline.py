@@ -85,8 +85,6 @@ class Pipeline:
         # the backend is asked for the attention only where a picture draws it
         self.fetch = ("anomaly_map",) + (("attention",) if explain != "anomaly_map" else ())
         self.layers = {"anomaly_map": self._anomaly_layer(), "attention": self._attention_layer()}
-        # what a user should know before trusting the thresholds on this machine (printed by the CLIs)
-        self.notes = [n for n in (opencv_note(model.sidecar, model.spec.registration.active),) if n]
 
     @classmethod
     def open(cls, path: str | Path, backend: str | None = None, providers: str | list[str] | None = None,
@@ -133,6 +131,11 @@ class Pipeline:
     @property
     def spec(self) -> InputSpec:
         return self.model.spec
+
+    @property
+    def notes(self) -> list[str]:
+        """What a user should know before trusting the thresholds on this machine (the CLIs print it)."""
+        return [n for n in (opencv_note(self.model.sidecar, self.spec.registration.active),) if n]
 
     def load(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = True) -> Prepared:
         """A file -> Prepared (decode, colour, registration, resize). Raises ImageError naming it."""

@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import yaml
 
 from calibration.analyse import CalibrationError, analyse, sidecar_section
@@ -45,7 +46,7 @@ from core.deployment import (REPORT, Deployment, DeploymentError, Version, publi
                              report_metrics, resolve_model)
 from core.device import device_arg
 from core.files import json_text, remove_stale_temporaries, sha256, write_json
-from core.sidecar import SidecarError, now, read_sidecar, sidecar_path, update_sidecar, versions
+from core.sidecar import SidecarError, now, read_sidecar, sidecar_path, update_sidecar
 from runtime.backends import BACKENDS, BackendError
 from runtime.model import ModelError
 from runtime.pipeline import Pipeline, model_scale
@@ -215,7 +216,7 @@ def calibrate(engine: str | Path, data: str | Path, pixel_rule: str = "best-iou"
             "data": data_info, **body, "shift": {"warning": _shift_line(warnings), **stats}, "plots": plots}
     body["notes"] = body["notes"] + engine_notes(engine, model.sidecar)
     extra = {"data": {k: data_info[k] for k in ("path", "images", "sha256")}, "created": created,
-             "calibrated_with": {**{k: used[k] for k in ("backend", "file")}, "opencv": versions()["opencv"]},
+             "calibrated_with": {**{k: used[k] for k in ("backend", "file")}, "opencv": str(cv2.__version__)},
              "report": _report_path(folder / "calibration.json", engine)}
     refused = body["refused"] if not force else []
     if force and body["refused"]:

@@ -39,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import yaml
 
 from core.files import atomic_write, sha256
@@ -82,12 +83,7 @@ def versions(**extra: str) -> dict[str, str]:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    try:
-        import cv2  # noqa: PLC0415 - the registration's pixels depend on its build (opencv_note)
-
-        out["opencv"] = str(cv2.__version__)
-    except ImportError:
-        pass
+    out["opencv"] = str(cv2.__version__)    # the registration's pixels depend on it (opencv_note)
     out.update(extra)
     return out
 
@@ -102,10 +98,6 @@ def opencv_note(data: dict[str, Any] | None, registered: bool) -> str | None:
     data = data or {}
     built = str(((data.get("thresholds") or {}).get("calibrated_with") or {}).get("opencv")
                 or (data.get("versions") or {}).get("opencv") or "")
-    try:
-        import cv2  # noqa: PLC0415
-    except ImportError:
-        return None
     here = str(cv2.__version__)
     if not registered or not built or built.split(".")[:2] == here.split(".")[:2]:
         return None

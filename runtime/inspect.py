@@ -187,15 +187,16 @@ def inspect_run(args: argparse.Namespace, inp: Path, out: Path, save: tuple[str,
                 entries: list[Entry]) -> int:
     th = pipe.thresholds
     model = pipe.model
+    notes = pipe.notes
     header = report_safe({  # paths from the command line may hold bytes that are not UTF-8 too
         "input": str(inp.resolve()), "output": str(out), "recursive": bool(args.recursive), "batch": args.batch,
         "workers": args.workers, "model": {**pipe.describe(), "sha256": model_identity(model.sidecar, model.path)},
         "thresholds": {"pixel": th.pixel, "image": th.image, "source": th.source,
                        **({} if th.any else {"note": "no thresholds: scores only, NO VERDICT"})},
-        "save": list(save), "explain": args.explain, "format": args.format, "notes": pipe.notes,
+        "save": list(save), "explain": args.explain, "format": args.format, "notes": notes,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    for note in pipe.notes:
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
     previous: list[dict[str, Any]] = []
     if args.resume:

@@ -305,9 +305,14 @@ def fit(spec: RegistrationSpec, images: list[np.ndarray], sils: list[Silhouette]
         text, n = encode_picture(reference), symmetry(reference)
         # the turns against the reference that ships (sharper than the last round's): before the
         # phase is chosen for the turn limit, as registration will turn them for the accepted residual
-        largest = float(np.abs(_turn([search(p, text)[0] for p in fitted])).max())
+        turns = [search(p, text)[0] for p in fitted]
+        largest = float(np.abs(_turn(turns)).max())
         limit = round(largest * (1 + FIT_MARGIN) + TURN_SLACK, 2) if largest <= FIXED_TURN else None
-        misfits = [residual(p, search(p, text, limit, n if least else 1)[0], text) for p in fitted]
+        if limit is not None:
+            turns = [search(p, text, limit)[0] for p in fitted]
+        elif least and n >= 2:
+            turns = [_least_turn(p, _references(text)[0], a, n)[0] for p, a in zip(fitted, turns)]
+        misfits = [residual(p, a, text) for p, a in zip(fitted, turns)]
         fits.append((float(np.median(misfits)), max(misfits), text, n, least, limit))
         if n < 2 or limit is not None:      # nothing for the phase rule to choose
             break
